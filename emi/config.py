@@ -1,0 +1,367 @@
+"""Typed configuration: ``params.yaml`` layered over a named profile, parsed once.
+
+Resolution order (later wins):
+  1. the profile file ``emi/profiles/<profile>.yaml`` (and the profiles it ``extends``),
+  2. the sections of ``params.yaml`` (everything except the ``profile`` key),
+  3. ``--set key.path=value`` overrides from the command line.
+The merged mapping is validated into frozen pydantic models; unknown keys and wrong types
+are errors that name the key, the file it came from and, for typos, the closest known key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+EMOTIONS: tuple[str, ...] = (
+    "Admiration",
+    "Amusement",
+    "Determination",
+    "Empathic Pain",
+    "Excitement",
+    "Joy",
+)
+"""The six Hume-Vidmimic2 targets, in the order of the official split files."""
+
+SPLIT_HEADER: tuple[str, ...] = ("Filename", *EMOTIONS)
+PROFILES_DIR = Path(__file__).parent / "profiles"
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params file or override that cannot be turned into a valid configuration."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- download
+class CorruptionParams(Strict):
+    """Fraction of clips receiving each corruption (a clip gets at most one)."""
+
+    occlusion: float = Field(ge=0, le=1)
+    heavy_noise: float = Field(ge=0, le=1)
+    muted_audio: float = Field(ge=0, le=1)
+    missing_audio: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _total_at_most_one(self) -> CorruptionParams:
+        total = self.occlusion + self.heavy_noise + self.muted_audio + self.missing_audio
+        if total > 1:
+            raise ValueError(f"corruption fractions add up to {total:.3f} > 1")
+        return self
+
+
+class SplitFractions(Strict):
+    train: float = Field(gt=0, le=1)
+    valid: float = Field(gt=0, le=1)
+    test: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.valid + self.test
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"split fractions add up to {total:.6f}, not 1")
+        return self
+
+
+class SyntheticParams(Strict):
+    """The embedded "vidmimic-synth" generator (see DESIGN.md)."""
+
+    n_clips: int = Field(ge=3)
+    splits: SplitFractions
+    duration_s: tuple[float, float]
+    video_fps: int = Field(ge=1)
+    resolution: int = Field(ge=32, multiple_of=2, description="square frame side in pixels (even: 4:2:0 video)")
+    audio_sample_rate: int = Field(ge=8000)
+    snr_db: tuple[float, float] = Field(description="background noise SNR range for clean clips")
+    heavy_noise_snr_db: float
+    label_noise: float = Field(ge=0, description="std of annotator noise added to the latent labels")
+    label_skew: float = Field(gt=0, description="exponent on the copula marginals; >1 skews labels low")
+    latent_correlation: dict[str, float] = Field(
+        description="pairwise latent correlations, keys 'Emotion A~Emotion B'"
+    )
+    individual_variation: float = Field(
+        ge=0, description="std of per-person expressiveness; bounds the oracle ceiling below 1"
+    )
+    voices: tuple[str, ...] = Field(min_length=1)
+    corruptions: CorruptionParams
+    workers: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SyntheticParams:
+        lo, hi = self.duration_s
+        if not 0 < lo <= hi:
+            raise ValueError(f"duration_s must be 0 < min <= max, got {self.duration_s}")
+        for pair in self.latent_correlation:
+            names = pair.split("~")
+            bad = [n for n in names if n not in EMOTIONS]
+            if len(names) != 2 or bad:
+                raise ValueError(
+                    f"latent_correlation key {pair!r} must be 'A~B' with A, B in {list(EMOTIONS)}"
+                )
+        return self
+
+
+class LocalParams(Strict):
+    path: Path | None = None
+    mode: Literal["copy", "symlink"] = "copy"
+
+
+class UrlParams(Strict):
+    url: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    cache_dir: Path = Path("data/cache")
+    timeout_s: float = Field(default=60, gt=0)
+    retries: int = Field(default=3, ge=0)
+
+
+class RawValidationParams(Strict):
+    max_error_fraction: float = Field(ge=0, le=1)
+    min_duration_s: float = Field(gt=0)
+    max_duration_s: float = Field(gt=0)
+
+
+class DownloadParams(Strict):
+    source: Literal["synthetic", "local", "url"]
+    synthetic: SyntheticParams
+    local: LocalParams = LocalParams()
+    url: UrlParams = UrlParams()
+    validation: RawValidationParams
+
+
+# ----------------------------------------------------------- later stages (read by their issues)
+class EncoderSpec(Strict):
+    """An encoder: a hub id or a local path, and whether random init is explicitly allowed."""
+
+    kind: str
+    name: str
+    pretrained: str | None = None
+    path: Path | None = None
+    allow_random_init: bool = False
+    dim: int = Field(ge=1)
+    pool_grid: int | None = Field(default=None, ge=1)  # CNN visual encoders: grid of pooled feature maps
+    window_s: float | None = Field(default=None, gt=0)  # audio encoders: length of the windows encoded at once
+
+
+class TranscribeParams(Strict):
+    asr: EncoderSpec
+    language: str
+    beam_size: int = Field(ge=1)
+    vad: bool
+    device: Literal["auto", "cpu", "cuda"]
+    compute_type: str
+    shard_size: int = Field(ge=1)
+
+
+class ExtractParams(Strict):
+    fps: float = Field(gt=0)
+    face_crop: bool
+    visual: EncoderSpec
+    audio: EncoderSpec
+    text: EncoderSpec
+    device: Literal["auto", "cpu", "cuda"]
+    dtype: Literal["fp32", "fp16", "bf16"]
+    batch_size: int = Field(ge=1)
+    decode_workers: int = Field(ge=0)
+    shard_size: int = Field(ge=1)
+    silence_dbfs: float  # an audio track quieter than this (RMS, dBFS) counts as missing audio
+
+
+class ScheduleParams(Strict):
+    """SGDR (cosine annealing with warm restarts), paper section 4.3."""
+
+    lr_max: float = Field(gt=0)
+    lr_min: float = Field(ge=0)
+    cycle_epochs: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+
+
+class Stage1Params(Strict):
+    embed_dim: int = Field(ge=1)
+    temperature_init: float = Field(gt=0)
+    finetune_last_k_blocks: int = Field(ge=0)
+    batch_size: int = Field(ge=2)
+    weight_decay: float = Field(ge=0)
+    schedule: ScheduleParams
+
+
+class Stage2Params(Strict):
+    width: int = Field(ge=1)
+    tcn_kernel: int = Field(ge=1)
+    tcn_dilations: tuple[int, ...] = Field(min_length=1)
+    segments: int = Field(ge=1)
+    lstm_hidden: int = Field(ge=1)
+    transformer_layers: int = Field(ge=1)
+    transformer_heads: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    modalities: tuple[Literal["V", "A", "T"], ...] = Field(min_length=1)
+    fusion: Literal["quality", "average", "concat"]
+    pearson_loss_weight: float = Field(ge=0)
+    ema_decay: float = Field(gt=0, lt=1)
+    batch_size: int = Field(ge=1)
+    weight_decay: float = Field(ge=0)
+    schedule: ScheduleParams
+
+
+class Params(Strict):
+    profile: str
+    seed: int
+    download: DownloadParams
+    transcribe: TranscribeParams
+    extract: ExtractParams
+    stage1: Stage1Params
+    stage2: Stage2Params
+
+
+# ----------------------------------------------------------------------------- loading
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_profile(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The profile's mapping with its ``extends`` chain resolved."""
+    path = PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown profile {name!r}; available: {', '.join(available_profiles())}")
+    if name in _seen:
+        raise ConfigError(f"profile {name!r} extends itself via {' -> '.join(_seen)}")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return deep_merge(load_profile(parent, (*_seen, name)), data)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """``a.b.c=value`` -> ``{"a": {"b": {"c": value}}}`` with the value parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    node: dict[str, Any] = {}
+    cursor = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor[part] = {}
+        cursor = cursor[part]
+    cursor[parts[-1]] = value
+    return node
+
+
+def _has_path(data: Any, loc: tuple[Any, ...]) -> bool:
+    for part in loc:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model found at ``loc`` (for "did you mean" hints)."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = next(
+            (a for a in getattr(annotation, "__args__", (annotation,)) if hasattr(a, "model_fields")),
+            annotation,
+        )
+    return list(getattr(current, "model_fields", {}))
+
+
+def _describe(exc: ValidationError, origins: list[tuple[str, dict[str, Any]]]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc) or "<top level>"
+        origin = next((name for name, layer in reversed(origins) if _has_path(layer, loc)), None)
+        where = f"{origin}: " if origin else ""
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(Params, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f" (did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))}?)" if close else ""
+            lines.append(f"{where}{dotted}: unknown key{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"{where}{dotted}: required key is missing")
+        else:
+            got = err.get("input")
+            lines.append(f"{where}{dotted}: {err['msg']} (got {got!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_params(
+    path: Path | str | None = DEFAULT_PARAMS,
+    overrides: list[str] | tuple[str, ...] = (),
+    profile: str | None = None,
+) -> Params:
+    """Parse ``params.yaml`` (optional) over its profile, plus dotted overrides, into ``Params``."""
+    user: dict[str, Any] = {}
+    user_name = "params"
+    if path is not None:
+        path = Path(path)
+        user_name = str(path)
+        user = _read_yaml(path)
+    override_layer: dict[str, Any] = {}
+    for item in overrides:
+        override_layer = deep_merge(override_layer, parse_override(item))
+    chosen = profile or override_layer.get("profile") or user.get("profile") or "embedded"
+    if not isinstance(chosen, str):
+        raise ConfigError(f"{user_name}: profile must be a profile name, got {chosen!r}")
+    base = load_profile(chosen)
+    merged = deep_merge(deep_merge(base, user), override_layer)
+    merged["profile"] = chosen
+    origins = [
+        (f"profile {chosen!r} ({PROFILES_DIR / (chosen + '.yaml')})", base),
+        (user_name, user),
+        ("--set override", override_layer),
+    ]
+    try:
+        return Params.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origins)) from None
+
+
+def flatten(params: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of the config (for tracking and fingerprints)."""
+    data = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
