@@ -1,0 +1,191 @@
+"""A rendered face whose expression follows the face controls over an onset-apex-offset envelope.
+
+Everything that is not expression (skin, hair, background, lighting, pose, sensor noise) is nuisance
+drawn per clip, so a model has to look at the expression to predict the labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from emi.synth.latent import FACE_CONTROLS
+
+SUPERSAMPLE = 2  # draw at 2x and box-downsample: cheap anti-aliasing
+SKIN_TONES = np.array(
+    [[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 134, 96], [161, 102, 70], [110, 70, 50]]
+)
+HAIR_COLOURS = np.array([[30, 25, 20], [90, 60, 35], [160, 120, 70], [200, 170, 110], [120, 40, 25], [60, 60, 60]])
+C = {name: i for i, name in enumerate(FACE_CONTROLS)}
+
+
+@dataclass(frozen=True)
+class FaceStyle:
+    """Per-clip nuisance variables."""
+
+    skin: tuple[int, int, int]
+    hair: tuple[int, int, int]
+    background: tuple[tuple[int, int, int], tuple[int, int, int]]
+    light_angle: float
+    light_strength: float
+    center: tuple[float, float]
+    scale: float
+    roll_deg: float
+    motion_hz: float
+    phase: float
+    sensor_noise: float
+
+    @staticmethod
+    def sample(rng: np.random.Generator) -> FaceStyle:
+        skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] + rng.integers(-12, 13, 3)
+        hair = HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))]
+        bg = rng.integers(20, 235, (2, 3))
+        return FaceStyle(
+            skin=tuple(int(c) for c in np.clip(skin, 0, 255)),
+            hair=tuple(int(c) for c in hair),
+            background=(tuple(int(c) for c in bg[0]), tuple(int(c) for c in bg[1])),
+            light_angle=float(rng.uniform(0, 2 * np.pi)),
+            light_strength=float(rng.uniform(0.0, 0.35)),
+            center=(float(rng.uniform(0.44, 0.56)), float(rng.uniform(0.47, 0.57))),
+            scale=float(rng.uniform(0.85, 1.1)),
+            roll_deg=float(rng.uniform(-8, 8)),
+            motion_hz=float(rng.uniform(0.8, 2.2)),
+            phase=float(rng.uniform(0, 2 * np.pi)),
+            sensor_noise=float(rng.uniform(1.0, 5.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Onset-apex-offset intensity profile of the expression over the clip, in seconds."""
+
+    onset: float
+    apex: float
+    offset: float
+    end: float
+    floor: float
+
+    @staticmethod
+    def sample(rng: np.random.Generator, duration: float) -> Envelope:
+        onset = rng.uniform(0.05, 0.25) * duration
+        apex = onset + rng.uniform(0.3, 0.8)
+        offset = max(apex + 0.5, rng.uniform(0.65, 0.9) * duration)
+        return Envelope(onset, apex, offset, duration, float(rng.uniform(0.05, 0.3)))
+
+    def __call__(self, t: np.ndarray) -> np.ndarray:
+        rise = np.clip((t - self.onset) / max(self.apex - self.onset, 1e-3), 0, 1)
+        fall = np.clip((self.end - t) / max(self.end - self.offset, 1e-3), 0, 1)
+        shape = np.minimum(rise, np.where(t > self.offset, self.floor + (1 - self.floor) * fall, 1.0))
+        return 0.5 - 0.5 * np.cos(np.pi * shape)  # smooth ease in/out
+
+
+def _background(style: FaceStyle, size: int) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    a, b = (np.array(c, dtype=np.float32) for c in style.background)
+    mix = (y[..., None] * 0.7 + x[..., None] * 0.3).astype(np.float32)
+    return a * (1 - mix) + b * mix
+
+
+def _lighting(style: FaceStyle, size: int) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size] / max(size - 1, 1) - 0.5
+    grad = x * np.cos(style.light_angle) + y * np.sin(style.light_angle)
+    return (1.0 + 2 * style.light_strength * grad)[..., None].astype(np.float32)
+
+
+def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 36, start=0.0, stop=2 * np.pi):
+    t = np.linspace(start, stop, n)
+    return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
+
+
+def _quad(p0, p1, p2, n: int = 16) -> np.ndarray:
+    t = np.linspace(0, 1, n)[:, None]
+    return (1 - t) ** 2 * np.asarray(p0) + 2 * (1 - t) * t * np.asarray(p1) + t**2 * np.asarray(p2)
+
+
+class FaceRenderer:
+    """Renders frames of one clip: ``renderer(t, controls)`` -> H×W×3 uint8."""
+
+    def __init__(self, style: FaceStyle, size: int, rng: np.random.Generator, occlusion: bool = False):
+        self.style, self.size, self.rng = style, size, rng
+        self.big = size * SUPERSAMPLE
+        self.bg = _background(style, size)
+        self.light = _lighting(style, size)
+        self.occluder = None
+        if occlusion:  # a hand/object over the expressive centre of the face, for the whole clip
+            colour = tuple(int(c) for c in rng.integers(40, 200, 3))
+            top = rng.uniform(-0.75, -0.45)
+            self.occluder = (colour, top, rng.uniform(0.55, 0.85))
+
+    def _to_px(self, pts: np.ndarray, cx: float, cy: float, roll: float) -> list[tuple[float, float]]:
+        rx, ry = 0.30 * self.style.scale, 0.38 * self.style.scale
+        c, s = np.cos(roll), np.sin(roll)
+        u, v = pts[:, 0] * rx, pts[:, 1] * ry
+        x = cx + c * u - s * v
+        y = cy + s * u + c * v
+        return [(float(a), float(b)) for a, b in zip(x * self.big, y * self.big)]
+
+    def __call__(self, t: float, ctl: np.ndarray) -> np.ndarray:
+        st = self.style
+        img = Image.new("RGBA", (self.big, self.big), (0, 0, 0, 0))
+        draw = ImageDraw.Draw(img)
+        wobble = np.sin(2 * np.pi * st.motion_hz * t + st.phase)
+        motion = max(ctl[C["head_motion"]], 0.0)
+        cx = st.center[0] + 0.02 * motion * np.sin(np.pi * st.motion_hz * t)
+        cy = st.center[1] + 0.035 * motion * wobble + 0.03 * max(ctl[C["head_tilt"]], 0)
+        roll = np.deg2rad(st.roll_deg + 7 * motion * wobble + 10 * ctl[C["head_tilt"]])
+        px = lambda pts: self._to_px(np.asarray(pts, dtype=float), cx, cy, roll)  # noqa: E731
+
+        skin = st.skin
+        dark = tuple(int(c * 0.55) for c in skin)
+        draw.polygon(px(_ellipse(0, -0.12, 1.08, 1.0, start=np.pi, stop=2 * np.pi)), fill=st.hair)
+        draw.polygon(px(_ellipse(0, 0, 1, 1, n=48)), fill=skin)
+        # cheeks redden with cheek raise
+        blush = float(np.clip(ctl[C["cheek_raise"]], 0, 1))
+        cheek = tuple(int(skin[i] * (1 - 0.45 * blush) + (230, 90, 90)[i] * 0.45 * blush) for i in range(3))
+        for side in (-1, 1):
+            lift = 0.08 * blush
+            draw.polygon(px(_ellipse(side * 0.5, 0.22 - lift, 0.2, 0.13)), fill=cheek)
+
+        # eyes: openness offsets a neutral aperture; cheek raise narrows from below (Duchenne)
+        aperture = float(np.clip(0.5 + 0.55 * ctl[C["eye_open"]] - 0.2 * blush, 0.06, 1.2))
+        for side in (-1, 1):
+            ex, ey = side * 0.38, -0.12
+            h = 0.05 + 0.11 * aperture
+            draw.polygon(px(_ellipse(ex, ey, 0.2, h)), fill=(245, 245, 245))
+            pr = min(0.075, h * 0.9)
+            draw.polygon(px(_ellipse(ex, ey, pr, pr * 1.2 if h > pr else h * 0.9)), fill=(35, 30, 30))
+        # brows: raise lifts both ends, furrow lowers and pulls in the inner end, inner raise tilts them
+        raise_, furrow = ctl[C["brow_raise"]], max(ctl[C["brow_furrow"]], 0)
+        inner_up = max(ctl[C["brow_inner_raise"]], 0)
+        for side in (-1, 1):
+            inner = (side * (0.14 + 0.06 * (1 - furrow)), -0.42 - 0.16 * raise_ + 0.16 * furrow - 0.2 * inner_up)
+            outer = (side * 0.6, -0.44 - 0.16 * raise_ + 0.02 * furrow + 0.04 * inner_up)
+            mid = ((inner[0] + outer[0]) / 2, min(inner[1], outer[1]) - 0.05)
+            curve = _quad(inner, mid, outer, 10)
+            band = np.concatenate([curve + [0, -0.035], curve[::-1] + [0, 0.035]])
+            draw.polygon(px(band), fill=tuple(int(c * 0.8) for c in st.hair))
+        draw.line(px([(0, -0.05), (-0.06, 0.2), (0.04, 0.22)]), fill=dark, width=max(1, self.big // 80))
+
+        # mouth: corners follow smile/frown, opening follows mouth_open, lip press thins and narrows
+        smile, press = ctl[C["smile"]], max(ctl[C["lip_press"]], 0)
+        opening = max(0.015, 0.28 * max(ctl[C["mouth_open"]], 0) * (1 - 0.6 * min(press, 1)))
+        half_w = 0.3 * (1 + 0.2 * max(smile, 0) - 0.25 * min(press, 1))
+        my, corner = 0.5, 0.5 - 0.16 * smile
+        left, right = (-half_w, corner), (half_w, corner)
+        upper = _quad(left, (0, my - opening / 2 + 0.04 * smile), right)
+        lower = _quad(right, (0, my + opening / 2 + 0.12 * max(smile, 0) + 0.02), left)
+        lip = (150, 60, 60) if press < 0.5 else (120, 70, 70)
+        draw.polygon(px(np.concatenate([upper, lower])), fill=(70, 20, 25), outline=lip)
+        draw.line(px(upper), fill=lip, width=max(1, int(self.big * (0.02 - 0.012 * min(press, 1)))))
+        if self.occluder is not None:
+            colour, top, bottom = self.occluder
+            draw.polygon(px([(-0.95, top), (0.95, top), (0.95, bottom), (-0.95, bottom)]), fill=colour)
+
+        face = img.reduce(SUPERSAMPLE)
+        rgba = np.asarray(face, dtype=np.float32)
+        alpha = rgba[..., 3:4] / 255.0
+        frame = self.bg * (1 - alpha) + rgba[..., :3] * alpha
+        frame = frame * self.light + self.rng.normal(0, st.sensor_noise, frame.shape)
+        return np.clip(frame, 0, 255).astype(np.uint8)
