@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from emi.cli import app
+from emi.config import ConfigError, flatten, load_params
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_embedded_is_the_default_profile(tmp_path):
+    params = load_params(write(tmp_path, "download: {}\n"))
+    assert params.profile == "embedded"
+    assert params.download.source == "synthetic"
+    assert params.extract.fps == 5
+
+
+def test_repo_params_yaml_parses():
+    params = load_params(Path(__file__).parents[1] / "params.yaml")
+    assert params.download.synthetic.n_clips >= 100
+
+
+def test_paper_profile_has_the_papers_settings(tmp_path):
+    p = load_params(write(tmp_path, "profile: paper\n"))
+    assert p.extract.fps == 5
+    assert (p.extract.visual.name, p.extract.visual.pretrained, p.extract.visual.dim) == ("ViT-B-16", "openai", 768)
+    assert p.extract.audio.name.startswith("facebook/wav2vec2-large") and p.extract.audio.dim == 1024
+    assert p.transcribe.asr.name == "large-v3-turbo"
+    assert (p.extract.text.name, p.extract.text.dim) == ("bert-base-uncased", 768)
+    s = p.stage1.schedule
+    assert (s.lr_max, s.lr_min, s.cycle_epochs, s.epochs) == (1e-5, 1e-7, 10, 50)
+    assert p.stage2.ema_decay == 0.999
+    assert not p.extract.visual.allow_random_init
+
+
+def test_params_file_overrides_profile_and_set_overrides_file(tmp_path):
+    path = write(tmp_path, "download:\n  synthetic:\n    n_clips: 40\n")
+    assert load_params(path).download.synthetic.n_clips == 40
+    assert load_params(path, ["download.synthetic.n_clips=50"]).download.synthetic.n_clips == 50
+    assert load_params(path, profile="tiny").download.synthetic.n_clips == 40
+
+
+def test_unknown_key_names_key_file_and_suggestion(tmp_path):
+    path = write(tmp_path, "download:\n  synthetic:\n    n_clip: 40\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    msg = str(err.value)
+    assert "download.synthetic.n_clip: unknown key" in msg
+    assert "did you mean download.synthetic.n_clips" in msg
+    assert str(path) in msg
+
+
+def test_wrong_type_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_params(write(tmp_path, "download:\n  synthetic:\n    n_clips: many\n"))
+    assert "download.synthetic.n_clips" in str(err.value) and "'many'" in str(err.value)
+
+
+def test_invalid_values_are_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="split fractions add up"):
+        load_params(write(tmp_path, "download:\n  synthetic:\n    splits: {train: 0.9, valid: 0.2, test: 0.0}\n"))
+    with pytest.raises(ConfigError, match="latent_correlation key"):
+        load_params(write(tmp_path, "download:\n  synthetic:\n    latent_correlation: {'Joy~Anger': 0.3}\n"))
+    with pytest.raises(ConfigError, match="download.source"):
+        load_params(write(tmp_path, "download: {source: ftp}\n"))
+
+
+def test_unknown_profile_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="unknown profile 'papers'.*embedded, paper"):
+        load_params(write(tmp_path, "profile: papers\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(write(tmp_path, "download: [\n"))
+
+
+def test_flatten_gives_dotted_keys(tiny_params):
+    flat = flatten(tiny_params)
+    assert flat["download.synthetic.n_clips"] == 12
+    assert flat["stage2.schedule.epochs"] == 2
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
+    path = write(tmp_path, "download: {sourse: synthetic}\n")
+    result = CliRunner().invoke(app, ["params", "show", "--params", str(path)])
+    assert result.exit_code == 2
+    assert "download.sourse: unknown key" in result.output
+
+
+def test_cli_lists_stages_and_documents_download_options():
+    runner = CliRunner()
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0 and "download" in top.output
+    help_text = runner.invoke(app, ["download", "--help"], terminal_width=200).output
+    for option in ("--params", "--profile", "--set", "--out", "--reports", "--source", "--local-path", "--url",
+                   "--sha256", "--n-clips", "--seed", "--max-error-fraction"):
+        assert option in help_text
