@@ -172,6 +172,8 @@ class ExtractParams(Strict):
     decode_workers: int = Field(ge=0)
     shard_size: int = Field(ge=1)
     silence_dbfs: float  # an audio track quieter than this (RMS, dBFS) counts as missing audio
+    frame_max_side: int = Field(ge=16)  # frames are downscaled to this at decode: a 4K clip cannot exhaust memory
+    face_margin: float = Field(ge=0)  # face_crop: box grown by this fraction on each side
 
 
 class ScheduleParams(Strict):
