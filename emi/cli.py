@@ -24,6 +24,8 @@ params_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_
 app.add_typer(params_app, name="params")
 validate_app = typer.Typer(help="Run a data-validation checkpoint on its own.", no_args_is_help=True)
 app.add_typer(validate_app, name="validate")
+bench_app = typer.Typer(help="Benchmarks that print throughput ratios.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file layered over its profile.")]
@@ -94,6 +96,157 @@ def download(
     console.print(result.report.summary(), highlight=False)
     console.print(f"{result.source} dataset ready in {result.raw_dir} ({result.seconds:.1f} s); "
                   f"report: {result.report.md_path}", highlight=False)
+
+
+RawOpt = Annotated[Path, typer.Option("--raw", help="dataset folder in the Hume-Vidmimic2 layout.")]
+ReportsOpt = Annotated[Path, typer.Option("--reports", help="folder for the validation report (<stage>.json/.md).")]
+ProgressOpt = Annotated[bool, typer.Option(help="show progress bars.")]
+
+
+def _stage_errors():
+    from emi.encoders import EncoderError
+    from emi.extract import ExtractError
+    from emi.validation import DataValidationError
+
+    return (DataValidationError, EncoderError, ExtractError)
+
+
+@app.command()
+def transcribe(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    raw: RawOpt = Path("data/raw"),
+    out: Annotated[Path, typer.Option(help="folder for transcripts.csv (and its resumable parts/).")] = Path(
+        "data/transcripts"),
+    reports: ReportsOpt = Path("reports/validation"),
+    progress: ProgressOpt = True,
+) -> None:
+    """Speech -> text with faster-whisper (VAD, beam search); clips without audio get an empty, flagged row."""
+    from emi.transcribe import transcribe as run_transcribe
+
+    params = _load(params_path, profile, overrides)
+    try:
+        result = run_transcribe(params, raw, out, reports, show_progress=progress)
+    except _stage_errors() as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(result.report.summary(), highlight=False)
+    console.print(f"transcripts: {result.table} ({result.n_clips} clips, {result.seconds:.1f} s)", highlight=False)
+
+
+@app.command()
+def extract(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    raw: RawOpt = Path("data/raw"),
+    transcripts: Annotated[Path, typer.Option(help="transcripts table from `emi transcribe`.")] = Path(
+        "data/transcripts/transcripts.csv"),
+    out: Annotated[Path, typer.Option(help="feature store: shards per modality + index.csv + manifest.json.")] = Path(
+        "data/features"),
+    reports: ReportsOpt = Path("reports/validation"),
+    progress: ProgressOpt = True,
+) -> None:
+    """Visual (5 fps), audio (pooled onto the same grid) and text features, in resumable shards."""
+    from emi.extract import extract as run_extract
+
+    params = _load(params_path, profile, overrides)
+    try:
+        result = run_extract(params, raw, transcripts, out, reports, show_progress=progress)
+    except _stage_errors() as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(result.report.summary(), highlight=False)
+    random = [r.role for r in result.encoders if r.random_init]
+    console.print(f"features: {result.out_dir} ({result.n_clips} clips; shards recomputed {result.shards_done_now}; "
+                  f"{result.seconds:.1f} s, {result.clips_per_s:.2f} clips/s, {result.frames_per_s:.1f} frames/s)"
+                  + (f"; RANDOM weights: {', '.join(random)}" if random else ""), highlight=False)
+
+
+@app.command()
+def stage1(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    features: Annotated[Path, typer.Option(help="feature store from `emi extract`.")] = Path("data/features"),
+    out: Annotated[Path, typer.Option(help="folder for alignment.pt, metrics.json, history.csv.")] = Path(
+        "models/stage1"),
+    aligned: Annotated[Path, typer.Option(help="folder for the aligned sequences Stage II reads.")] = Path(
+        "data/aligned"),
+    progress: ProgressOpt = True,
+) -> None:
+    """Stage I: vision<->text and audio<->text contrastive alignment (InfoNCE, SGDR); prints retrieval recall."""
+    from emi.stage1 import Stage1Error
+    from emi.stage1 import stage1 as run_stage1
+
+    params = _load(params_path, profile, overrides)
+    try:
+        result = run_stage1(params, features, out, aligned, show_progress=progress)
+    except Stage1Error as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    shown = ", ".join(f"{k}={v}" for k, v in result.metrics.items() if "recall" in k or "chance" in k)
+    console.print(f"stage I: {result.epochs_run} epochs in {result.seconds:.1f} s; {shown}", highlight=False)
+
+
+@app.command()
+def stage2(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    aligned: Annotated[Path, typer.Option(help="aligned.npz folder from `emi stage1`.")] = Path("data/aligned"),
+    raw: RawOpt = Path("data/raw"),
+    out: Annotated[Path, typer.Option(help="folder for model.pt, predictions.csv, metrics.json.")] = Path(
+        "models/stage2"),
+    progress: ProgressOpt = True,
+) -> None:
+    """Stage II: TCN + gated BiLSTM + quality-aware fusion + Transformer on the frozen Stage-I features (EMA)."""
+    from emi.stage2 import Stage2Error
+    from emi.stage2 import stage2 as run_stage2
+
+    params = _load(params_path, profile, overrides)
+    try:
+        result = run_stage2(params, aligned / "aligned.npz", raw, out, show_progress=progress)
+    except Stage2Error as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"stage II: {result.epochs_run} epochs in {result.seconds:.1f} s; valid mean Pearson "
+                  f"{result.metrics.get('valid_pearson_mean', float('nan')):.4f}", highlight=False)
+
+
+@app.command()
+def ablate(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    aligned: Annotated[Path, typer.Option(help="aligned.npz folder from `emi stage1`.")] = Path("data/aligned"),
+    raw: RawOpt = Path("data/raw"),
+    out: Annotated[Path, typer.Option(help="folder for ablation.{md,csv,json}.")] = Path("reports"),
+) -> None:
+    """The paper's Table 3: V, A, T, V+A, V+T, A+T, V+A+T (quality fusion) and V+A+T with average/concat."""
+    from emi.stage2 import ablation
+
+    params = _load(params_path, profile, overrides)
+    table = ablation(params, aligned / "aligned.npz", raw, out)
+    typer.echo(table[["modalities", "fusion", "pearson_mean", "mse", "seconds"]].to_string(index=False))
+
+
+@bench_app.command("extract")
+def bench_extract_cmd(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    raw: RawOpt = Path("data/raw"),
+    clips: Annotated[int, typer.Option(help="how many clips to decode and encode.")] = 40,
+    repeats: Annotated[int, typer.Option(help="timed repetitions per variant (the median is printed).")] = 3,
+) -> None:
+    """Batched visual extraction vs one frame per call, same model and frames: frames/s, ratio, peak RSS."""
+    from emi.bench import bench_extract
+
+    params = _load(params_path, profile, overrides)
+    result = bench_extract(params, raw, clips, repeats)
+    typer.echo("\n".join(result.lines()))
 
 
 @validate_app.command("raw")

@@ -205,6 +205,9 @@ class Stage2Params(Strict):
     dropout: float = Field(ge=0, lt=1)
     modalities: tuple[Literal["V", "A", "T"], ...] = Field(min_length=1)
     fusion: Literal["quality", "average", "concat"]
+    # what Stage II reads per modality: the Stage-I projections (aligned), the standardized encoder features
+    # (encoder), or both concatenated (the analogue of the paper's Stage-I-tuned encoder output)
+    inputs: Literal["aligned", "encoder", "both"]
     pearson_loss_weight: float = Field(ge=0)
     ema_decay: float = Field(gt=0, lt=1)
     batch_size: int = Field(ge=1)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no phoning home; this runs offline
+logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter on import is not our report
 
 import numpy as np
 import pandas as pd
