@@ -232,6 +232,52 @@ def ablate(
     typer.echo(table[["modalities", "fusion", "pearson_mean", "mse", "seconds"]].to_string(index=False))
 
 
+@app.command("predict")
+def predict_cmd(
+    videos: Annotated[list[Path], typer.Argument(help="video files (any container/codec FFmpeg reads).")],
+    model: Annotated[str, typer.Option(help="a registry URI (models:/NAME@ALIAS or models:/NAME/VERSION) or a "
+                                            "folder with stage1/alignment.pt and stage2/model.pt.")] = (
+        "models:/emi-fusion@champion"),
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="also write the table as CSV here.")] = None,
+) -> None:
+    """Six intensities and the per-modality fusion weights for new videos (transcribe + extract + both stages).
+
+    A video with no audio, no speech or no face still gets a prediction: that modality's weight is 0."""
+    from emi.infer import PredictError, predict_videos
+
+    params = _load(params_path, profile, overrides)
+    try:
+        alignment, fusion, params = _resolve_model(model, params)
+        table = predict_videos(videos, params, alignment, fusion)
+    except (PredictError, *_stage_errors()) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if out is not None:
+        from emi.utils import write_text
+
+        write_text(out, table.to_csv(index=False, float_format="%.6f"))
+    typer.echo(table.drop(columns=["transcript"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def _resolve_model(model: str, params: Params) -> tuple[Path, Path, Params]:
+    """Model files and the params they were trained with (a registered model carries its own)."""
+    if model.startswith("models:/") or model.startswith("runs:/"):
+        from emi.tracking import load_registered
+
+        files = load_registered(params, model)
+        trained = Params.model_validate_json(Path(files["params"]).read_text())
+        return Path(files["alignment"]), Path(files["fusion"]), trained
+    root = Path(model)
+    alignment, fusion = root / "stage1" / "alignment.pt", root / "stage2" / "model.pt"
+    for path in (alignment, fusion):
+        if not path.is_file():
+            raise typer.BadParameter(f"{path} not found (--model takes models:/… or a folder like models/)")
+    return alignment, fusion, params
+
+
 @bench_app.command("extract")
 def bench_extract_cmd(
     params_path: ParamsOpt = Path("params.yaml"),

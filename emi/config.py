@@ -215,6 +215,46 @@ class Stage2Params(Strict):
     schedule: ScheduleParams
 
 
+class RobustnessParams(Strict):
+    """Damage applied to the validation clips for the robustness table (each at its own rate of clips)."""
+
+    rate: float = Field(ge=0, le=1)
+    occlusion_box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the frame
+    noise_snr_db: float
+
+
+class EvaluateParams(Strict):
+    splits: tuple[Literal["train", "valid", "test"], ...] = Field(min_length=1)
+    robustness: RobustnessParams
+    ceiling_alpha: float = Field(gt=0)  # ridge penalty of the oracle regressor on the rendered latents
+
+
+class TrackingParams(Strict):
+    """MLflow: where runs go (MLFLOW_TRACKING_URI overrides the uri) and when a new model becomes champion."""
+
+    uri: str
+    experiment: str
+    registered_model: str
+    metric: str
+    promote: Literal["better", "always", "never"]
+    min_delta: float = Field(ge=0)
+
+
+class DaskParams(Strict):
+    address: str | None  # an existing cluster (tcp://host:8786); null starts a LocalCluster
+    n_workers: int = Field(ge=1)
+    threads_per_worker: int = Field(ge=1)
+
+
+class OrchestrationParams(Strict):
+    """Prefect flow settings: retries for transient failures and where extraction fans out."""
+
+    retries: int = Field(ge=0)
+    retry_delay_s: float = Field(ge=0)
+    extract_fanout: Literal["none", "dask"]
+    dask: DaskParams
+
+
 class Params(Strict):
     profile: str
     seed: int
@@ -223,6 +263,9 @@ class Params(Strict):
     extract: ExtractParams
     stage1: Stage1Params
     stage2: Stage2Params
+    evaluate: EvaluateParams
+    tracking: TrackingParams
+    orchestration: OrchestrationParams
 
 
 # ----------------------------------------------------------------------------- loading

@@ -22,7 +22,7 @@ from rich.progress import Progress
 
 from emi.config import DownloadParams, Params
 from emi.synth.generate import GENERATOR_DIR, generate
-from emi.utils import replace_dir, sha256_file, write_json
+from emi.utils import replace_dir, sha256_file, write_json, tracked
 from emi.validation import SPLITS, DataValidationError, ValidationReport, validate_raw, write_report
 
 SOURCE_FILE = "_source.json"  # provenance of data/raw: which source, path/url, checksum
@@ -40,7 +40,13 @@ class DownloadResult:
     report: ValidationReport
     seconds: float
 
+    def tracking(self) -> dict:
+        return {"metrics": {"rows": self.report.n_rows, "bad_rows": self.report.n_bad_rows,
+                            "error_fraction": self.report.error_fraction, "seconds": self.seconds},
+                "artifacts": [self.report.json_path, self.report.md_path]}
 
+
+@tracked("download")
 def download(params: Params, out_dir: Path = Path("data/raw"), report_dir: Path = Path("reports/validation"),
              show_progress: bool = True) -> DownloadResult:
     """Fetch or generate the dataset into ``out_dir``, then validate it (raises on a failed contract)."""

@@ -399,7 +399,9 @@ class BertEncoder:
 
     def __init__(self, spec: EncoderSpec, resolved: Resolved, device: torch.device, dtype: torch.dtype):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar per load is noise in stage logs
         _offline_env(resolved)
         if resolved.random_init:
             raise EncoderError("extract.text: a text encoder needs at least a tokenizer; give a path or hub id")

@@ -20,7 +20,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pandas as pd
-import torch
 from rich.progress import Progress
 
 from emi.audio import MediaError, decode_audio, rms_dbfs
@@ -28,8 +27,8 @@ from emi.config import ExtractParams, Params
 from emi.transcribe import Clip
 from emi.transcribe import list_clips as transcribe_clips
 from emi.encoders import (AUDIO_SAMPLE_RATE, AudioEncoder, Resolved, VisualEncoder, load_audio, load_text,
-                          load_visual, resolve_device, resolve_dtype)
-from emi.utils import atomic_path, fingerprint, sha256_file, write_json, write_text
+                          load_visual, resolve, resolve_device, resolve_dtype)
+from emi.utils import atomic_path, fingerprint, sha256_file, write_json, write_text, tracked
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,12 @@ class ExtractResult:
     clips_per_s: float
     encoders: list[Resolved]
     report: object | None = None
+
+    def tracking(self) -> dict:
+        return {"metrics": {"clips": self.n_clips, "seconds": self.seconds, "clips_per_s": self.clips_per_s,
+                            "frames_per_s": self.frames_per_s},
+                "artifacts": [self.report.json_path, self.report.md_path, self.out_dir / "manifest.json",
+                              self.out_dir / "index.csv"]}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -279,16 +284,32 @@ def _spec(cfg: ExtractParams, modality: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- the stage
-def extract(params: Params, raw_dir: Path, transcripts: Path, out_dir: Path, report_dir: Path | None = None,
-            show_progress: bool = True) -> ExtractResult:
+@dataclass
+class ExtractPlan:
+    """What this run must compute: shards, their fingerprints and which modality of which shard is missing."""
+
+    params: Params
+    raw_dir: Path
+    out_dir: Path
+    clips: list[Clip]
+    shards: list[list[Clip]]
+    keys: list[dict[str, str]]
+    paths: dict[str, list[Path]]
+    todo: dict[str, list[int]]
+    texts: dict[str, str | None]
+
+    @property
+    def shards_to_run(self) -> list[int]:
+        return sorted({i for ids in self.todo.values() for i in ids})
+
+
+def plan_extract(params: Params, raw_dir: Path, transcripts: Path, out_dir: Path) -> ExtractPlan:
     cfg = params.extract
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    started = time.perf_counter()
     clips = list_clips(raw_dir)
     texts = _read_transcripts(transcripts)
     shards = [clips[i:i + cfg.shard_size] for i in range(0, len(clips), cfg.shard_size)]
     hashes = {c.id: (sha256_file(c.path) if c.path.is_file() else "missing") for c in clips}
-
     common = {"fps": cfg.fps, "frame_max_side": cfg.frame_max_side}
     keys = []
     for shard in shards:
@@ -308,63 +329,99 @@ def extract(params: Params, raw_dir: Path, transcripts: Path, out_dir: Path, rep
         for stale in (out_dir / m).glob("shard-*"):
             if stale.suffix in (".npz", ".json") and stale.with_suffix(".npz") not in paths[m]:
                 stale.unlink()
+    return ExtractPlan(params, raw_dir, out_dir, clips, shards, keys, paths, todo, texts)
 
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    encoders = _load_encoders(cfg, device, dtype, {m for m in MODALITIES if todo[m]})
-    cropper = FaceCropper(cfg.face_margin) if cfg.face_crop and todo["visual"] else None
 
+_ENCODERS: dict[str, dict] = {}
+
+
+def cached_encoders(cfg: ExtractParams) -> dict:
+    """Encoders loaded once per process (a Dask worker runs many shards)."""
+    key = cfg.model_dump_json()
+    if key not in _ENCODERS:
+        device = resolve_device(cfg.device)
+        _ENCODERS.clear()
+        _ENCODERS[key] = load_encoders(cfg, device, resolve_dtype(cfg.dtype, device), set(MODALITIES))
+    return _ENCODERS[key]
+
+
+def run_shard(plan: ExtractPlan, i: int, encoders: dict | None = None) -> int:
+    """Compute the missing modalities of shard ``i``; returns the number of frames encoded. Safe to run in
+    any process: the only output is the shard's own files, each written atomically, receipt last."""
+    cfg = plan.params.extract
+    encoders = encoders or cached_encoders(cfg)
+    want_v, want_a, want_t = (i in plan.todo[m] for m in MODALITIES)
     n_frames = 0
-    av_shards = sorted(set(todo["visual"]) | set(todo["audio"]))
-    with Progress(disable=not show_progress) as progress:
-        bar = progress.add_task("extracting features", total=sum(len(shards[i]) for i in av_shards) or 1)
-        for i in av_shards:
-            want_v, want_a = i in todo["visual"], i in todo["audio"]
-            decoded = _decode_all(shards[i], cfg, want_v, want_a)
-            if want_v:
-                faces = [_crop_faces(d, cropper) for d in decoded] if cropper else [None] * len(decoded)
-                feats = encode_frames(encoders["visual"], decoded, cfg.batch_size)
-                n_frames += sum(len(f) for f in feats)
-                _save_shard(paths["visual"][i], keys[i]["visual"],
-                            _pack(decoded, feats, [d.visual_status if f is not False else "no_face"
-                                                   for d, f in zip(decoded, faces)]),
-                            {"modality": "visual", "clips": len(decoded)})
-            if want_a:
-                usable = [d.wave if d.audio_status in ("ok", "silent") else None for d in decoded]
-                feats = encode_audio(encoders["audio"], usable, [d.n_steps for d in decoded], cfg.fps,
-                                     cfg.audio.window_s, cfg.batch_size)
-                _save_shard(paths["audio"][i], keys[i]["audio"],
-                            _pack(decoded, feats, [d.audio_status for d in decoded]),
-                            {"modality": "audio", "clips": len(decoded)})
-            progress.advance(bar, len(shards[i]))
-        for i in todo["text"]:
-            _save_text_shard(paths["text"][i], keys[i]["text"], shards[i], texts, encoders["text"], cfg.batch_size)
+    if want_v or want_a:
+        decoded = _decode_all(plan.shards[i], cfg, want_v, want_a)
+        if want_v:
+            cropper = FaceCropper(cfg.face_margin) if cfg.face_crop else None
+            faces = [_crop_faces(d, cropper) for d in decoded] if cropper else [None] * len(decoded)
+            feats = encode_frames(encoders["visual"], decoded, cfg.batch_size)
+            n_frames = sum(len(f) for f in feats)
+            _save_shard(plan.paths["visual"][i], plan.keys[i]["visual"],
+                        _pack(decoded, feats, [d.visual_status if f is not False else "no_face"
+                                               for d, f in zip(decoded, faces)]),
+                        {"modality": "visual", "clips": len(decoded)})
+        if want_a:
+            usable = [d.wave if d.audio_status in ("ok", "silent") else None for d in decoded]
+            feats = encode_audio(encoders["audio"], usable, [d.n_steps for d in decoded], cfg.fps,
+                                 cfg.audio.window_s, cfg.batch_size)
+            _save_shard(plan.paths["audio"][i], plan.keys[i]["audio"],
+                        _pack(decoded, feats, [d.audio_status for d in decoded]),
+                        {"modality": "audio", "clips": len(decoded)})
+    if want_t:
+        _save_text_shard(plan.paths["text"][i], plan.keys[i]["text"], plan.shards[i], plan.texts, encoders["text"],
+                         cfg.batch_size)
+    return n_frames
 
-    index = build_index(clips, shards, paths)
-    write_text(out_dir / "index.csv", index.to_csv(index=False))
-    seconds = time.perf_counter() - started
-    resolved = [e.resolved for e in encoders.values()] or _previous_encoders(out_dir)
+
+def finish_extract(plan: ExtractPlan, seconds: float, n_frames: int, report_dir: Path | None) -> ExtractResult:
+    """Index, manifest and the feature checkpoint, once every shard is complete."""
+    cfg = plan.params.extract
+    missing = [str(plan.paths[m][i]) for m in MODALITIES for i in range(len(plan.shards))
+               if not shard_done(plan.paths[m][i], plan.keys[i][m])]
+    if missing:
+        raise ExtractError(f"{len(missing)} shard(s) are not complete: {', '.join(missing[:5])}")
+    index = build_index(plan.clips, plan.shards, plan.paths)
+    write_text(plan.out_dir / "index.csv", index.to_csv(index=False))
+    resolved = [resolve(getattr(cfg, m), f"extract.{m}") for m in MODALITIES]
     manifest = {
         "fps": cfg.fps,
         "dims": {m: getattr(cfg, m).dim for m in MODALITIES},
         "encoders": [r.__dict__ | {"random_init": r.random_init} for r in resolved],
         "random_init": [r.role for r in resolved if r.random_init],
-        "shards": {m: len(shards) for m in MODALITIES},
-        "shards_done_now": {m: len(todo[m]) for m in MODALITIES},
-        "clips": len(clips),
+        "shards": {m: len(plan.shards) for m in MODALITIES},
+        "shards_done_now": {m: len(plan.todo[m]) for m in MODALITIES},
+        "clips": len(plan.clips),
         "seconds": round(seconds, 2),
     }
-    write_json(out_dir / "manifest.json", manifest)
-    done_clips = sum(len(shards[i]) for i in av_shards)
-    result = ExtractResult(out_dir, len(clips), manifest["shards_done_now"], seconds,
+    write_json(plan.out_dir / "manifest.json", manifest)
+    done_clips = sum(len(plan.shards[i]) for i in plan.shards_to_run)
+    result = ExtractResult(plan.out_dir, len(plan.clips), manifest["shards_done_now"], seconds,
                            n_frames / seconds if seconds else 0.0, done_clips / seconds if seconds else 0.0, resolved)
-    log.info("extracted %d clips (%d shards recomputed) in %.1f s: %.2f clips/s, %.1f frames/s",
-             done_clips, sum(len(v) for v in todo.values()), seconds, result.clips_per_s, result.frames_per_s)
+    log.info("extracted %d clips (%d shard parts recomputed) in %.1f s: %.2f clips/s, %.1f frames/s", done_clips,
+             sum(len(v) for v in plan.todo.values()), seconds, result.clips_per_s, result.frames_per_s)
 
     from emi.validation_features import validate_features
 
-    result.report = validate_features(out_dir, params.download.validation.max_error_fraction, report_dir, raw_dir)
+    result.report = validate_features(plan.out_dir, plan.params.download.validation.max_error_fraction, report_dir,
+                                      plan.raw_dir)
     return result
+
+
+@tracked("extract")
+def extract(params: Params, raw_dir: Path, transcripts: Path, out_dir: Path, report_dir: Path | None = None,
+            show_progress: bool = True) -> ExtractResult:
+    started = time.perf_counter()
+    plan = plan_extract(params, raw_dir, transcripts, out_dir)
+    n_frames = 0
+    with Progress(disable=not show_progress) as progress:
+        bar = progress.add_task("extracting features", total=len(plan.shards_to_run) or 1)
+        for i in plan.shards_to_run:
+            n_frames += run_shard(plan, i)
+            progress.advance(bar)
+    return finish_extract(plan, time.perf_counter() - started, n_frames, report_dir)
 
 
 def _read_transcripts(path: Path) -> dict[str, str | None]:
@@ -376,21 +433,13 @@ def _read_transcripts(path: Path) -> dict[str, str | None]:
     return {r.id: (r.text.strip() or None) if r.status == "ok" else None for r in table.itertuples()}
 
 
-def _load_encoders(cfg: ExtractParams, device, dtype, needed: set[str]) -> dict:
+def load_encoders(cfg: ExtractParams, device, dtype, needed: set[str]) -> dict:
     loaders = {"visual": load_visual, "audio": load_audio, "text": load_text}
     encoders = {m: loaders[m](getattr(cfg, m), device, dtype) for m in MODALITIES if m in needed}
     for enc in encoders.values():
         if enc.resolved.random_init:
             log.warning("%s uses RANDOM weights (allowed by the profile); reports say so", enc.resolved.describe())
     return encoders
-
-
-def _previous_encoders(out_dir: Path) -> list[Resolved]:
-    manifest = out_dir / "manifest.json"
-    if not manifest.is_file():
-        return []
-    fields = ("role", "kind", "name", "source", "location")
-    return [Resolved(**{k: e[k] for k in fields}) for e in json.loads(manifest.read_text())["encoders"]]
 
 
 def _decode_all(shard: list[Clip], cfg: ExtractParams, want_v: bool, want_a: bool) -> list[Decoded]:

@@ -20,7 +20,7 @@ from emi.extract import load_features
 from emi.model import AlignmentModel, clip_pool
 from emi.train import (SequenceData, load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything,
                        sgdr)
-from emi.utils import atomic_path, fingerprint, write_json, write_text
+from emi.utils import atomic_path, fingerprint, write_json, write_text, tracked
 
 log = logging.getLogger(__name__)
 KS = (1, 5)
@@ -39,6 +39,11 @@ class Stage1Result:
     metrics: dict
     epochs_run: int
     seconds: float
+
+    def tracking(self) -> dict:
+        history = pd.read_csv(self.model_path.parent / "history.csv").to_dict(orient="records")
+        return {"metrics": self.metrics, "history": history,
+                "artifacts": [self.model_path.parent / "metrics.json", self.model_path.parent / "history.csv"]}
 
 
 def feature_data(features_dir: Path, splits: tuple[str, ...] | None = None) -> tuple[SequenceData, list[str], dict]:
@@ -82,6 +87,7 @@ def retrieval(model: AlignmentModel, data: SequenceData) -> dict[str, float]:
     return out
 
 
+@tracked("stage1")
 def stage1(params: Params, features_dir: Path, model_dir: Path, aligned_dir: Path,
            show_progress: bool = True) -> Stage1Result:
     p = params.stage1
@@ -125,7 +131,7 @@ def stage1(params: Params, features_dir: Path, model_dir: Path, aligned_dir: Pat
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses))}

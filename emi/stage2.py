@@ -20,7 +20,7 @@ from emi.model import EMIFusionModel, emi_loss
 from emi.stage1 import load_aligned
 from emi.train import (SequenceData, ema_of, load_checkpoint, pearson_per_dim, read_labels, restore_rng, rng_state,
                        save_checkpoint, seed_everything, sgdr)
-from emi.utils import fingerprint, write_json, write_text
+from emi.utils import fingerprint, write_json, write_text, tracked
 
 log = logging.getLogger(__name__)
 ABLATION_MODALITIES = ("V", "A", "T", "VA", "VT", "AT", "VAT")
@@ -37,6 +37,12 @@ class Stage2Result:
     predictions: pd.DataFrame
     epochs_run: int
     seconds: float
+
+    def tracking(self) -> dict:
+        folder = self.model_path.parent
+        history = pd.read_csv(folder / "history.csv").to_dict(orient="records")
+        return {"metrics": {**self.metrics, "seconds": self.seconds}, "history": history,
+                "artifacts": [folder / "metrics.json", folder / "history.csv", folder / "predictions.csv"]}
 
 
 def labelled(data: SequenceData, labels: pd.DataFrame) -> SequenceData:
@@ -116,7 +122,7 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
             loss.backward()
             optimizer.step()
             ema.update_parameters(model)
-            losses.append(float(loss))
+            losses.append(loss.item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses))}
@@ -158,6 +164,7 @@ def prediction_table(model: EMIFusionModel, parts: dict[str, SequenceData], batc
     return pd.DataFrame(rows)
 
 
+@tracked("stage2")
 def stage2(params: Params, aligned: Path, raw_dir: Path, model_dir: Path, show_progress: bool = True) -> Stage2Result:
     p = params.stage2
     started = time.perf_counter()
@@ -182,6 +189,7 @@ def stage2(params: Params, aligned: Path, raw_dir: Path, model_dir: Path, show_p
     return Stage2Result(model_path, metrics, predictions, ran, seconds)
 
 
+@tracked("ablate")
 def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
              modality_sets: tuple[str, ...] = ABLATION_MODALITIES,
              fusions: tuple[str, ...] = ("quality", "average", "concat"),
@@ -207,6 +215,11 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "ablation.csv", table.to_csv(index=False, float_format="%.4f"))
     write_text(out_dir / "ablation.md", ablation_markdown(table))
+    from emi import tracking
+
+    tracking.log_artifacts([out_dir / "ablation.md", out_dir / "ablation.csv"])
+    tracking.log_metrics({f"{r['modalities']}/{r['fusion']}/{r['inputs']}/pearson_mean".replace("+", ""):
+                          r["pearson_mean"] for r in rows})
     write_json(out_dir / "ablation.json", {f"{r['modalities']}/{r['fusion']}/{r['inputs']}": {
         k: v for k, v in r.items() if k not in ("modalities", "fusion", "inputs")}
         for r in table.to_dict(orient="records")})  # DVC metrics want a mapping, not a list

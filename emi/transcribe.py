@@ -24,7 +24,7 @@ from emi.audio import MediaError, decode_audio, rms_dbfs
 from emi.config import Params
 from emi.encoders import AUDIO_SAMPLE_RATE, load_asr, resolve
 from emi.synth.generate import GENERATOR_DIR
-from emi.utils import fingerprint, sha256_file, write_json, write_text
+from emi.utils import fingerprint, sha256_file, write_json, write_text, tracked
 from emi.validation import SPLITS, DataValidationError, ValidationReport, validate_transcripts, write_report
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,13 @@ class TranscribeResult:
     seconds: float
     report: ValidationReport
     asr: str  # where the ASR weights came from
+
+    def tracking(self) -> dict:
+        facts = self.report.facts
+        return {"metrics": {"clips": self.n_clips, "seconds": self.seconds, "wer": facts.get("wer"),
+                            "sentence_match_rate": facts.get("sentence_match_rate"),
+                            "empty_text_rate": facts.get("empty_text_rate")},
+                "artifacts": [self.report.json_path, self.report.md_path, self.table]}
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,7 @@ def _remove_stale_parts(parts_dir: Path, n_parts: int) -> None:
 
 
 # ----------------------------------------------------------------------------- the stage
+@tracked("transcribe")
 def transcribe(params: Params, raw_dir: Path = Path("data/raw"), out_dir: Path = Path("data/transcripts"),
                report_dir: Path | None = Path("reports/validation"), show_progress: bool = True) -> TranscribeResult:
     """Transcribe every clip the split files list into ``out_dir/transcripts.csv``; validate; return it.

@@ -12,6 +12,17 @@ from emi.config import Params, load_params
 from emi.synth.generate import generate
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory) -> str:
+    """Every stage logs to MLflow: during tests, to a real store in a temp folder, never the repo's."""
+    import os
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ.pop("EMI_MLFLOW_PARENT_RUN_ID", None)
+    return uri
+
+
 @pytest.fixture(scope="session")
 def tiny_params() -> Params:
     return load_params(None, profile="tiny")
