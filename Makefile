@@ -5,11 +5,13 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.emi-installed
 APT_PACKAGES := ffmpeg espeak-ng
+# where `dvc push` stores data, features and models: a folder outside the repo unless you say otherwise
+DVC_REMOTE ?= $(HOME)/.cache/emi/dvc-remote
 export PATH := $(BIN):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run test setup system-packages lint clean
+.PHONY: run test setup system-packages dvc-remote lint clean
 
 ## run: set up, then run the pipeline on the embedded default (dvc repro; a no-op when nothing changed)
 run: setup
@@ -20,7 +22,13 @@ test: setup
 	python -m pytest
 
 ## setup: Debian packages (ffmpeg, espeak-ng) + virtualenv with the locked Python packages
-setup: system-packages $(STAMP)
+setup: system-packages $(STAMP) dvc-remote
+
+## dvc-remote: a default DVC remote for this checkout (.dvc/config.local); DVC_REMOTE=... picks another
+dvc-remote: $(STAMP)
+	@if ! dvc remote list --local 2>/dev/null | grep -q '^local'; then \
+	  mkdir -p "$(DVC_REMOTE)" && dvc remote add --local --default local "$(DVC_REMOTE)" && \
+	  echo "DVC remote 'local' -> $(DVC_REMOTE)"; fi
 
 system-packages:
 	@missing=""; for tool in ffmpeg espeak-ng; do command -v $$tool >/dev/null || missing=1; done; \

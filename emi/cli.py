@@ -26,6 +26,8 @@ validate_app = typer.Typer(help="Run a data-validation checkpoint on its own.", 
 app.add_typer(validate_app, name="validate")
 bench_app = typer.Typer(help="Benchmarks that print throughput ratios.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+registry_app = typer.Typer(help="The MLflow model registry (emi-fusion): compare versions.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
 console = Console(stderr=True)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file layered over its profile.")]
@@ -232,6 +234,51 @@ def ablate(
     typer.echo(table[["modalities", "fusion", "pearson_mean", "mse", "seconds"]].to_string(index=False))
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    raw: RawOpt = Path("data/raw"),
+    data: Annotated[Path, typer.Option(help="folder holding transcripts/, features/ and aligned/.")] = Path("data"),
+    models: Annotated[Path, typer.Option(help="folder holding stage1/ and stage2/.")] = Path("models"),
+    reports: Annotated[Path, typer.Option(help="folder for metrics.json, report.md, plots, submission.csv.")] = Path(
+        "reports"),
+    register: Annotated[bool, typer.Option(help="register the model in MLflow and apply the promotion policy.")] = True,
+    progress: ProgressOpt = True,
+) -> None:
+    """Metrics (+ ceiling), robustness table, report, ABAW submission; then the registry decision."""
+    from emi.evaluate import EvaluateError, evaluate
+
+    params = _load(params_path, profile, overrides)
+    try:
+        result = evaluate(params, raw, data / "transcripts" / "transcripts.csv", data / "aligned" / "aligned.npz",
+                          models / "stage1", models / "stage2", reports, ablation_dir=reports,
+                          show_progress=progress, features_dir=data / "features",
+                          validation_dir=reports / "validation")
+    except (EvaluateError, *_stage_errors()) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    flat = result.tracking()["metrics"]
+    console.print(f"valid mean Pearson {flat.get('valid_pearson_mean', float('nan')):.4f}, test "
+                  f"{flat.get('test_pearson_mean', float('nan')):.4f}; report: {result.paths['report']}",
+                  highlight=False)
+    if register:
+        from emi.tracking import publish
+
+        decision = publish(params, models / "stage1" / "alignment.pt", models / "stage2" / "model.pt", flat,
+                           result.data_fingerprint, reports / "registry.json")
+        console.print(f"registered {decision['model']} v{decision['version']} (challenger); champion: "
+                      f"v{decision['champion_version']} ({decision['reason']})", highlight=False)
+        from emi.utils import write_text
+
+        report = Path(result.paths["report"])
+        write_text(report, report.read_text() + (
+            f"\n## Model registry\n\n- registered `{decision['model']}` version {decision['version']} "
+            f"(alias `challenger`)\n- champion: version {decision['champion_version']} — {decision['reason']}\n"
+            f"- compare: `emi registry compare`\n"))
+
+
 @app.command("predict")
 def predict_cmd(
     videos: Annotated[list[Path], typer.Argument(help="video files (any container/codec FFmpeg reads).")],
@@ -293,6 +340,20 @@ def bench_extract_cmd(
     params = _load(params_path, profile, overrides)
     result = bench_extract(params, raw, clips, repeats)
     typer.echo("\n".join(result.lines()))
+
+
+@registry_app.command("compare")
+def registry_compare(
+    versions: Annotated[Optional[list[str]], typer.Argument(help="versions or aliases (default: the newest).")] = None,
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Registered versions side by side: aliases, metrics, data fingerprint and the params that differ."""
+    from emi.tracking import compare_versions
+
+    params = _load(params_path, profile, overrides)
+    typer.echo(compare_versions(params, versions or None))
 
 
 @validate_app.command("raw")

@@ -210,6 +210,7 @@ class Stage2Params(Strict):
     inputs: Literal["aligned", "encoder", "both"]
     pearson_loss_weight: float = Field(ge=0)
     ema_decay: float = Field(gt=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"]
     batch_size: int = Field(ge=1)
     weight_decay: float = Field(ge=0)
     schedule: ScheduleParams

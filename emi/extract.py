@@ -97,14 +97,20 @@ def _scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
-def decode_clip(clip: Clip, cfg: ExtractParams, want_frames: bool, want_audio: bool) -> Decoded:
-    """Frames nearest to each step centre (k + 0.5) / fps, downscaled; audio padded with silence to the grid."""
+def decode_clip(clip: Clip, cfg: ExtractParams, want_frames: bool, want_audio: bool,
+                max_duration_s: float | None = None) -> Decoded:
+    """Frames nearest to each step centre (k + 0.5) / fps, downscaled; audio padded with silence to the grid.
+    A clip longer than ``max_duration_s`` is refused (its frames would not fit in memory at scale)."""
     out = Decoded(clip)
     try:
         with av.open(str(clip.path)) as container:
             if not container.streams.video:
                 raise MediaError("no video stream")
-            out.n_steps = grid_steps(video_duration(container), cfg.fps)
+            duration = video_duration(container)
+            if max_duration_s is not None and duration > max_duration_s:
+                raise MediaError(f"{duration:.1f} s is longer than download.validation.max_duration_s "
+                                 f"= {max_duration_s:g} s")
+            out.n_steps = grid_steps(duration, cfg.fps)
             if out.n_steps == 0:
                 raise MediaError(f"shorter than one {1 / cfg.fps:.2f} s step at {cfg.fps:g} fps")
             if want_frames:
@@ -274,6 +280,12 @@ def shard_done(path: Path, key: str) -> bool:
         return False
 
 
+def features_fingerprint(out_dir: Path) -> str:
+    """What the feature store holds, from its shard receipts (which fingerprint every input of every shard)."""
+    receipts = sorted(Path(out_dir).glob("*/shard-*.json"))
+    return fingerprint([(p.parent.name, p.name, json.loads(p.read_text())["fingerprint"]) for p in receipts])
+
+
 def load_shard(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
@@ -310,7 +322,8 @@ def plan_extract(params: Params, raw_dir: Path, transcripts: Path, out_dir: Path
     texts = _read_transcripts(transcripts)
     shards = [clips[i:i + cfg.shard_size] for i in range(0, len(clips), cfg.shard_size)]
     hashes = {c.id: (sha256_file(c.path) if c.path.is_file() else "missing") for c in clips}
-    common = {"fps": cfg.fps, "frame_max_side": cfg.frame_max_side}
+    common = {"fps": cfg.fps, "frame_max_side": cfg.frame_max_side,
+              "max_duration_s": params.download.validation.max_duration_s}
     keys = []
     for shard in shards:
         ids = [(c.id, hashes[c.id]) for c in shard]
@@ -319,7 +332,8 @@ def plan_extract(params: Params, raw_dir: Path, transcripts: Path, out_dir: Path
                                    "face_margin": cfg.face_margin if cfg.face_crop else None, **common, "clips": ids}),
             "audio": fingerprint({"spec": _spec(cfg, "audio"), "silence_dbfs": cfg.silence_dbfs, **common,
                                   "clips": ids}),
-            "text": fingerprint({"spec": _spec(cfg, "text"), "clips": [(c.id, texts.get(c.id)) for c in shard]}),
+            "text": fingerprint({"spec": _spec(cfg, "text"), "per_clip": True,
+                                 "clips": [(c.id, texts.get(c.id)) for c in shard]}),
         })
     paths = {m: [out_dir / m / f"shard-{i:05d}.npz" for i in range(len(shards))] for m in MODALITIES}
     todo = {m: [i for i in range(len(shards)) if not shard_done(paths[m][i], keys[i][m])] for m in MODALITIES}
@@ -353,7 +367,7 @@ def run_shard(plan: ExtractPlan, i: int, encoders: dict | None = None) -> int:
     want_v, want_a, want_t = (i in plan.todo[m] for m in MODALITIES)
     n_frames = 0
     if want_v or want_a:
-        decoded = _decode_all(plan.shards[i], cfg, want_v, want_a)
+        decoded = _decode_all(plan.shards[i], cfg, want_v, want_a, plan.params.download.validation.max_duration_s)
         if want_v:
             cropper = FaceCropper(cfg.face_margin) if cfg.face_crop else None
             faces = [_crop_faces(d, cropper) for d in decoded] if cropper else [None] * len(decoded)
@@ -371,8 +385,7 @@ def run_shard(plan: ExtractPlan, i: int, encoders: dict | None = None) -> int:
                         _pack(decoded, feats, [d.audio_status for d in decoded]),
                         {"modality": "audio", "clips": len(decoded)})
     if want_t:
-        _save_text_shard(plan.paths["text"][i], plan.keys[i]["text"], plan.shards[i], plan.texts, encoders["text"],
-                         cfg.batch_size)
+        _save_text_shard(plan.paths["text"][i], plan.keys[i]["text"], plan.shards[i], plan.texts, encoders["text"])
     return n_frames
 
 
@@ -442,11 +455,12 @@ def load_encoders(cfg: ExtractParams, device, dtype, needed: set[str]) -> dict:
     return encoders
 
 
-def _decode_all(shard: list[Clip], cfg: ExtractParams, want_v: bool, want_a: bool) -> list[Decoded]:
+def _decode_all(shard: list[Clip], cfg: ExtractParams, want_v: bool, want_a: bool,
+                max_duration_s: float | None) -> list[Decoded]:
     if cfg.decode_workers <= 1:
-        return [decode_clip(c, cfg, want_v, want_a) for c in shard]
+        return [decode_clip(c, cfg, want_v, want_a, max_duration_s) for c in shard]
     with ThreadPoolExecutor(cfg.decode_workers) as pool:  # PyAV releases the GIL while decoding
-        return list(pool.map(lambda c: decode_clip(c, cfg, want_v, want_a), shard))
+        return list(pool.map(lambda c: decode_clip(c, cfg, want_v, want_a, max_duration_s), shard))
 
 
 def _crop_faces(decoded: Decoded, cropper: FaceCropper) -> bool | None:
@@ -467,14 +481,14 @@ def _pack(decoded: list[Decoded], feats: list[np.ndarray], status: list[str]) ->
             "status": np.array(status), "detail": np.array([d.detail for d in decoded])}
 
 
-def _save_text_shard(path: Path, key: str, shard: list[Clip], texts: dict[str, str | None], encoder,
-                     batch_size: int) -> None:
+def _save_text_shard(path: Path, key: str, shard: list[Clip], texts: dict[str, str | None], encoder) -> None:
     vectors = np.zeros((len(shard), encoder.dim), np.float32)
     status = np.array(["ok" if texts.get(c.id) else ("missing" if c.id not in texts else "empty") for c in shard])
-    usable = [i for i, c in enumerate(shard) if texts.get(c.id)]
-    for start in range(0, len(usable), batch_size):
-        rows = usable[start:start + batch_size]
-        vectors[rows] = encoder.encode([texts[shard[i].id] for i in rows])
+    # one transcript per call: padding to a batch-mate's length moves the mean-pooled vector in the 7th digit,
+    # and a clip's features must not depend on which clips share its shard (nor differ from `emi predict`)
+    for i, clip in enumerate(shard):
+        if texts.get(clip.id):
+            vectors[i] = encoder.encode([texts[clip.id]])[0]
     _save_shard(path, key, {"ids": np.array([c.id for c in shard]), "data": vectors, "status": status,
                             "lengths": np.ones(len(shard), np.int64), "detail": np.array([""] * len(shard))},
                 {"modality": "text", "clips": len(shard)})

@@ -75,7 +75,7 @@ def clip_features(params: Params, clips: list[Clip], texts: dict[str, str | None
     rng = np.random.default_rng(seed)
     decoded = []
     for clip in clips:
-        d = decode_clip(clip, cfg, True, True)
+        d = decode_clip(clip, cfg, True, True, params.download.validation.max_duration_s)
         if d.visual_status == "error":
             raise PredictError(f"{clip.path}: cannot use this video: {d.detail}")
         decoded.append(damage_clip(d, damage, rng) if damage else d)

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from emi.config import Params
-from emi.extract import load_features
+from emi.extract import features_fingerprint, load_features
 from emi.model import AlignmentModel, clip_pool
 from emi.train import (SequenceData, load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything,
                        sgdr)
@@ -107,8 +107,9 @@ def stage1(params: Params, features_dir: Path, model_dir: Path, aligned_dir: Pat
     scheduler = sgdr(optimizer, p.schedule)
     model_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = model_dir / "checkpoint.pt"
+    # the features' own fingerprint too: new features must never resume an old run's checkpoint
     run_key = fingerprint({"stage1": p.model_dump(mode="json"), "seed": params.seed, "dims": dims,
-                           "train": train.ids})
+                           "train": train.ids, "features": features_fingerprint(features_dir)})
     history: list[dict] = []
     start_epoch = 0
     state = load_checkpoint(ckpt_path)

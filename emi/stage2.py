@@ -16,11 +16,12 @@ import pandas as pd
 import torch
 
 from emi.config import EMOTIONS, Params, Stage2Params
+from emi.encoders import resolve_device
 from emi.model import EMIFusionModel, emi_loss
 from emi.stage1 import load_aligned
 from emi.train import (SequenceData, ema_of, load_checkpoint, pearson_per_dim, read_labels, restore_rng, rng_state,
                        save_checkpoint, seed_everything, sgdr)
-from emi.utils import fingerprint, write_json, write_text, tracked
+from emi.utils import fingerprint, sha256_file, tracked, write_json, write_text
 
 log = logging.getLogger(__name__)
 ABLATION_MODALITIES = ("V", "A", "T", "VA", "VT", "AT", "VAT")
@@ -71,12 +72,13 @@ def dims_of(data: SequenceData) -> dict[str, int]:
 def predict(model: EMIFusionModel, data: SequenceData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Clip predictions (N, 6) and mean fusion weights per modality (N, 3: V, A, T)."""
     model.eval()
+    device = next(model.parameters()).device
     preds, weights = [], []
     for start in range(0, len(data), batch_size):
-        b = data.batch(list(range(start, min(start + batch_size, len(data)))))
+        b = data.batch(list(range(start, min(start + batch_size, len(data)))), device)
         out = model(b["v"], b["a"], b["t"], b["time_mask"], b["modality_mask"])
-        preds.append(out["pred"].numpy())
-        weights.append(out["clip_weights"].numpy())
+        preds.append(out["pred"].float().cpu().numpy())
+        weights.append(out["clip_weights"].float().cpu().numpy())
     if not preds:
         return np.zeros((0, len(EMOTIONS))), np.zeros((0, 3))
     return np.concatenate(preds), np.concatenate(weights)
@@ -90,21 +92,22 @@ def evaluate(model: EMIFusionModel, data: SequenceData, batch_size: int) -> dict
 
 
 def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: SequenceData, ckpt_path: Path | None,
-                log_epochs: bool = True) -> tuple[EMIFusionModel, list[dict], int]:
+                log_epochs: bool = True, data_key: str = "") -> tuple[EMIFusionModel, list[dict], int]:
     """Returns the EMA model (the one to evaluate and ship), the per-epoch history and epochs run now."""
     generator = seed_everything(seed)
-    model = EMIFusionModel.from_params(p, dims_of(train))
+    device = resolve_device(p.device)
+    model = EMIFusionModel.from_params(p, dims_of(train)).to(device)
     ema = ema_of(model, p.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.schedule.lr_max, weight_decay=p.weight_decay)
     scheduler = sgdr(optimizer, p.schedule)
     run_key = fingerprint({"stage2": p.model_dump(mode="json"), "seed": seed, "train": train.ids,
-                           "dims": dims_of(train)})
+                           "dims": dims_of(train), "data": data_key})
     history: list[dict] = []
     start_epoch = 0
     state = load_checkpoint(ckpt_path) if ckpt_path else None
     if state is not None and state.get("run_key") == run_key:
         model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
+        ema.load_state_dict(state["ema"])  # (a checkpoint written on GPU loads on CPU and back)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
@@ -115,7 +118,7 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
     for epoch in range(start_epoch, p.schedule.epochs):
         model.train()
         losses = []
-        for b in train.batches(p.batch_size, generator):
+        for b in train.batches(p.batch_size, generator, device):
             out = model(b["v"], b["a"], b["t"], b["time_mask"], b["modality_mask"])
             loss = emi_loss(out["pred"], b["y"], p.pearson_loss_weight)
             optimizer.zero_grad()
@@ -141,7 +144,8 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
 
 
 def save_model(path: Path, model: EMIFusionModel, p: Stage2Params, dims: dict[str, int]) -> None:
-    save_checkpoint(path, {"model": model.state_dict(), "dims": dims, "params": p.model_dump(mode="json")})
+    state = {k: v.cpu() for k, v in model.state_dict().items()}  # loadable anywhere
+    save_checkpoint(path, {"model": state, "dims": dims, "params": p.model_dump(mode="json")})
 
 
 def load_model(path: Path) -> EMIFusionModel:
@@ -172,8 +176,10 @@ def stage2(params: Params, aligned: Path, raw_dir: Path, model_dir: Path, show_p
     if len(parts["train"]) < 2:
         raise Stage2Error(f"stage II needs labelled training clips; found {len(parts['train'])} in {raw_dir}")
     model_dir.mkdir(parents=True, exist_ok=True)
+    # the inputs' content, not just their ids: a checkpoint of other features or labels is never resumed
+    data_key = fingerprint([sha256_file(aligned)] + [sha256_file(f) for f in sorted(Path(raw_dir).glob("*_split.csv"))])
     model, history, ran = train_model(p, params.seed, parts["train"], parts["valid"], model_dir / "checkpoint.pt",
-                                      show_progress)
+                                      show_progress, data_key)
     metrics = {f"valid_{k}": v for k, v in evaluate(model, parts["valid"], p.batch_size).items()} if len(
         parts["valid"]) > 1 else {}
     metrics.update({"train_loss": history[-1]["train_loss"], "epochs": p.schedule.epochs,

@@ -133,12 +133,13 @@ def _find_parent(client: MlflowClient, params: Params, key: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def pipeline_run(params: Params, client: MlflowClient | None = None) -> str:
-    """The parent run id for this pipeline run, created (with all params logged) if there is none."""
+def pipeline_run(params: Params, client: MlflowClient | None = None, fresh: bool = False) -> str:
+    """The parent run id for this pipeline run, created (with all params logged) if there is none;
+    ``fresh`` always starts a new one (a Prefect flow run is one pipeline run)."""
     client = client or configure(params)
     commit = git_commit()
     key = pipeline_key(params, commit)
-    run_id = _find_parent(client, params, key)
+    run_id = None if fresh else _find_parent(client, params, key)
     if run_id is None:
         tags = {PIPELINE_KEY_TAG: key, "emi.profile": params.profile}
         if commit != "nogit":
@@ -433,3 +434,18 @@ def load_registered(params: Params | None, model_uri: str, dst_path: Path | None
                                                      dst_path=str(dst_path) if dst_path else None))
     flavor = Model.load(local / "MLmodel").flavors["python_function"]
     return {name: local / spec["path"] for name, spec in flavor["artifacts"].items()}
+
+
+def publish(params: Params, stage1_path: Path, stage2_path: Path, metrics: dict, data_fingerprint: str,
+            out: Path | None = None) -> dict:
+    """The pipeline's last step: register the model (nested run ``register``), apply the promotion policy,
+    end the parent run, and write the decision (``reports/registry.json``) for DVC and the report."""
+    with stage_run(params, "register", data_fingerprint):
+        decision = register_model(params, stage1_path, stage2_path, metrics, data_fingerprint)
+    decision["parent_run_id"] = finish_pipeline(params)
+    decision["model"] = params.tracking.registered_model
+    if out is not None:
+        from emi.utils import write_json
+
+        write_json(out, decision)
+    return decision

@@ -42,7 +42,8 @@ def ema_of(model: nn.Module, decay: float) -> AveragedModel:
 
 def pearson_per_dim(pred: np.ndarray | Tensor, target: np.ndarray | Tensor) -> np.ndarray:
     """Pearson's r per output column (torchmetrics); a constant column gives 0 rather than NaN."""
-    p, t = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(target, dtype=torch.float64)
+    # copies: pandas 3 hands out read-only arrays, which torch will not wrap
+    p, t = (torch.tensor(np.array(x, dtype=np.float64)) for x in (pred, target))
     if p.shape[0] < 2:
         return np.zeros(p.shape[1])
     r = pearson_corrcoef(p, t).numpy()
@@ -75,18 +76,28 @@ def restore_rng(state: dict) -> None:
 
 # ----------------------------------------------------------------------------- data
 def read_labels(raw_dir: Path) -> pd.DataFrame:
-    """Labels of every labelled split file, indexed by id (test ids-only files contribute nothing)."""
+    """Usable labels of every labelled split file, indexed by id. Rows the raw validation reported (NaN,
+    outside [0, 1], not a number, a repeated id) are left out here with a warning, never trained on."""
     frames = []
     for split in ("train", "valid", "test"):
         path = Path(raw_dir) / f"{split}_split.csv"
         if not path.is_file():
             continue
-        table = pd.read_csv(path, dtype={"Filename": str})
-        if not set(EMOTIONS) <= set(table.columns):
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if "Filename" not in table.columns or not set(EMOTIONS) <= set(table.columns):
             continue
-        table["Filename"] = table["Filename"].str.strip()
-        frames.append(table.set_index("Filename")[list(EMOTIONS)].astype(float))
-    return pd.concat(frames) if frames else pd.DataFrame(columns=list(EMOTIONS))
+        values = table[list(EMOTIONS)].apply(lambda c: pd.to_numeric(c.str.strip(), errors="coerce"))
+        values.index = table["Filename"].str.strip()
+        bad = values.isna().any(axis=1) | ((values < 0) | (values > 1)).any(axis=1)
+        if bad.any():
+            log.warning("%s: %d row(s) with unusable labels left out: %s", path.name, int(bad.sum()),
+                        ", ".join(values.index[bad][:20]))
+        frames.append(values[~bad])
+    labels = pd.concat(frames) if frames else pd.DataFrame(columns=list(EMOTIONS), dtype=float)
+    repeated = labels.index.duplicated(keep="first")
+    if repeated.any():
+        log.warning("ids listed more than once, first row kept: %s", ", ".join(labels.index[repeated][:20]))
+    return labels[~repeated]
 
 
 @dataclass
@@ -109,7 +120,7 @@ class SequenceData:
                             [self.audio[i] for i in rows], self.text[rows], self.mask[rows],
                             None if self.labels is None else self.labels[rows])
 
-    def batch(self, rows: list[int]) -> dict[str, Tensor]:
+    def batch(self, rows: list[int], device: torch.device | str = "cpu") -> dict[str, Tensor]:
         lengths = [self.visual[i].shape[0] for i in rows]
         T = max(lengths)
         v = np.zeros((len(rows), T, self.visual[rows[0]].shape[1]), np.float32)
@@ -122,10 +133,11 @@ class SequenceData:
                "time_mask": torch.from_numpy(time_mask), "modality_mask": torch.from_numpy(self.mask[rows])}
         if self.labels is not None:
             out["y"] = torch.from_numpy(self.labels[rows].astype(np.float32))
-        return out
+        return {k: v.to(device) for k, v in out.items()}
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[dict[str, Tensor]]:
+    def batches(self, batch_size: int, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
         order = torch.randperm(len(self), generator=generator).tolist() if generator is not None else list(
             range(len(self)))
         for start in range(0, len(order), batch_size):
-            yield self.batch(order[start:start + batch_size])
+            yield self.batch(order[start:start + batch_size], device)

@@ -118,6 +118,22 @@ def ablate_task(params: Params, paths: Paths) -> dict:
     return {"rows": len(table)}
 
 
+@task(name="evaluate")
+def evaluate_task(params: Params, paths: Paths) -> dict:
+    from emi.evaluate import evaluate
+    from emi.tracking import publish
+
+    result = evaluate(params, paths.raw, paths.transcripts / "transcripts.csv", paths.aligned / "aligned.npz",
+                      paths.stage1, paths.stage2, paths.reports, show_progress=False, features_dir=paths.features,
+                      validation_dir=paths.validation)
+    flat = result.tracking()["metrics"]
+    decision = publish(params, paths.stage1 / "alignment.pt", paths.stage2 / "model.pt", flat,
+                       result.data_fingerprint, paths.reports / "registry.json")
+    create_markdown_artifact(key="report", markdown=Path(result.paths["report"]).read_text(), description="report")
+    return {"metrics": {k: v for k, v in flat.items() if k.startswith(("valid_", "test_", "fraction"))},
+            "registry": decision}
+
+
 def _metrics_markdown(metrics: dict) -> str:
     lines = ["| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
@@ -128,21 +144,32 @@ def _metrics_markdown(metrics: dict) -> str:
 def emi(params_path: str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None,
         root: str = ".", ablate: bool = False) -> dict:
     """The whole pipeline: download -> transcribe -> extract -> stage1 -> stage2 (-> ablation grid)."""
+    from emi import tracking
+
     params = _params(params_path, profile, overrides or [])
     paths = Paths(root)
     log = get_run_logger()
-    out = {"download": _retrying(download_task, params)(params, paths)}
-    out["transcribe"] = _retrying(transcribe_task, params)(params, paths)
-    extract = extract_flow
-    if params.orchestration.extract_fanout == "dask":
-        extract = extract_flow.with_options(task_runner=dask_runner(params))
-    out["extract"] = extract(params, paths)
-    out["stage1"] = _retrying(stage1_task, params)(params, paths)
-    out["stage2"] = _retrying(stage2_task, params)(params, paths)
-    if ablate:
-        out["ablate"] = ablate_task(params, paths)
-    create_markdown_artifact(key="metrics", markdown=_metrics_markdown(
-        {k: v for k, v in out["stage2"].items() if isinstance(v, (int, float, str))}), description="Stage II")
+    # one MLflow parent run for this flow run; every stage task nests under it
+    os.environ[tracking.PARENT_ENV] = tracking.pipeline_run(params, fresh=True)
+    try:
+        out = {"download": _retrying(download_task, params)(params, paths)}
+        out["transcribe"] = _retrying(transcribe_task, params)(params, paths)
+        extract = extract_flow
+        if params.orchestration.extract_fanout == "dask":
+            extract = extract_flow.with_options(task_runner=dask_runner(params))
+        out["extract"] = extract(params, paths)
+        out["stage1"] = _retrying(stage1_task, params)(params, paths)
+        out["stage2"] = _retrying(stage2_task, params)(params, paths)
+        if ablate:
+            out["ablate"] = ablate_task(params, paths)
+        out["evaluate"] = evaluate_task(params, paths)
+    except BaseException:
+        tracking.finish_pipeline(params, "FAILED")
+        raise
+    finally:
+        os.environ.pop(tracking.PARENT_ENV, None)
+    create_markdown_artifact(key="metrics", markdown=_metrics_markdown(out["evaluate"]["metrics"]),
+                             description="evaluation")
     log.info("pipeline finished in %s (pid %d)", root, os.getpid())
     return out
 
