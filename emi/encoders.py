@@ -421,6 +421,18 @@ class BertEncoder:
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> np.ndarray:
+        if self.device.type == "cpu":
+            # CPU matmuls round differently with 1 and 2 threads (~1e-7); one thread makes a clip's vector the
+            # same in every process (a Dask worker runs with OMP_NUM_THREADS=1) at no real cost for short texts
+            previous = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return self._encode(texts)
+            finally:
+                torch.set_num_threads(previous)
+        return self._encode(texts)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         hidden = self.model(**batch).last_hidden_state.float()

@@ -332,7 +332,7 @@ def plan_extract(params: Params, raw_dir: Path, transcripts: Path, out_dir: Path
                                    "face_margin": cfg.face_margin if cfg.face_crop else None, **common, "clips": ids}),
             "audio": fingerprint({"spec": _spec(cfg, "audio"), "silence_dbfs": cfg.silence_dbfs, **common,
                                   "clips": ids}),
-            "text": fingerprint({"spec": _spec(cfg, "text"), "per_clip": True,
+            "text": fingerprint({"spec": _spec(cfg, "text"), "per_clip": True, "threads": 1,
                                  "clips": [(c.id, texts.get(c.id)) for c in shard]}),
         })
     paths = {m: [out_dir / m / f"shard-{i:05d}.npz" for i in range(len(shards))] for m in MODALITIES}
