@@ -225,12 +225,15 @@ def ablate(
     aligned: Annotated[Path, typer.Option(help="aligned.npz folder from `emi stage1`.")] = Path("data/aligned"),
     raw: RawOpt = Path("data/raw"),
     out: Annotated[Path, typer.Option(help="folder for ablation.{md,csv,json}.")] = Path("reports"),
+    models: Annotated[Path, typer.Option(help="folder holding stage2/model.pt (reused for the matching cell); the "
+                                              "V+A+T cell models go to its ablation/.")] = Path("models"),
 ) -> None:
     """The paper's Table 3: V, A, T, V+A, V+T, A+T, V+A+T (quality fusion) and V+A+T with average/concat."""
     from emi.stage2 import ablation
 
     params = _load(params_path, profile, overrides)
-    table = ablation(params, aligned / "aligned.npz", raw, out)
+    table = ablation(params, aligned / "aligned.npz", raw, out, stage2_model=models / "stage2" / "model.pt",
+                     models_dir=models / "ablation")
     typer.echo(table[["modalities", "fusion", "pearson_mean", "mse", "seconds"]].to_string(index=False))
 
 
@@ -249,11 +252,14 @@ def evaluate_cmd(
 ) -> None:
     """Metrics (+ ceiling), robustness table, report, ABAW submission; then the registry decision."""
     from emi.evaluate import EvaluateError, evaluate
+    from emi.stage2 import variant_name
 
     params = _load(params_path, profile, overrides)
     try:
+        average = models / "ablation" / f"{variant_name('VAT', 'average', params.stage2.inputs)}.pt"
         result = evaluate(params, raw, data / "transcripts" / "transcripts.csv", data / "aligned" / "aligned.npz",
                           models / "stage1", models / "stage2", reports, ablation_dir=reports,
+                          average_model=average if average.is_file() else None,
                           show_progress=progress, features_dir=data / "features",
                           validation_dir=reports / "validation")
     except (EvaluateError, *_stage_errors()) as exc:

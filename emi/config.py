@@ -158,6 +158,7 @@ class TranscribeParams(Strict):
     device: Literal["auto", "cpu", "cuda"]
     compute_type: str
     shard_size: int = Field(ge=1)
+    workers: int = Field(ge=1)  # clips transcribed concurrently (CTranslate2 workers, CPU threads split among them)
 
 
 class ExtractParams(Strict):
@@ -211,6 +212,7 @@ class Stage2Params(Strict):
     pearson_loss_weight: float = Field(ge=0)
     ema_decay: float = Field(gt=0, lt=1)
     device: Literal["auto", "cpu", "cuda"]
+    ablation_workers: int = Field(ge=1)  # processes training ablation cells side by side
     batch_size: int = Field(ge=1)
     weight_decay: float = Field(ge=0)
     schedule: ScheduleParams

@@ -451,7 +451,7 @@ def load_text(spec: EncoderSpec, device: torch.device, dtype: torch.dtype) -> Be
 
 
 # ----------------------------------------------------------------------------- ASR
-def load_asr(spec: EncoderSpec, device: str, compute_type: str):
+def load_asr(spec: EncoderSpec, device: str, compute_type: str, workers: int = 1):
     """A faster-whisper model from a local CTranslate2 folder, the packaged tiny.en, or a hub size/id."""
     from faster_whisper import WhisperModel
 
@@ -465,6 +465,7 @@ def load_asr(spec: EncoderSpec, device: str, compute_type: str):
     if dev == "cpu" and compute_type in ("float16", "bfloat16", "int8_float16"):
         log.warning("compute_type %s on CPU; using int8", compute_type)
         compute_type = "int8"
-    model = WhisperModel(resolved.location, device=dev, compute_type=compute_type,
-                         cpu_threads=torch.get_num_threads(), local_files_only=resolved.source != "hub")
+    model = WhisperModel(resolved.location, device=dev, compute_type=compute_type, num_workers=workers,
+                         cpu_threads=max(1, torch.get_num_threads() // workers),
+                         local_files_only=resolved.source != "hub")
     return model, resolved

@@ -146,7 +146,7 @@ def stage1(params: Params, features_dir: Path, model_dir: Path, aligned_dir: Pat
                      ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
 
     metrics = {"train_loss": history[-1]["train_loss"], **{k: v for k, v in history[-1].items() if k.startswith(
-        "valid")}, **retrieval(model, valid), "temperature": round(1 / float(model.logit_scale), 5)}
+        "valid")}, **retrieval(model, valid), "temperature": round(1 / model.logit_scale.detach().item(), 5)}
     model_path = model_dir / "alignment.pt"
     norm = feature_norm(data, [i for i, s in enumerate(splits) if s == "train"])
     save_checkpoint(model_path, {"model": model.state_dict(), "dims": dims, "params": p.model_dump(mode="json"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 import math
 import re
 import time
@@ -138,7 +139,7 @@ def _asr_settings(params: Params) -> dict[str, Any]:
     cfg = params.transcribe
     return {"format": PART_FORMAT, "asr": cfg.asr.model_dump(mode="json"), "language": cfg.language,
             "beam_size": cfg.beam_size, "vad": cfg.vad, "compute_type": cfg.compute_type,
-            "silence_dbfs": params.extract.silence_dbfs}
+            "silence_dbfs": params.extract.silence_dbfs, "workers": cfg.workers}
 
 
 def _file_hashes(clips: list[Clip], cached: dict[str, list]) -> dict[str, list]:
@@ -225,13 +226,14 @@ def transcribe(params: Params, raw_dir: Path = Path("data/raw"), out_dir: Path =
             expected = _part_fingerprint(settings, part, hashes)
             if not _part_is_done(csv_path, meta, expected):
                 if model is None:  # loaded only when there is work: a finished run resumes instantly
-                    model, resolved = load_asr(cfg.asr, cfg.device, cfg.compute_type)
+                    model, resolved = load_asr(cfg.asr, cfg.device, cfg.compute_type, cfg.workers)
                     asr = resolved.describe()
                     log.info("ASR %s", asr)
-                rows = []
-                for clip in part:
-                    rows.append(transcribe_clip(model, clip, params))
-                    progress.advance(task)
+                with ThreadPoolExecutor(cfg.workers) as pool:  # CTranslate2 releases the GIL; order is kept
+                    rows = []
+                    for row in pool.map(lambda clip: transcribe_clip(model, clip, params), part):
+                        rows.append(row)
+                        progress.advance(task)
                 meta_path.unlink(missing_ok=True)  # the .json marks a finished part: never pair it with a new csv
                 _write_table(csv_path, pd.DataFrame(rows, columns=COLUMNS))
                 write_json(meta_path, {"fingerprint": expected, "csv_sha256": sha256_file(csv_path),

@@ -113,7 +113,8 @@ def stage2_task(params: Params, paths: Paths) -> dict:
 def ablate_task(params: Params, paths: Paths) -> dict:
     from emi.stage2 import ablation, ablation_markdown
 
-    table = ablation(params, paths.aligned / "aligned.npz", paths.raw, paths.reports)
+    table = ablation(params, paths.aligned / "aligned.npz", paths.raw, paths.reports,
+                     stage2_model=paths.stage2 / "model.pt", models_dir=paths.stage2.parent / "ablation")
     create_markdown_artifact(key="ablation", markdown=ablation_markdown(table), description="Table 3 grid")
     return {"rows": len(table)}
 
@@ -121,11 +122,13 @@ def ablate_task(params: Params, paths: Paths) -> dict:
 @task(name="evaluate")
 def evaluate_task(params: Params, paths: Paths) -> dict:
     from emi.evaluate import evaluate
+    from emi.stage2 import variant_name
     from emi.tracking import publish
 
+    average = paths.stage2.parent / "ablation" / f"{variant_name('VAT', 'average', params.stage2.inputs)}.pt"
     result = evaluate(params, paths.raw, paths.transcripts / "transcripts.csv", paths.aligned / "aligned.npz",
                       paths.stage1, paths.stage2, paths.reports, show_progress=False, features_dir=paths.features,
-                      validation_dir=paths.validation)
+                      validation_dir=paths.validation, average_model=average if average.is_file() else None)
     flat = result.tracking()["metrics"]
     decision = publish(params, paths.stage1 / "alignment.pt", paths.stage2 / "model.pt", flat,
                        result.data_fingerprint, paths.reports / "registry.json")
