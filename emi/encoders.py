@@ -302,14 +302,18 @@ class OpenClipEncoder:
         return self.visual(x).float().cpu().numpy()
 
 
+def _build(factories: dict, spec: EncoderSpec, modality: str, device: torch.device, dtype: torch.dtype):
+    """The one factory step every modality shares: known kind, resolved weights, constructed encoder."""
+    if spec.kind not in factories:
+        raise EncoderError(f"unknown {modality} encoder kind {spec.kind!r}; known: {', '.join(factories)}")
+    return factories[spec.kind](spec, resolve(spec, f"extract.{modality}"), device, dtype)
+
+
 VISUAL_FACTORIES = {"fer": FerEncoder, "open_clip": OpenClipEncoder}
 
 
 def load_visual(spec: EncoderSpec, device: torch.device, dtype: torch.dtype) -> VisualEncoder:
-    if spec.kind not in VISUAL_FACTORIES:
-        raise EncoderError(f"unknown visual encoder kind {spec.kind!r}; known: {', '.join(VISUAL_FACTORIES)}")
-    resolved = resolve(spec, "extract.visual")
-    return VISUAL_FACTORIES[spec.kind](spec, resolved, device, dtype)
+    return _build(VISUAL_FACTORIES, spec, "visual", device, dtype)
 
 
 # ----------------------------------------------------------------------------- audio
@@ -393,10 +397,7 @@ AUDIO_FACTORIES = {"whisper-encoder": WhisperEncoder, "wav2vec2": Wav2Vec2Encode
 
 
 def load_audio(spec: EncoderSpec, device: torch.device, dtype: torch.dtype) -> AudioEncoder:
-    if spec.kind not in AUDIO_FACTORIES:
-        raise EncoderError(f"unknown audio encoder kind {spec.kind!r}; known: {', '.join(AUDIO_FACTORIES)}")
-    resolved = resolve(spec, "extract.audio")
-    return AUDIO_FACTORIES[spec.kind](spec, resolved, device, dtype)
+    return _build(AUDIO_FACTORIES, spec, "audio", device, dtype)
 
 
 # ----------------------------------------------------------------------------- text
@@ -444,10 +445,7 @@ TEXT_FACTORIES = {"bert": BertEncoder}
 
 
 def load_text(spec: EncoderSpec, device: torch.device, dtype: torch.dtype) -> BertEncoder:
-    if spec.kind not in TEXT_FACTORIES:
-        raise EncoderError(f"unknown text encoder kind {spec.kind!r}; known: {', '.join(TEXT_FACTORIES)}")
-    resolved = resolve(spec, "extract.text")
-    return TEXT_FACTORIES[spec.kind](spec, resolved, device, dtype)
+    return _build(TEXT_FACTORIES, spec, "text", device, dtype)
 
 
 # ----------------------------------------------------------------------------- ASR
