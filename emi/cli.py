@@ -338,7 +338,7 @@ def bench_extract_cmd(
     overrides: SetOpt = None,
     raw: RawOpt = Path("data/raw"),
     clips: Annotated[int, typer.Option(help="how many clips to decode and encode.")] = 40,
-    repeats: Annotated[int, typer.Option(help="timed repetitions per variant (the median is printed).")] = 3,
+    repeats: Annotated[int, typer.Option(help="timed (batched, one-at-a-time) pairs, alternated; medians are printed.")] = 5,
 ) -> None:
     """Batched visual extraction vs one frame per call, same model and frames: frames/s, ratio, peak RSS."""
     from emi.bench import bench_extract

