@@ -176,15 +176,18 @@ def stage1(
         "models/stage1"),
     aligned: Annotated[Path, typer.Option(help="folder for the aligned sequences Stage II reads.")] = Path(
         "data/aligned"),
+    raw: Annotated[Path, typer.Option(help="the dataset, decoded again when stage1.finetune.last_k_blocks > 0.")] = (
+        Path("data/raw")),
     progress: ProgressOpt = True,
 ) -> None:
-    """Stage I: vision<->text and audio<->text contrastive alignment (InfoNCE, SGDR); prints retrieval recall."""
+    """Stage I: vision<->text and audio<->text contrastive alignment (InfoNCE, SGDR); prints retrieval recall.
+    With stage1.finetune.last_k_blocks > 0 the last encoder blocks are trained too, from the clips themselves."""
     from emi.stage1 import Stage1Error
     from emi.stage1 import stage1 as run_stage1
 
     params = _load(params_path, profile, overrides)
     try:
-        result = run_stage1(params, features, out, aligned, show_progress=progress)
+        result = run_stage1(params, features, out, aligned, raw, show_progress=progress)
     except Stage1Error as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None

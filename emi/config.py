@@ -186,10 +186,21 @@ class ScheduleParams(Strict):
     epochs: int = Field(ge=1)
 
 
+class FinetuneParams(Strict):
+    """Stage I end to end: the last k blocks of the visual/audio encoders trained with the heads, from frames and
+    waveforms (paper section 3.3). k = 0 trains the heads alone over the cached features."""
+
+    last_k_blocks: int = Field(ge=0)
+    modalities: tuple[Literal["visual", "audio"], ...] = Field(min_length=1)
+    lr: float = Field(gt=0)  # the encoder blocks' peak learning rate (the heads use schedule.lr_max)
+    frames_per_clip: int = Field(ge=1)  # frames sampled from a clip's 5 fps grid per step (memory knob)
+    audio_seconds: float = Field(gt=0)  # waveform crop per clip per step
+
+
 class Stage1Params(Strict):
     embed_dim: int = Field(ge=1)
     temperature_init: float = Field(gt=0)
-    finetune_last_k_blocks: int = Field(ge=0)
+    finetune: FinetuneParams
     batch_size: int = Field(ge=2)
     weight_decay: float = Field(ge=0)
     schedule: ScheduleParams

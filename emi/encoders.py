@@ -131,6 +131,56 @@ def _offline_env(resolved: Resolved):
 
 
 # ----------------------------------------------------------------------------- visual
+@dataclass
+class TunableBlocks:
+    """Where an encoder's weights live for Stage I fine-tuning: its module, its blocks in order, and the modules
+    after the last block (final norm, classifier) that are trained together with the last k blocks."""
+
+    module: nn.Module
+    names: list[str]
+    after: list[str]
+
+    def last(self, k: int, role: str) -> list[str]:
+        if not 1 <= k <= len(self.names):
+            raise EncoderError(f"{role}: cannot fine-tune the last {k} blocks of an encoder with {len(self.names)}")
+        return self.names[len(self.names) - k:] + self.after
+
+
+def tunable_blocks(encoder, role: str) -> TunableBlocks:
+    if not hasattr(encoder, "blocks"):
+        raise EncoderError(f"{role}: {encoder.resolved.describe()} cannot be fine-tuned (no trainable torch module; "
+                           "whisper-encoder runs in CTranslate2): leave it out of stage1.finetune.modalities or use "
+                           "a torch encoder (fer, open_clip, wav2vec2)")
+    return encoder.blocks()
+
+
+def _under(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def block_state(encoder, prefixes: list[str]) -> dict[str, torch.Tensor]:
+    """The weights of the named blocks (what fine-tuning changed), detached, on CPU."""
+    module = encoder.blocks().module
+    return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items() if _under(k, prefixes)}
+
+
+def load_block_state(encoder, state: dict[str, torch.Tensor], role: str) -> None:
+    """Put fine-tuned block weights into a freshly loaded encoder (its dtype and device)."""
+    module = tunable_blocks(encoder, role).module
+    own = module.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise EncoderError(f"{role}: fine-tuned weights do not fit this encoder (e.g. {unknown[0]!r}); the Stage-I "
+                           "model was trained with a different extract encoder")
+    for name, value in state.items():
+        if own[name].shape != value.shape:
+            raise EncoderError(f"{role}: fine-tuned {name} has shape {tuple(value.shape)}, the encoder "
+                               f"{tuple(own[name].shape)}")
+    with torch.no_grad():
+        for name, value in state.items():
+            own[name].copy_(value.to(own[name].dtype))
+
+
 class VisualEncoder(Protocol):
     dim: int
     resolved: Resolved
@@ -281,22 +331,29 @@ class FerEncoder:
         self.device, self.resolved = device, resolved
         _check_dim(resolved.role, spec, self.dim)
 
+    @torch.no_grad()
+    def _prepare(self, frames: np.ndarray) -> torch.Tensor:
+        # resize to 64x64 at 8 bits per channel (as fer's own cv2 pipeline does), then grey: the per-pixel work
+        # runs on 64x64 instead of the full frame, and torch's uint8 antialiased resize is ~5x faster than the
+        # float one. It exists on CPU only, so it runs there on every device: the same input bits on CPU and GPU
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2)
+        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
+                          align_corners=False).to(self.device).float()
+        grey = (x * torch.tensor([0.299, 0.587, 0.114], device=self.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return (grey / 127.5 - 1.0).contiguous(memory_format=torch.channels_last)  # fer's preprocessing: [-1, 1]
+
+    def features(self, frames: np.ndarray) -> torch.Tensor:
+        """Differentiable per-frame features (what Stage I fine-tuning trains through)."""
+        maps, logits = self.model(self._prepare(frames))
+        pooled = F.adaptive_avg_pool2d(maps, self.grid).flatten(1)
+        return torch.cat([pooled, logits], dim=1)
+
     @torch.inference_mode()
     def encode(self, frames: np.ndarray) -> np.ndarray:
-        # resize to 64x64 at 8 bits per channel (as fer's own cv2 pipeline does), then grey: the per-pixel work
-        # runs on 64x64 instead of the full frame, and on CPU torch's uint8 antialiased resize is ~5x faster
-        x = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2)
-        size = (self.input_size, self.input_size)
-        if x.device.type == "cpu":
-            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).float()
-        else:  # no uint8 antialiased kernel on CUDA: resize in float, round to the same 8-bit levels
-            x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
-            x = x.round().clamp(0, 255)
-        grey = (x * torch.tensor([0.299, 0.587, 0.114], device=self.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        grey = (grey / 127.5 - 1.0).contiguous(memory_format=torch.channels_last)  # fer's preprocessing: [-1, 1]
-        maps, logits = self.model(grey)
-        pooled = F.adaptive_avg_pool2d(maps, self.grid).flatten(1)
-        return torch.cat([pooled, logits], dim=1).float().cpu().numpy()
+        return self.features(frames).float().cpu().numpy()
+
+    def blocks(self) -> TunableBlocks:
+        return TunableBlocks(self.model, [f"blocks.{i}" for i in range(len(self.model.blocks))], ["classifier"])
 
 
 class OpenClipEncoder:
@@ -322,12 +379,23 @@ class OpenClipEncoder:
             self.dim = int(self.visual(torch.zeros(1, 3, *self.size, device=device, dtype=dtype)).shape[-1])
         _check_dim(resolved.role, spec, self.dim)
 
-    @torch.inference_mode()
-    def encode(self, frames: np.ndarray) -> np.ndarray:
+    @torch.no_grad()
+    def _prepare(self, frames: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float() / 255.0
         x = F.interpolate(x, size=self.size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        x = ((x - self.mean) / self.std).to(self.dtype)
-        return self.visual(x).float().cpu().numpy()
+        return ((x - self.mean) / self.std).to(self.dtype)
+
+    def features(self, frames: np.ndarray) -> torch.Tensor:
+        return self.visual(self._prepare(frames))
+
+    @torch.inference_mode()
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        return self.features(frames).float().cpu().numpy()
+
+    def blocks(self) -> TunableBlocks:
+        n = len(self.visual.transformer.resblocks)
+        after = [name for name in ("ln_post", "attn_pool", "attn_pool_contrastive") if getattr(self.visual, name, None)]
+        return TunableBlocks(self.visual, [f"transformer.resblocks.{i}" for i in range(n)], after)
 
 
 def _build(factories: dict, spec: EncoderSpec, modality: str, device: torch.device, dtype: torch.dtype):
@@ -412,13 +480,26 @@ class Wav2Vec2Encoder:
         self.dim = int(self.model.config.hidden_size)
         _check_dim(resolved.role, spec, self.dim)
 
-    @torch.inference_mode()
-    def encode(self, windows: np.ndarray) -> np.ndarray:
+    @torch.no_grad()
+    def _prepare(self, windows: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(windows).float()
         if self.normalize:
             x = (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, keepdim=True) + 1e-7)
-        out = self.model(x.to(self.device, self.dtype)).last_hidden_state
-        return out.float().cpu().numpy()
+        return x.to(self.device, self.dtype)
+
+    def features(self, windows: np.ndarray) -> torch.Tensor:
+        """Differentiable (N, frames, dim) hidden states (what Stage I fine-tuning trains through)."""
+        return self.model(self._prepare(windows)).last_hidden_state
+
+    @torch.inference_mode()
+    def encode(self, windows: np.ndarray) -> np.ndarray:
+        return self.features(windows).float().cpu().numpy()
+
+    def blocks(self) -> TunableBlocks:
+        n = len(self.model.encoder.layers)
+        # the "stable" (large, LV-60) variants normalise after the last layer; the base ones before the first
+        after = ["encoder.layer_norm"] if self.model.config.do_stable_layer_norm else []
+        return TunableBlocks(self.model, [f"encoder.layers.{i}" for i in range(n)], after)
 
 
 AUDIO_FACTORIES = {"whisper-encoder": WhisperEncoder, "wav2vec2": Wav2Vec2Encoder}

@@ -29,6 +29,7 @@ from emi.extract import (Decoded, FaceCropper, _crop_faces, _read_transcripts, d
                          encode_frames, list_clips, load_encoders)
 from emi.infer import Damage, damage_clip, model_inputs, model_params_inputs, run_model
 from emi.model import EMIFusionModel
+from emi.stage1 import load_tuned_encoders
 from emi.stage2 import load_model, predict, split_data, train_model
 from emi.train import SequenceData, pearson_per_dim
 from emi.transcribe import Clip
@@ -260,7 +261,8 @@ def robustness(params: Params, valid: SequenceData, clips: list[Clip], texts: di
     fusion weight per modality over the damaged clips (the same clips under ``clean``, for comparison)."""
     cfg = params.extract
     device = resolve_device(cfg.device)
-    encoders = load_encoders(cfg, device, resolve_dtype(cfg.dtype, device), {"visual", "audio", "text"})
+    encoders = load_encoders(cfg, device, resolve_dtype(cfg.dtype, device), {"visual", "audio", "text"},
+                             load_tuned_encoders(alignment_path))
     rows = damaged_rows(len(clips), params.evaluate.robustness.rate, params.seed)
     with Progress(disable=not show_progress) as progress:
         feats = condition_features(params, clips, texts, encoders, conditions(params.evaluate.robustness), rows,

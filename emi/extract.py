@@ -26,8 +26,8 @@ from emi.audio import MediaError, decode_audio, rms_dbfs
 from emi.config import ExtractParams, Params
 from emi.transcribe import Clip
 from emi.transcribe import list_clips as transcribe_clips
-from emi.encoders import (AUDIO_SAMPLE_RATE, AudioEncoder, Resolved, VisualEncoder, load_audio, load_text,
-                          load_visual, resolve, resolve_device, resolve_dtype)
+from emi.encoders import (AUDIO_SAMPLE_RATE, AudioEncoder, Resolved, VisualEncoder, load_audio, load_block_state,
+                          load_text, load_visual, resolve, resolve_device, resolve_dtype)
 from emi.utils import atomic_path, fingerprint, sha256_file, write_json, write_text, tracked
 
 log = logging.getLogger(__name__)
@@ -446,12 +446,22 @@ def _read_transcripts(path: Path) -> dict[str, str | None]:
     return {r.id: (r.text.strip() or None) if r.status == "ok" else None for r in table.itertuples()}
 
 
-def load_encoders(cfg: ExtractParams, device, dtype, needed: set[str]) -> dict:
+def load_encoders(cfg: ExtractParams, device, dtype, needed: set[str], tuned: dict | None = None) -> dict:
+    """The extract encoders; ``tuned`` (from a Stage-I model that fine-tuned encoder blocks) replaces those
+    blocks' weights, so new clips are encoded exactly as the training clips were."""
     loaders = {"visual": load_visual, "audio": load_audio, "text": load_text}
     encoders = {m: loaders[m](getattr(cfg, m), device, dtype) for m in MODALITIES if m in needed}
     for enc in encoders.values():
         if enc.resolved.random_init:
             log.warning("%s uses RANDOM weights (allowed by the profile); reports say so", enc.resolved.describe())
+    for m, entry in (tuned or {}).items():
+        if m not in encoders:
+            continue
+        if entry["spec"] != _spec(cfg, m):
+            raise ExtractError(f"extract.{m}: the Stage-I model fine-tuned {entry['spec']}, but the params say "
+                               f"{_spec(cfg, m)}; use the params the model was trained with")
+        load_block_state(encoders[m], entry["state"], f"extract.{m}")
+        log.info("extract.%s: fine-tuned weights of %s", m, ", ".join(entry["blocks"]))
     return encoders
 
 

@@ -19,7 +19,7 @@ from emi.encoders import load_asr, resolve_device, resolve_dtype
 from emi.media import probe
 from emi.extract import Decoded, decode_clip, encode_audio, encode_frames, load_encoders
 from emi.model import EMIFusionModel
-from emi.stage1 import compose, load_alignment, project_clip
+from emi.stage1 import compose, load_alignment, load_tuned_encoders, project_clip
 from emi.stage2 import load_model, predict
 from emi.train import SequenceData
 from emi.transcribe import Clip, transcribe_clip
@@ -138,7 +138,7 @@ def predict_videos(paths: list[str | Path], params: Params, alignment_path: Path
     texts = {i: (r["text"] or None) if r["status"] == "ok" else None for i, r in rows.items()}
     device = resolve_device(params.extract.device)
     encoders = load_encoders(params.extract, device, resolve_dtype(params.extract.dtype, device),
-                             set(MODALITY_NAMES))
+                             set(MODALITY_NAMES), load_tuned_encoders(alignment_path))
     feats = clip_features(params, clips, texts, encoders)
     model = load_model(fusion_path)
     data = model_inputs(feats.data, alignment_path, model_params_inputs(fusion_path))

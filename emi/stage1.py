@@ -88,33 +88,49 @@ def retrieval(model: AlignmentModel, data: SequenceData) -> dict[str, float]:
 
 
 @tracked("stage1")
-def stage1(params: Params, features_dir: Path, model_dir: Path, aligned_dir: Path,
+def stage1(params: Params, features_dir: Path, model_dir: Path, aligned_dir: Path, raw_dir: Path | None = None,
            show_progress: bool = True) -> Stage1Result:
+    """``raw_dir`` (default: ``features_dir/../raw``, the DVC layout) is read only when encoder blocks are
+    fine-tuned (``stage1.finetune.last_k_blocks > 0``)."""
     p = params.stage1
-    if p.finetune_last_k_blocks:
-        raise Stage1Error("stage1.finetune_last_k_blocks > 0 fine-tunes encoder blocks from frames/waveforms, which "
-                          "this build does not do yet; set it to 0 (projection heads over cached features)")
     started = time.perf_counter()
     data, splits, dims = feature_data(features_dir)
-    train = data.subset([i for i, s in enumerate(splits) if s == "train"])
-    valid = data.subset([i for i, s in enumerate(splits) if s == "valid"])
-    if len(train) < 2:
-        raise Stage1Error(f"{features_dir}: stage I needs at least 2 training clips, found {len(train)}")
+    train_rows = [i for i, s in enumerate(splits) if s == "train"]
+    valid_rows = [i for i, s in enumerate(splits) if s == "valid"]
+    if len(train_rows) < 2:
+        raise Stage1Error(f"{features_dir}: stage I needs at least 2 training clips, found {len(train_rows)}")
+    train, valid = data.subset(train_rows), data.subset(valid_rows)
 
     generator = seed_everything(params.seed)
     model = AlignmentModel.from_params(p, dims)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=p.schedule.lr_max, weight_decay=p.weight_decay)
+    tuner = None
+    if p.finetune.last_k_blocks:
+        from emi.encoders import EncoderError
+        from emi.finetune import Finetuner, FinetuneError
+
+        try:
+            tuner = Finetuner(params, Path(raw_dir) if raw_dir else Path(features_dir).parent / "raw", data)
+        except (EncoderError, FinetuneError) as exc:
+            raise Stage1Error(str(exc)) from exc
+        model.to(tuner.device)
+    groups = [{"params": list(model.parameters()), "lr": p.schedule.lr_max}]
+    if tuner is not None:
+        groups.append({"params": tuner.parameters(), "lr": p.finetune.lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=p.weight_decay)
     scheduler = sgdr(optimizer, p.schedule)
     model_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = model_dir / "checkpoint.pt"
     # the features' own fingerprint too: new features must never resume an old run's checkpoint
     run_key = fingerprint({"stage1": p.model_dump(mode="json"), "seed": params.seed, "dims": dims,
-                           "train": train.ids, "features": features_fingerprint(features_dir)})
+                           "train": train.ids, "features": features_fingerprint(features_dir),
+                           "encoders": params.extract.model_dump(mode="json") if tuner else None})
     history: list[dict] = []
     start_epoch = 0
     state = load_checkpoint(ckpt_path)
     if state is not None and state.get("run_key") == run_key:
         model.load_state_dict(state["model"])
+        if tuner is not None:
+            tuner.load(state["tuned"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
@@ -123,41 +139,58 @@ def stage1(params: Params, features_dir: Path, model_dir: Path, aligned_dir: Pat
         log.info("stage I: resuming after epoch %d", start_epoch)
 
     for epoch in range(start_epoch, p.schedule.epochs):
-        model.train()
-        losses = []
-        for batch in train.batches(p.batch_size, generator):
-            vt, at = _pair_masks(batch)
-            v, a = _clip_vectors(batch)
-            loss = model(v, a, batch["t"], vt_mask=vt, at_mask=at)["loss"]
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        if tuner is not None:
+            losses = tuner.train_epoch(model, optimizer, train_rows, p.batch_size, generator)
+        else:
+            losses = _train_epoch(model, optimizer, train, p.batch_size, generator)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses))}
-        row.update(_valid_loss(model, valid))
+        row.update(tuner.valid_loss(model, valid_rows, p.batch_size) if tuner else _valid_loss(model, valid))
         history.append(row)
         save_checkpoint(ckpt_path, {"run_key": run_key, "epoch": epoch + 1, "model": model.state_dict(),
+                                    "tuned": tuner.tuned() if tuner else None,
                                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                     "generator": generator.get_state(), "rng": rng_state(), "history": history})
         if show_progress:
             log.info("stage I epoch %d/%d: %s", epoch + 1, p.schedule.epochs,
                      ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
 
+    tuned = None
+    if tuner is not None:
+        tuned = tuner.tuned()
+        data = tuner.reencode(data)  # every clip through the tuned blocks, as `emi predict` will encode new ones
+        valid = data.subset(valid_rows)
+        model.cpu()
     metrics = {"train_loss": history[-1]["train_loss"], **{k: v for k, v in history[-1].items() if k.startswith(
         "valid")}, **retrieval(model, valid), "temperature": round(1 / model.logit_scale.detach().item(), 5)}
     model_path = model_dir / "alignment.pt"
-    norm = feature_norm(data, [i for i, s in enumerate(splits) if s == "train"])
+    norm = feature_norm(data, train_rows)
     save_checkpoint(model_path, {"model": model.state_dict(), "dims": dims, "params": p.model_dump(mode="json"),
                                  "norm": {m: [torch.from_numpy(mu), torch.from_numpy(sd)] for m, (mu, sd) in
-                                          norm.items()}})
+                                          norm.items()}, "tuned_encoders": tuned})
     write_json(model_dir / "metrics.json", metrics)
     write_text(model_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
     aligned_path = write_aligned(model, norm, data, splits, aligned_dir)
     seconds = time.perf_counter() - started
     log.info("stage I done in %.1f s: %s", seconds, metrics)
     return Stage1Result(model_path, aligned_path, metrics, p.schedule.epochs - start_epoch, seconds)
+
+
+def _train_epoch(model: AlignmentModel, optimizer: torch.optim.Optimizer, train: SequenceData, batch_size: int,
+                 generator: torch.Generator) -> list[float]:
+    """Heads only, over the cached features."""
+    model.train()
+    losses = []
+    for batch in train.batches(batch_size, generator):
+        vt, at = _pair_masks(batch)
+        v, a = _clip_vectors(batch)
+        loss = model(v, a, batch["t"], vt_mask=vt, at_mask=at)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
 
 
 @torch.no_grad()
@@ -224,6 +257,11 @@ def load_aligned(path: Path, inputs: str = "aligned") -> tuple[SequenceData, lis
         cuts = np.cumsum(lengths)[:-1]
         return SequenceData(ids, np.split(x["visual"], cuts), np.split(x["audio"], cuts), x["text"], z["mask"],
                             None), splits
+
+
+def load_tuned_encoders(path: Path) -> dict | None:
+    """The fine-tuned encoder blocks a Stage-I model carries (None when only its heads were trained)."""
+    return torch.load(path, map_location="cpu", weights_only=True).get("tuned_encoders")
 
 
 def load_alignment(path: Path) -> tuple[AlignmentModel, dict[str, tuple[np.ndarray, np.ndarray]]]:

@@ -97,7 +97,7 @@ def dask_runner(params: Params):
 def stage1_task(params: Params, paths: Paths) -> dict:
     from emi.stage1 import stage1
 
-    result = stage1(params, paths.features, paths.stage1, paths.aligned, show_progress=False)
+    result = stage1(params, paths.features, paths.stage1, paths.aligned, paths.raw, show_progress=False)
     return {"seconds": result.seconds, **{k: v for k, v in result.metrics.items() if "recall" in k}}
 
 

@@ -1,0 +1,223 @@
+"""Stage I end to end (``stage1.finetune.last_k_blocks > 0``, paper section 3.3).
+
+The last k blocks of the visual and/or audio encoder are trained together with the projection heads, from
+frames and waveforms decoded on the fly (a few frames and one waveform crop per clip and step); the rest of each
+encoder stays frozen and runs without a graph. Afterwards every clip is re-encoded with the tuned blocks -- with
+the same code `emi extract` and `emi predict` use -- so Stage II, evaluation and prediction all see the tuned
+encoder. A modality that is not tuned keeps its cached features.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emi.config import Params
+from emi.encoders import (AUDIO_SAMPLE_RATE, _under, block_state, load_block_state, resolve_device, resolve_dtype,
+                          tunable_blocks)
+from emi.extract import (Decoded, FaceCropper, _crop_faces, _decode_all, encode_audio, encode_frames, list_clips,
+                         load_encoders)
+from emi.model import AlignmentModel
+from emi.train import SequenceData
+
+
+class FinetuneError(RuntimeError):
+    pass
+
+
+def _spec(params: Params, modality: str) -> dict:
+    return getattr(params.extract, modality).model_dump(mode="json")
+
+
+class Finetuner:
+    """The trainable encoder blocks of Stage I and the data path that feeds them."""
+
+    def __init__(self, params: Params, raw_dir: Path, data: SequenceData):
+        self.params, self.cfg, self.f = params, params.extract, params.stage1.finetune
+        self.device = resolve_device(self.cfg.device)
+        # the weights stay fp32 (the optimiser's copy); on a GPU the forward runs under autocast in extract.dtype
+        self.amp = resolve_dtype(self.cfg.dtype, self.device)
+        by_id = {c.id: c for c in list_clips(Path(raw_dir))}
+        missing = [i for i in data.ids if i not in by_id]
+        if missing:
+            raise FinetuneError(f"{raw_dir}: {len(missing)} clip(s) of the feature store are not in the dataset "
+                                f"(e.g. {missing[0]}); fine-tuning decodes the clips again")
+        self.clips = [by_id[i] for i in data.ids]
+        self.data = data
+        self.encoders = load_encoders(self.cfg, self.device, torch.float32, set(self.f.modalities))
+        self.blocks: dict[str, list[str]] = {}
+        for m, encoder in self.encoders.items():
+            tunable = tunable_blocks(encoder, f"extract.{m}")
+            names = tunable.last(self.f.last_k_blocks, f"extract.{m}")
+            tunable.module.eval()  # the frozen part: no dropout, no layer drop
+            for name, p in tunable.module.named_parameters():
+                p.requires_grad_(_under(name, names))
+            for name, module in tunable.module.named_modules():
+                if name in names:
+                    module.train()
+            self.blocks[m] = names
+        self.cropper = FaceCropper(self.cfg.face_margin) if self.cfg.face_crop else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+
+    # ------------------------------------------------------------------ what is trained and saved
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for e in self.encoders.values() for p in tunable_blocks(e, "").module.parameters() if p.requires_grad]
+
+    def tuned(self) -> dict:
+        """Per tuned modality: the encoder spec it belongs to, the block names and their weights."""
+        return {m: {"spec": _spec(self.params, m), "blocks": names, "state": block_state(self.encoders[m], names)}
+                for m, names in self.blocks.items()}
+
+    def load(self, tuned: dict) -> None:
+        for m, entry in tuned.items():
+            load_block_state(self.encoders[m], entry["state"], f"extract.{m}")
+
+    def _autocast(self):
+        if self.amp == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    # ------------------------------------------------------------------ the data path
+    def _decode(self, rows: list[int]) -> list[Decoded]:
+        decoded = _decode_all([self.clips[i] for i in rows], self.cfg, "visual" in self.blocks, "audio" in self.blocks,
+                              self.params.download.validation.max_duration_s)
+        for d in decoded:
+            if d.visual_status == "error":
+                raise FinetuneError(f"{d.clip.path}: decodable at extract time, not now: {d.detail}")
+            if self.cropper is not None:
+                _crop_faces(d, self.cropper)
+        return decoded
+
+    def _pick(self, n: int, generator: torch.Generator | None) -> list[int]:
+        k = min(self.f.frames_per_clip, n)
+        if generator is None:  # evaluation: evenly spaced, reproducible
+            return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
+        return sorted(torch.randperm(n, generator=generator)[:k].tolist())
+
+    def _visual(self, decoded: list[Decoded], generator: torch.Generator | None) -> torch.Tensor:
+        encoder = self.encoders["visual"]
+        frames, owner = [], []
+        for j, d in enumerate(decoded):
+            for i in self._pick(len(d.frames), generator):
+                frames.append(d.frames[i])
+                owner.append(j)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, frame in enumerate(frames):  # real datasets mix resolutions; a forward needs one size
+            by_shape.setdefault(frame.shape, []).append(i)
+        feats: list[torch.Tensor | None] = [None] * len(frames)
+        for idx in by_shape.values():
+            out = encoder.features(np.stack([frames[i] for i in idx])).float()
+            for i, row in zip(idx, out):
+                feats[i] = row
+        stacked = torch.stack(feats)  # type: ignore[arg-type]
+        owners = torch.tensor(owner, device=stacked.device)
+        sums = torch.zeros(len(decoded), stacked.shape[1], device=stacked.device).index_add(0, owners, stacked)
+        return sums / torch.bincount(owners, minlength=len(decoded)).clamp(min=1).unsqueeze(1)
+
+    def _audio(self, decoded: list[Decoded], generator: torch.Generator | None) -> torch.Tensor:
+        encoder = self.encoders["audio"]
+        length = int(round(self.f.audio_seconds * AUDIO_SAMPLE_RATE))
+        windows, valid, usable = [], [], []
+        for j, d in enumerate(decoded):
+            if d.wave is None or d.audio_status not in ("ok", "silent"):
+                continue
+            spare = max(d.wave.size - length, 0)
+            start = (spare // 2 if generator is None else
+                     int(torch.randint(spare + 1, (1,), generator=generator))) if spare else 0
+            piece = d.wave[start:start + length]
+            windows.append(np.pad(piece, (0, length - piece.size)).astype(np.float32))
+            valid.append(piece.size)
+            usable.append(j)
+        out = torch.zeros(len(decoded), encoder.dim, device=self.device)
+        if windows:
+            hidden = encoder.features(np.stack(windows)).float()
+            for row, (j, n) in enumerate(zip(usable, valid)):
+                steps = min(hidden.shape[1], math.ceil(n / AUDIO_SAMPLE_RATE * encoder.frame_rate))
+                out[j] = hidden[row, :steps].mean(0)
+        return out
+
+    def _cached(self, rows: list[int], modality: str) -> torch.Tensor:
+        seqs = self.data.visual if modality == "visual" else self.data.audio
+        return torch.from_numpy(np.stack([seqs[i].mean(0) for i in rows])).to(self.device)
+
+    def vectors(self, rows: list[int], generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip vectors (visual, audio) for Stage I's loss: tuned modalities from the decoded clips, others cached."""
+        decoded = self._decode(rows)
+        with self._autocast():
+            v = self._visual(decoded, generator) if "visual" in self.blocks else self._cached(rows, "visual")
+            a = self._audio(decoded, generator) if "audio" in self.blocks else self._cached(rows, "audio")
+        return v.float(), a.float()
+
+    def _loss(self, model: AlignmentModel, rows: list[int], generator: torch.Generator | None) -> dict:
+        v, a = self.vectors(rows, generator)
+        mask = torch.from_numpy(self.data.mask[rows]).to(self.device)
+        t = torch.from_numpy(self.data.text[rows]).to(self.device)
+        return model(v, a, t, vt_mask=mask[:, 0] & mask[:, 2], at_mask=mask[:, 1] & mask[:, 2])
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self, model: AlignmentModel, optimizer: torch.optim.Optimizer, rows: list[int],
+                    batch_size: int, generator: torch.Generator) -> list[float]:
+        model.train()
+        order = [rows[j] for j in torch.randperm(len(rows), generator=generator).tolist()]
+        losses = []
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            if len(batch) < 2:  # InfoNCE needs a negative
+                continue
+            loss = self._loss(model, batch, generator)["loss"]
+            optimizer.zero_grad()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            losses.append(loss.item())
+        return losses
+
+    @torch.no_grad()
+    def valid_loss(self, model: AlignmentModel, rows: list[int], batch_size: int) -> dict[str, float]:
+        if len(rows) < 2:
+            return {}
+        model.eval()
+        for module in self.encoders.values():
+            tunable_blocks(module, "").module.eval()
+        vs, as_ = zip(*(self.vectors(rows[i:i + batch_size], None) for i in range(0, len(rows), batch_size)))
+        mask = torch.from_numpy(self.data.mask[rows]).to(self.device)
+        t = torch.from_numpy(self.data.text[rows]).to(self.device)
+        out = model(torch.cat(vs), torch.cat(as_), t, vt_mask=mask[:, 0] & mask[:, 2], at_mask=mask[:, 1] & mask[:, 2])
+        for m, names in self.blocks.items():  # back to training mode for the tuned blocks only
+            for name, module in tunable_blocks(self.encoders[m], "").module.named_modules():
+                if name in names:
+                    module.train()
+        return {"valid_loss": float(out["loss"]), "valid_loss_vt": float(out["loss_vt"]),
+                "valid_loss_at": float(out["loss_at"])}
+
+    # ------------------------------------------------------------------ afterwards
+    def reencode(self, data: SequenceData) -> SequenceData:
+        """Every clip's tuned modalities encoded again, by the inference path (extract.dtype, batched)."""
+        tuned = self.tuned()
+        encoders = load_encoders(self.cfg, self.device, resolve_dtype(self.cfg.dtype, self.device), set(tuned), tuned)
+        visual, audio = list(data.visual), list(data.audio)
+        step = self.cfg.shard_size
+        for start in range(0, len(data), step):
+            rows = list(range(start, min(start + step, len(data))))
+            decoded = self._decode(rows)
+            if "visual" in encoders:
+                for i, feats in zip(rows, encode_frames(encoders["visual"], decoded, self.cfg.batch_size)):
+                    visual[i] = self._same_length(feats, visual[i], data.ids[i])
+            if "audio" in encoders:
+                usable = [d.wave if d.audio_status in ("ok", "silent") else None for d in decoded]
+                feats = encode_audio(encoders["audio"], usable, [d.n_steps for d in decoded], self.cfg.fps,
+                                     self.cfg.audio.window_s, self.cfg.batch_size)
+                for i, f in zip(rows, feats):
+                    audio[i] = self._same_length(f, audio[i], data.ids[i])
+        return SequenceData(data.ids, visual, audio, data.text, data.mask, data.labels)
+
+    @staticmethod
+    def _same_length(new: np.ndarray, old: np.ndarray, clip_id: str) -> np.ndarray:
+        if new.shape[0] != old.shape[0]:
+            raise FinetuneError(f"{clip_id}: {new.shape[0]} steps after fine-tuning, {old.shape[0]} in the feature "
+                                "store (the dataset changed since extract; run `emi extract` again)")
+        return new.astype(np.float32)
