@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emi.config import EncoderSpec
+from emi.utils import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +403,14 @@ def _build(factories: dict, spec: EncoderSpec, modality: str, device: torch.devi
     """The one factory step every modality shares: known kind, resolved weights, constructed encoder."""
     if spec.kind not in factories:
         raise EncoderError(f"unknown {modality} encoder kind {spec.kind!r}; known: {', '.join(factories)}")
-    return factories[spec.kind](spec, resolve(spec, f"extract.{modality}"), device, dtype)
+    resolved = resolve(spec, f"extract.{modality}")
+    if not resolved.random_init:
+        return factories[spec.kind](spec, resolved, device, dtype)
+    # random weights seeded by the spec: extract, Stage-I fine-tuning, evaluate and predict (separate processes)
+    # must all get the same "random" encoder, or their features would not be comparable
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(fingerprint(spec.model_dump(mode="json"))[:12], 16))
+        return factories[spec.kind](spec, resolved, device, dtype)
 
 
 VISUAL_FACTORIES = {"fer": FerEncoder, "open_clip": OpenClipEncoder}
