@@ -56,6 +56,20 @@ def test_registry_resolves_packaged_local_and_random(tmp_path):
     assert resolved.random_init and "random" in resolved.describe()
 
 
+def test_random_init_is_the_same_in_every_load_and_differs_by_spec():
+    # extract, Stage I, evaluate and predict each load the encoder: "random" must mean the same weights
+    spec = EncoderSpec(kind="wav2vec2", name="w2v-test", pretrained="random", allow_random_init=True, dim=32)
+    a, b = (load_audio(spec, CPU, torch.float32).model.state_dict() for _ in range(2))
+    c = load_audio(spec.model_copy(update={"name": "w2v-other"}), CPU, torch.float32).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    load_audio(spec, CPU, torch.float32)
+    assert torch.equal(torch.rand(1), before)  # the caller's random stream is left alone
+
+
 def test_registry_refuses_what_it_cannot_load(tmp_path):
     with pytest.raises(EncoderError, match="allow_random_init is false"):
         resolve(EncoderSpec(kind="open_clip", name="ViT-B-16", dim=768), "extract.visual")
