@@ -323,6 +323,7 @@ class FerEncoder:
     """Pretrained facial-expression CNN: pooled last feature maps (grid×grid×128) + the 7 expression logits."""
 
     input_size = 64
+    revision = 2  # 2: 8-bit resize before grey, BN folded (features move by ~1e-5..1e-2 against revision 1)
 
     def __init__(self, spec: EncoderSpec, resolved: Resolved, device: torch.device, dtype: torch.dtype):
         model = MiniXception() if resolved.random_init else load_keras_mini_xception(Path(resolved.location))
@@ -414,6 +415,13 @@ def _build(factories: dict, spec: EncoderSpec, modality: str, device: torch.devi
 
 
 VISUAL_FACTORIES = {"fer": FerEncoder, "open_clip": OpenClipEncoder}
+FACTORIES = {"visual": VISUAL_FACTORIES}  # the audio and text tables join below
+
+
+def feature_revision(modality: str, kind: str) -> int:
+    """Bumped in an encoder class (``revision``) whenever a code change alters the features it produces, so
+    feature shards written by older code are recomputed rather than mixed with new ones."""
+    return getattr(FACTORIES[modality].get(kind), "revision", 1)
 
 
 def load_visual(spec: EncoderSpec, device: torch.device, dtype: torch.dtype) -> VisualEncoder:
@@ -511,6 +519,7 @@ class Wav2Vec2Encoder:
 
 
 AUDIO_FACTORIES = {"whisper-encoder": WhisperEncoder, "wav2vec2": Wav2Vec2Encoder}
+FACTORIES["audio"] = AUDIO_FACTORIES
 
 
 def load_audio(spec: EncoderSpec, device: torch.device, dtype: torch.dtype) -> AudioEncoder:
@@ -559,6 +568,7 @@ class BertEncoder:
 
 
 TEXT_FACTORIES = {"bert": BertEncoder}
+FACTORIES["text"] = TEXT_FACTORIES
 
 
 def load_text(spec: EncoderSpec, device: torch.device, dtype: torch.dtype) -> BertEncoder:

@@ -26,8 +26,8 @@ from emi.audio import MediaError, decode_audio, rms_dbfs
 from emi.config import ExtractParams, Params
 from emi.transcribe import Clip
 from emi.transcribe import list_clips as transcribe_clips
-from emi.encoders import (AUDIO_SAMPLE_RATE, AudioEncoder, Resolved, VisualEncoder, load_audio, load_block_state,
-                          load_text, load_visual, resolve, resolve_device, resolve_dtype)
+from emi.encoders import (AUDIO_SAMPLE_RATE, AudioEncoder, Resolved, VisualEncoder, feature_revision, load_audio,
+                          load_block_state, load_text, load_visual, resolve, resolve_device, resolve_dtype)
 from emi.utils import atomic_path, fingerprint, sha256_file, write_json, write_text, tracked
 
 log = logging.getLogger(__name__)
@@ -295,6 +295,12 @@ def _spec(cfg: ExtractParams, modality: str) -> dict:
     return getattr(cfg, modality).model_dump(mode="json")
 
 
+def _encoder_key(cfg: ExtractParams, modality: str) -> dict:
+    """What a shard's features depend on from the encoder: its spec and the code revision of its kind."""
+    spec = getattr(cfg, modality)
+    return {"spec": _spec(cfg, modality), "revision": feature_revision(modality, spec.kind)}
+
+
 # ----------------------------------------------------------------------------- the stage
 @dataclass
 class ExtractPlan:
@@ -328,11 +334,11 @@ def plan_extract(params: Params, raw_dir: Path, transcripts: Path, out_dir: Path
     for shard in shards:
         ids = [(c.id, hashes[c.id]) for c in shard]
         keys.append({
-            "visual": fingerprint({"spec": _spec(cfg, "visual"), "face_crop": cfg.face_crop,
+            "visual": fingerprint({**_encoder_key(cfg, "visual"), "face_crop": cfg.face_crop,
                                    "face_margin": cfg.face_margin if cfg.face_crop else None, **common, "clips": ids}),
-            "audio": fingerprint({"spec": _spec(cfg, "audio"), "silence_dbfs": cfg.silence_dbfs, **common,
+            "audio": fingerprint({**_encoder_key(cfg, "audio"), "silence_dbfs": cfg.silence_dbfs, **common,
                                   "clips": ids}),
-            "text": fingerprint({"spec": _spec(cfg, "text"), "per_clip": True, "threads": 1,
+            "text": fingerprint({**_encoder_key(cfg, "text"), "per_clip": True, "threads": 1,
                                  "clips": [(c.id, texts.get(c.id)) for c in shard]}),
         })
     paths = {m: [out_dir / m / f"shard-{i:05d}.npz" for i in range(len(shards))] for m in MODALITIES}

@@ -177,6 +177,17 @@ def test_extract_resumes_and_recomputes_only_what_changed(stage_inputs, tmp_path
     assert all(v.shape[0] == a.shape[0] for v, a in zip(load_features(out).visual, load_features(out).audio))
 
 
+def test_an_encoder_code_revision_recomputes_that_modality_only(stage_inputs, tmp_path, monkeypatch):
+    from emi.encoders import FerEncoder
+
+    raw, tr = stage_inputs
+    out = tmp_path / "features"
+    extract(tiny(), raw, tr, out, None, show_progress=False)
+    monkeypatch.setattr(FerEncoder, "revision", FerEncoder.revision + 1)  # code that changes the features
+    again = extract(tiny(), raw, tr, out, None, show_progress=False)
+    assert again.shards_done_now == {"visual": 1, "audio": 0, "text": 0}
+
+
 def test_clip_without_audio_and_silent_clip_are_masked_not_dropped(stage_inputs, tmp_path):
     raw, tr = stage_inputs
     write_mp4(raw / "raw" / "00001.mp4", silent_frames(80), 25, None, 22050)
