@@ -234,3 +234,13 @@ def test_killed_extract_resumes_without_redoing_finished_shards(stage_inputs, tm
     assert result.shards_done_now["audio"] == 6 - len(finished)
     assert not list(out.rglob(".*.tmp*")), "temporary files left by the kill are cleaned up"
     assert len(load_features(out).ids) == 12
+
+
+def test_allocator_tuning_applies_on_glibc_and_is_idempotent():
+    import platform
+
+    from emi.utils import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert keep_freed_memory() is True and keep_freed_memory() is True
