@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -41,15 +43,22 @@ SetOpt = Annotated[
 ]
 
 
+@contextlib.contextmanager
+def _fails_with(*errors: type[BaseException], code: int = 1) -> Iterator[None]:
+    """The user-facing errors of a command: one red line and exit ``code``, no traceback."""
+    try:
+        yield
+    except errors as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(code) from None
+
+
 def _load(params_path: Path, profile: str | None, overrides: list[str] | None) -> Params:
     path: Path | None = params_path
     if not params_path.exists() and params_path == Path("params.yaml"):
         path = None  # outside a checkout: the profile alone
-    try:
+    with _fails_with(ConfigError, code=2):
         return load_params(path, overrides or [], profile=profile)
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
 
 
 @app.callback()
@@ -87,14 +96,8 @@ def download(
         if value is not None:
             extra.append(f"{key}={json.dumps(str(value)) if isinstance(value, (str, Path)) else value}")
     params = _load(params_path, profile, extra)
-    try:
+    with _fails_with(DataValidationError, DownloadError):
         result = run_download(params, out, reports, show_progress=progress)
-    except DataValidationError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
-    except DownloadError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     console.print(result.report.summary(), highlight=False)
     console.print(f"{result.source} dataset ready in {result.raw_dir} ({result.seconds:.1f} s); "
                   f"report: {result.report.md_path}", highlight=False)
@@ -128,11 +131,8 @@ def transcribe(
     from emi.transcribe import transcribe as run_transcribe
 
     params = _load(params_path, profile, overrides)
-    try:
+    with _fails_with(*_stage_errors()):
         result = run_transcribe(params, raw, out, reports, show_progress=progress)
-    except _stage_errors() as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     console.print(result.report.summary(), highlight=False)
     console.print(f"transcripts: {result.table} ({result.n_clips} clips, {result.seconds:.1f} s)", highlight=False)
 
@@ -154,11 +154,8 @@ def extract(
     from emi.extract import extract as run_extract
 
     params = _load(params_path, profile, overrides)
-    try:
+    with _fails_with(*_stage_errors()):
         result = run_extract(params, raw, transcripts, out, reports, show_progress=progress)
-    except _stage_errors() as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     console.print(result.report.summary(), highlight=False)
     random = [r.role for r in result.encoders if r.random_init]
     console.print(f"features: {result.out_dir} ({result.n_clips} clips; shards recomputed {result.shards_done_now}; "
@@ -186,11 +183,8 @@ def stage1(
     from emi.stage1 import stage1 as run_stage1
 
     params = _load(params_path, profile, overrides)
-    try:
+    with _fails_with(Stage1Error, *_stage_errors()):  # fine-tuning decodes and encodes clips
         result = run_stage1(params, features, out, aligned, raw, show_progress=progress)
-    except Stage1Error as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     shown = ", ".join(f"{k}={v}" for k, v in result.metrics.items() if "recall" in k or "chance" in k)
     console.print(f"stage I: {result.epochs_run} epochs in {result.seconds:.1f} s; {shown}", highlight=False)
 
@@ -211,11 +205,8 @@ def stage2(
     from emi.stage2 import stage2 as run_stage2
 
     params = _load(params_path, profile, overrides)
-    try:
+    with _fails_with(Stage2Error):
         result = run_stage2(params, aligned / "aligned.npz", raw, out, show_progress=progress)
-    except Stage2Error as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     console.print(f"stage II: {result.epochs_run} epochs in {result.seconds:.1f} s; valid mean Pearson "
                   f"{result.metrics.get('valid_pearson_mean', float('nan')):.4f}", highlight=False)
 
@@ -258,16 +249,13 @@ def evaluate_cmd(
     from emi.stage2 import variant_name
 
     params = _load(params_path, profile, overrides)
-    try:
+    with _fails_with(EvaluateError, *_stage_errors()):
         average = models / "ablation" / f"{variant_name('VAT', 'average', params.stage2.inputs)}.pt"
         result = evaluate(params, raw, data / "transcripts" / "transcripts.csv", data / "aligned" / "aligned.npz",
                           models / "stage1", models / "stage2", reports, ablation_dir=reports,
                           average_model=average if average.is_file() else None,
                           show_progress=progress, features_dir=data / "features",
                           validation_dir=reports / "validation")
-    except (EvaluateError, *_stage_errors()) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     flat = result.tracking()["metrics"]
     console.print(f"valid mean Pearson {flat.get('valid_pearson_mean', float('nan')):.4f}, test "
                   f"{flat.get('test_pearson_mean', float('nan')):.4f}; report: {result.paths['report']}",
@@ -305,12 +293,9 @@ def predict_cmd(
     from emi.infer import PredictError, predict_videos
 
     params = _load(params_path, profile, overrides)
-    try:
+    with _fails_with(PredictError, *_stage_errors()):
         alignment, fusion, params = _resolve_model(model, params)
         table = predict_videos(videos, params, alignment, fusion)
-    except (PredictError, *_stage_errors()) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
     if out is not None:
         from emi.utils import write_text
 
