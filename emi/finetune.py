@@ -22,11 +22,12 @@ from emi.encoders import (AUDIO_SAMPLE_RATE, _under, block_state, load_block_sta
 from emi.extract import (Decoded, FaceCropper, _crop_faces, _decode_all, encode_audio, encode_frames, list_clips,
                          load_encoders)
 from emi.model import AlignmentModel
+from emi.stage1 import Stage1Error
 from emi.train import SequenceData
 
 
-class FinetuneError(RuntimeError):
-    pass
+class FinetuneError(Stage1Error):
+    """The clips cannot be decoded or encoded the way `emi extract` did (the dataset changed since)."""
 
 
 def _spec(params: Params, modality: str) -> dict:
@@ -53,19 +54,16 @@ class Finetuner:
         for m, encoder in self.encoders.items():
             tunable = tunable_blocks(encoder, f"extract.{m}")
             names = tunable.last(self.f.last_k_blocks, f"extract.{m}")
-            tunable.module.eval()  # the frozen part: no dropout, no layer drop
             for name, p in tunable.module.named_parameters():
                 p.requires_grad_(_under(name, names))
-            for name, module in tunable.module.named_modules():
-                if name in names:
-                    module.train()
             self.blocks[m] = names
+        self._train_mode(True)
         self.cropper = FaceCropper(self.cfg.face_margin) if self.cfg.face_crop else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
 
     # ------------------------------------------------------------------ what is trained and saved
     def parameters(self) -> list[torch.nn.Parameter]:
-        return [p for e in self.encoders.values() for p in tunable_blocks(e, "").module.parameters() if p.requires_grad]
+        return [p for e in self.encoders.values() for p in e.blocks().module.parameters() if p.requires_grad]
 
     def tuned(self) -> dict:
         """Per tuned modality: the encoder spec it belongs to, the block names and their weights."""
@@ -75,6 +73,14 @@ class Finetuner:
     def load(self, tuned: dict) -> None:
         for m, entry in tuned.items():
             load_block_state(self.encoders[m], entry["state"], f"extract.{m}")
+
+    def _train_mode(self, on: bool) -> None:
+        """Tuned blocks train (dropout) only while training; the frozen part always evaluates (no layer drop)."""
+        for m, names in self.blocks.items():
+            module = tunable_blocks(self.encoders[m], f"extract.{m}").module.eval()
+            for name, sub in module.named_modules():
+                if name in names:
+                    sub.train(on)
 
     def _autocast(self):
         if self.amp == torch.float32:
@@ -181,16 +187,12 @@ class Finetuner:
         if len(rows) < 2:
             return {}
         model.eval()
-        for module in self.encoders.values():
-            tunable_blocks(module, "").module.eval()
+        self._train_mode(False)
         vs, as_ = zip(*(self.vectors(rows[i:i + batch_size], None) for i in range(0, len(rows), batch_size)))
         mask = torch.from_numpy(self.data.mask[rows]).to(self.device)
         t = torch.from_numpy(self.data.text[rows]).to(self.device)
         out = model(torch.cat(vs), torch.cat(as_), t, vt_mask=mask[:, 0] & mask[:, 2], at_mask=mask[:, 1] & mask[:, 2])
-        for m, names in self.blocks.items():  # back to training mode for the tuned blocks only
-            for name, module in tunable_blocks(self.encoders[m], "").module.named_modules():
-                if name in names:
-                    module.train()
+        self._train_mode(True)
         return {"valid_loss": float(out["loss"]), "valid_loss_vt": float(out["loss_vt"]),
                 "valid_loss_at": float(out["loss_at"])}
 

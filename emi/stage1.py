@@ -106,11 +106,11 @@ def stage1(params: Params, features_dir: Path, model_dir: Path, aligned_dir: Pat
     tuner = None
     if p.finetune.last_k_blocks:
         from emi.encoders import EncoderError
-        from emi.finetune import Finetuner, FinetuneError
+        from emi.finetune import Finetuner
 
         try:
             tuner = Finetuner(params, Path(raw_dir) if raw_dir else Path(features_dir).parent / "raw", data)
-        except (EncoderError, FinetuneError) as exc:
+        except EncoderError as exc:  # an encoder that cannot be tuned is a Stage-I configuration error
             raise Stage1Error(str(exc)) from exc
         model.to(tuner.device)
     groups = [{"params": list(model.parameters()), "lr": p.schedule.lr_max}]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -78,7 +79,6 @@ def tracked(stage: str):
     MLflow stays at the edge: the stage's result may offer ``tracking() -> {metrics, history, artifacts}``;
     nothing inside the stage imports mlflow.
     """
-    import functools
 
     def wrap(fn):
         @functools.wraps(fn)
@@ -102,27 +102,21 @@ def tracked(stage: str):
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 _TRIM_THRESHOLD = 1024 * 1024 * 1024
-_ALLOCATOR_TUNED: list[bool] = []
-
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Keep freed multi-MB buffers in the heap instead of handing them back to the OS.
 
     CPU inference allocates and frees activations of a few MB in every layer; glibc serves those with fresh
     mmaps (and trims the freed heap), so every layer page-faults its output in again. For the FER CNN that was
     half of a batch's time (28 -> 13 ms per 32 frames; ``emi bench extract``). PyTorch's CPU performance guide
-    gets the same with jemalloc/tcmalloc preloaded; this needs no preload. Idempotent; a no-op off glibc.
+    gets the same with jemalloc/tcmalloc preloaded; this needs no preload. Once per process; a no-op off glibc.
     """
-    if _ALLOCATOR_TUNED:
-        return _ALLOCATOR_TUNED[0]
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
             libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        ok = False
-    _ALLOCATOR_TUNED.append(ok)
-    return ok
+        return False
