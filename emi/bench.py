@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from emi.config import Params
-from emi.encoders import load_visual, resolve_device, resolve_dtype
-from emi.extract import decode_clip, encode_frames, list_clips
+from emi.data.dataset import list_clips
+from emi.encoders.base import resolve_device, resolve_dtype
+from emi.encoders.visual import load_visual
+from emi.featurize import decode_clip, encode_frames
 
 
 @dataclass
@@ -45,7 +47,7 @@ def bench_extract(params: Params, raw_dir: Path, n_clips: int, repeats: int) -> 
     cfg = params.extract
     device = resolve_device(cfg.device)
     encoder = load_visual(cfg.visual, device, resolve_dtype(cfg.dtype, device))
-    decoded = [decode_clip(c, cfg, True, False) for c in list_clips(Path(raw_dir))[:n_clips]]
+    decoded = [decode_clip(c, cfg, params.data, True, False) for c in list_clips(Path(raw_dir))[:n_clips]]
     decoded = [d for d in decoded if d.frames]
     frames = [f for d in decoded for f in d.frames]
     encoder.encode(np.stack(frames[: cfg.batch_size]))  # warm-up (allocator, lazy init)

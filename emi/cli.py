@@ -14,6 +14,8 @@ import yaml
 from rich.console import Console
 
 from emi.config import ConfigError, Params, available_profiles, load_params
+from emi.paths import DEFAULT as LAYOUT
+from emi.paths import ALIGNED_FILE, Layout
 
 app = typer.Typer(
     name="emi",
@@ -49,7 +51,7 @@ def _fails_with(*errors: type[BaseException], code: int = 1) -> Iterator[None]:
     try:
         yield
     except errors as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)  # no hard wrap at 80 columns
         raise typer.Exit(code) from None
 
 
@@ -71,9 +73,9 @@ def download(
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    out: Annotated[Path, typer.Option(help="dataset folder to (re)create in the Hume-Vidmimic2 layout.")] = Path("data/raw"),
-    reports: Annotated[Path, typer.Option(help="folder for the validation report (download.json/.md).")] = Path(
-        "reports/validation"),
+    out: Annotated[Path, typer.Option(help="dataset folder to (re)create in the Hume-Vidmimic2 layout.")] = LAYOUT.raw,
+    reports: Annotated[Path, typer.Option(help="folder for the validation report (download.json/.md).")] = (
+        LAYOUT.validation),
     source: Annotated[Optional[str], typer.Option(help="synthetic | local | url (default: download.source).")] = None,
     local_path: Annotated[Optional[Path], typer.Option(help="Hume-Vidmimic2 folder for --source local.")] = None,
     url: Annotated[Optional[str], typer.Option(help="archive URL (http, https, file) for --source url.")] = None,
@@ -85,14 +87,14 @@ def download(
     progress: Annotated[bool, typer.Option(help="show progress bars.")] = True,
 ) -> None:
     """Get the dataset into OUT (generate, copy/link a local copy, or download an archive) and validate it."""
-    from emi.download import DownloadError
-    from emi.download import download as run_download
-    from emi.validation import DataValidationError
+    from emi.contracts.report import DataValidationError
+    from emi.stages.download import DownloadError
+    from emi.stages.download import download as run_download
 
     extra = list(overrides or [])
     for key, value in (("download.source", source), ("download.local.path", local_path), ("download.url.url", url),
                        ("download.url.sha256", sha256), ("download.synthetic.n_clips", n_clips), ("seed", seed),
-                       ("download.validation.max_error_fraction", max_error_fraction)):
+                       ("data.max_error_fraction", max_error_fraction)):
         if value is not None:
             extra.append(f"{key}={json.dumps(str(value)) if isinstance(value, (str, Path)) else value}")
     params = _load(params_path, profile, extra)
@@ -109,11 +111,11 @@ ProgressOpt = Annotated[bool, typer.Option(help="show progress bars.")]
 
 
 def _stage_errors():
-    from emi.encoders import EncoderError
-    from emi.extract import ExtractError
-    from emi.validation import DataValidationError
+    from emi.data.dataset import DatasetError
+    from emi.encoders.base import EncoderError
+    from emi.stages.extract import ExtractError
 
-    return (DataValidationError, EncoderError, ExtractError)
+    return (DatasetError, EncoderError, ExtractError)  # DataValidationError is a DatasetError
 
 
 @app.command()
@@ -121,14 +123,14 @@ def transcribe(
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    raw: RawOpt = Path("data/raw"),
-    out: Annotated[Path, typer.Option(help="folder for transcripts.csv (and its resumable parts/).")] = Path(
-        "data/transcripts"),
-    reports: ReportsOpt = Path("reports/validation"),
+    raw: RawOpt = LAYOUT.raw,
+    out: Annotated[Path, typer.Option(help="folder for transcripts.csv (and its resumable parts/).")] = (
+        LAYOUT.transcripts),
+    reports: ReportsOpt = LAYOUT.validation,
     progress: ProgressOpt = True,
 ) -> None:
     """Speech -> text with faster-whisper (VAD, beam search); clips without audio get an empty, flagged row."""
-    from emi.transcribe import transcribe as run_transcribe
+    from emi.stages.transcribe import transcribe as run_transcribe
 
     params = _load(params_path, profile, overrides)
     with _fails_with(*_stage_errors()):
@@ -142,16 +144,16 @@ def extract(
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    raw: RawOpt = Path("data/raw"),
-    transcripts: Annotated[Path, typer.Option(help="transcripts table from `emi transcribe`.")] = Path(
-        "data/transcripts/transcripts.csv"),
-    out: Annotated[Path, typer.Option(help="feature store: shards per modality + index.csv + manifest.json.")] = Path(
-        "data/features"),
-    reports: ReportsOpt = Path("reports/validation"),
+    raw: RawOpt = LAYOUT.raw,
+    transcripts: Annotated[Path, typer.Option(help="transcripts table from `emi transcribe`.")] = (
+        LAYOUT.transcripts_table),
+    out: Annotated[Path, typer.Option(help="feature store: shards per modality + index.csv + manifest.json.")] = (
+        LAYOUT.features),
+    reports: ReportsOpt = LAYOUT.validation,
     progress: ProgressOpt = True,
 ) -> None:
     """Visual (5 fps), audio (pooled onto the same grid) and text features, in resumable shards."""
-    from emi.extract import extract as run_extract
+    from emi.stages.extract import extract as run_extract
 
     params = _load(params_path, profile, overrides)
     with _fails_with(*_stage_errors()):
@@ -168,22 +170,21 @@ def stage1(
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    features: Annotated[Path, typer.Option(help="feature store from `emi extract`.")] = Path("data/features"),
-    out: Annotated[Path, typer.Option(help="folder for alignment.pt, metrics.json, history.csv.")] = Path(
-        "models/stage1"),
-    aligned: Annotated[Path, typer.Option(help="folder for the aligned sequences Stage II reads.")] = Path(
-        "data/aligned"),
+    features: Annotated[Path, typer.Option(help="feature store from `emi extract`.")] = LAYOUT.features,
+    out: Annotated[Path, typer.Option(help="folder for alignment.pt, metrics.json, history.csv.")] = LAYOUT.stage1,
+    aligned: Annotated[Path, typer.Option(help="folder for the aligned sequences Stage II reads.")] = LAYOUT.aligned,
     raw: Annotated[Path, typer.Option(help="the dataset, decoded again when stage1.finetune.last_k_blocks > 0.")] = (
-        Path("data/raw")),
+        LAYOUT.raw),
     progress: ProgressOpt = True,
 ) -> None:
     """Stage I: vision<->text and audio<->text contrastive alignment (InfoNCE, SGDR); prints retrieval recall.
     With stage1.finetune.last_k_blocks > 0 the last encoder blocks are trained too, from the clips themselves."""
-    from emi.stage1 import Stage1Error
-    from emi.stage1 import stage1 as run_stage1
+    from emi.stages.stage1 import stage1 as run_stage1
+    from emi.train.alignment import Stage1Error
+    from emi.train.finetune import FinetuneError
 
     params = _load(params_path, profile, overrides)
-    with _fails_with(Stage1Error, *_stage_errors()):  # fine-tuning decodes and encodes clips
+    with _fails_with(Stage1Error, FinetuneError, *_stage_errors()):  # fine-tuning decodes and encodes clips
         result = run_stage1(params, features, out, aligned, raw, show_progress=progress)
     shown = ", ".join(f"{k}={v}" for k, v in result.metrics.items() if "recall" in k or "chance" in k)
     console.print(f"stage I: {result.epochs_run} epochs in {result.seconds:.1f} s; {shown}", highlight=False)
@@ -194,19 +195,18 @@ def stage2(
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    aligned: Annotated[Path, typer.Option(help="aligned.npz folder from `emi stage1`.")] = Path("data/aligned"),
-    raw: RawOpt = Path("data/raw"),
-    out: Annotated[Path, typer.Option(help="folder for model.pt, predictions.csv, metrics.json.")] = Path(
-        "models/stage2"),
+    aligned: Annotated[Path, typer.Option(help="aligned.npz folder from `emi stage1`.")] = LAYOUT.aligned,
+    raw: RawOpt = LAYOUT.raw,
+    out: Annotated[Path, typer.Option(help="folder for model.pt, predictions.csv, metrics.json.")] = LAYOUT.stage2,
     progress: ProgressOpt = True,
 ) -> None:
     """Stage II: TCN + gated BiLSTM + quality-aware fusion + Transformer on the frozen Stage-I features (EMA)."""
-    from emi.stage2 import Stage2Error
-    from emi.stage2 import stage2 as run_stage2
+    from emi.stages.stage2 import stage2 as run_stage2
+    from emi.train.fusion import Stage2Error
 
     params = _load(params_path, profile, overrides)
     with _fails_with(Stage2Error):
-        result = run_stage2(params, aligned / "aligned.npz", raw, out, show_progress=progress)
+        result = run_stage2(params, aligned / ALIGNED_FILE, raw, out, show_progress=progress)
     console.print(f"stage II: {result.epochs_run} epochs in {result.seconds:.1f} s; valid mean Pearson "
                   f"{result.metrics.get('valid_pearson_mean', float('nan')):.4f}", highlight=False)
 
@@ -216,18 +216,17 @@ def ablate(
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    aligned: Annotated[Path, typer.Option(help="aligned.npz folder from `emi stage1`.")] = Path("data/aligned"),
-    raw: RawOpt = Path("data/raw"),
-    out: Annotated[Path, typer.Option(help="folder for ablation.{md,csv,json}.")] = Path("reports"),
-    models: Annotated[Path, typer.Option(help="folder holding stage2/model.pt (reused for the matching cell); the "
-                                              "V+A+T cell models go to its ablation/.")] = Path("models"),
+    root: Annotated[Path, typer.Option(help="the folder holding data/, models/ and reports/ (the pipeline layout); "
+                                            "the Stage-II model is reused for the matching cell, the V+A+T cell "
+                                            "models go to models/ablation/.")] = LAYOUT.root,
 ) -> None:
     """The paper's Table 3: V, A, T, V+A, V+T, A+T, V+A+T (quality fusion) and V+A+T with average/concat."""
-    from emi.stage2 import ablation
+    from emi.stages.ablate import ablation
 
     params = _load(params_path, profile, overrides)
-    table = ablation(params, aligned / "aligned.npz", raw, out, stage2_model=models / "stage2" / "model.pt",
-                     models_dir=models / "ablation")
+    layout = Layout(root)
+    table = ablation(params, layout.aligned_file, layout.raw, layout.reports, stage2_model=layout.fusion_model,
+                     models_dir=layout.ablation_models)
     typer.echo(table[["modalities", "fusion", "pearson_mean", "mse", "seconds"]].to_string(index=False))
 
 
@@ -236,44 +235,27 @@ def evaluate_cmd(
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    raw: RawOpt = Path("data/raw"),
-    data: Annotated[Path, typer.Option(help="folder holding transcripts/, features/ and aligned/.")] = Path("data"),
-    models: Annotated[Path, typer.Option(help="folder holding stage1/ and stage2/.")] = Path("models"),
-    reports: Annotated[Path, typer.Option(help="folder for metrics.json, report.md, plots, submission.csv.")] = Path(
-        "reports"),
+    root: Annotated[Path, typer.Option(help="the folder holding data/, models/ and reports/ (the pipeline layout).")] = (
+        LAYOUT.root),
     register: Annotated[bool, typer.Option(help="register the model in MLflow and apply the promotion policy.")] = True,
     progress: ProgressOpt = True,
 ) -> None:
     """Metrics (+ ceiling), robustness table, report, ABAW submission; then the registry decision."""
-    from emi.evaluate import EvaluateError, evaluate
-    from emi.stage2 import variant_name
+    from emi.robustness import RobustnessError
+    from emi.stages.evaluate import EvaluateError, evaluate
+    from emi.submission import SubmissionError
 
     params = _load(params_path, profile, overrides)
-    with _fails_with(EvaluateError, *_stage_errors()):
-        average = models / "ablation" / f"{variant_name('VAT', 'average', params.stage2.inputs)}.pt"
-        result = evaluate(params, raw, data / "transcripts" / "transcripts.csv", data / "aligned" / "aligned.npz",
-                          models / "stage1", models / "stage2", reports, ablation_dir=reports,
-                          average_model=average if average.is_file() else None,
-                          show_progress=progress, features_dir=data / "features",
-                          validation_dir=reports / "validation")
-    flat = result.tracking()["metrics"]
+    with _fails_with(EvaluateError, RobustnessError, SubmissionError, *_stage_errors()):
+        result = evaluate(params, Layout(root), register=register, show_progress=progress)
+    flat = result.flat_metrics()
     console.print(f"valid mean Pearson {flat.get('valid_pearson_mean', float('nan')):.4f}, test "
                   f"{flat.get('test_pearson_mean', float('nan')):.4f}; report: {result.paths['report']}",
                   highlight=False)
-    if register:
-        from emi.tracking import publish
-
-        decision = publish(params, models / "stage1" / "alignment.pt", models / "stage2" / "model.pt", flat,
-                           result.data_fingerprint, reports / "registry.json")
+    if result.registry:
+        decision = result.registry
         console.print(f"registered {decision['model']} v{decision['version']} (challenger); champion: "
                       f"v{decision['champion_version']} ({decision['reason']})", highlight=False)
-        from emi.utils import write_text
-
-        report = Path(result.paths["report"])
-        write_text(report, report.read_text() + (
-            f"\n## Model registry\n\n- registered `{decision['model']}` version {decision['version']} "
-            f"(alias `challenger`)\n- champion: version {decision['champion_version']} — {decision['reason']}\n"
-            f"- compare: `emi registry compare`\n"))
 
 
 @app.command("predict")
@@ -290,7 +272,7 @@ def predict_cmd(
     """Six intensities and the per-modality fusion weights for new videos (transcribe + extract + both stages).
 
     A video with no audio, no speech or no face still gets a prediction: that modality's weight is 0."""
-    from emi.infer import PredictError, predict_videos
+    from emi.predict import PredictError, predict_videos
 
     params = _load(params_path, profile, overrides)
     with _fails_with(PredictError, *_stage_errors()):
@@ -306,13 +288,15 @@ def predict_cmd(
 def _resolve_model(model: str, params: Params) -> tuple[Path, Path, Params]:
     """Model files and the params they were trained with (a registered model carries its own)."""
     if model.startswith("models:/") or model.startswith("runs:/"):
-        from emi.tracking import load_registered
+        from emi.tracking.registry import load_registered
 
         files = load_registered(params, model)
         trained = Params.model_validate_json(Path(files["params"]).read_text())
         return Path(files["alignment"]), Path(files["fusion"]), trained
     root = Path(model)
-    alignment, fusion = root / "stage1" / "alignment.pt", root / "stage2" / "model.pt"
+    # the layout under models/: a copied models folder works wherever it lies
+    alignment = root / LAYOUT.alignment_model.relative_to(LAYOUT.models)
+    fusion = root / LAYOUT.fusion_model.relative_to(LAYOUT.models)
     for path in (alignment, fusion):
         if not path.is_file():
             raise typer.BadParameter(f"{path} not found (--model takes models:/… or a folder like models/)")
@@ -324,7 +308,7 @@ def bench_extract_cmd(
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    raw: RawOpt = Path("data/raw"),
+    raw: RawOpt = LAYOUT.raw,
     clips: Annotated[int, typer.Option(help="how many clips to decode and encode.")] = 40,
     repeats: Annotated[int, typer.Option(help="timed (batched, one-at-a-time) pairs, alternated; medians are printed.")] = 5,
 ) -> None:
@@ -344,7 +328,7 @@ def registry_compare(
     overrides: SetOpt = None,
 ) -> None:
     """Registered versions side by side: aliases, metrics, data fingerprint and the params that differ."""
-    from emi.tracking import compare_versions
+    from emi.tracking.registry import compare_versions
 
     params = _load(params_path, profile, overrides)
     typer.echo(compare_versions(params, versions or None))
@@ -352,17 +336,17 @@ def registry_compare(
 
 @validate_app.command("raw")
 def validate_raw_cmd(
-    raw: Annotated[Path, typer.Argument(help="dataset folder in the Hume-Vidmimic2 layout.")] = Path("data/raw"),
+    raw: Annotated[Path, typer.Argument(help="dataset folder in the Hume-Vidmimic2 layout.")] = LAYOUT.raw,
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    reports: Annotated[Path, typer.Option(help="folder for download.json/.md.")] = Path("reports/validation"),
+    reports: Annotated[Path, typer.Option(help="folder for download.json/.md.")] = LAYOUT.validation,
 ) -> None:
     """Check a dataset folder (splits, labels, ids, readable videos) without fetching anything."""
-    from emi.validation import validate_raw
+    from emi.contracts.raw import validate_raw
 
     params = _load(params_path, profile, overrides)
-    report = validate_raw(raw, params.download.validation, reports)
+    report = validate_raw(raw, params.data, reports)
     console.print(report.summary(), highlight=False)
     if not report.passed:
         raise typer.Exit(1)

@@ -29,6 +29,10 @@ EMOTIONS: tuple[str, ...] = (
 """The six Hume-Vidmimic2 targets, in the order of the official split files."""
 
 SPLIT_HEADER: tuple[str, ...] = ("Filename", *EMOTIONS)
+MODALITIES: tuple[str, ...] = ("visual", "audio", "text")
+"""The three modalities, in the order every array, mask and table uses."""
+MODALITY_KEYS: dict[str, str] = dict(zip(MODALITIES, "VAT"))
+"""Their one-letter names in the paper (V, A, T), used by the models and ablation names."""
 PROFILES_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -122,18 +126,26 @@ class UrlParams(Strict):
     retries: int = Field(default=3, ge=0)
 
 
-class RawValidationParams(Strict):
-    max_error_fraction: float = Field(ge=0, le=1)
-    min_duration_s: float = Field(gt=0)
-    max_duration_s: float = Field(gt=0)
-
-
 class DownloadParams(Strict):
     source: Literal["synthetic", "local", "url"]
     synthetic: SyntheticParams
     local: LocalParams = LocalParams()
     url: UrlParams = UrlParams()
-    validation: RawValidationParams
+
+
+class DataParams(Strict):
+    """What every stage that reads clips shares: the clip contract and the error tolerance."""
+
+    max_error_fraction: float = Field(ge=0, le=1)  # fail when more than this fraction of clips has a problem
+    min_duration_s: float = Field(gt=0)
+    max_duration_s: float = Field(gt=0)
+    silence_dbfs: float  # an audio track quieter than this (RMS, dBFS) counts as missing audio
+
+    @model_validator(mode="after")
+    def _durations(self) -> DataParams:
+        if self.min_duration_s > self.max_duration_s:
+            raise ValueError(f"min_duration_s {self.min_duration_s} > max_duration_s {self.max_duration_s}")
+        return self
 
 
 # ----------------------------------------------------------- later stages (read by their issues)
@@ -172,7 +184,6 @@ class ExtractParams(Strict):
     batch_size: int = Field(ge=1)
     decode_workers: int = Field(ge=0)
     shard_size: int = Field(ge=1)
-    silence_dbfs: float  # an audio track quieter than this (RMS, dBFS) counts as missing audio
     frame_max_side: int = Field(ge=16)  # frames are downscaled to this at decode: a 4K clip cannot exhaust memory
     face_margin: float = Field(ge=0)  # face_crop: box grown by this fraction on each side
 
@@ -228,6 +239,12 @@ class Stage2Params(Strict):
     weight_decay: float = Field(ge=0)
     schedule: ScheduleParams
 
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> Stage2Params:
+        if self.width % self.transformer_heads:
+            raise ValueError(f"width {self.width} must be divisible by transformer_heads {self.transformer_heads}")
+        return self
+
 
 class RobustnessParams(Strict):
     """Damage applied to the validation clips for the robustness table (each at its own rate of clips)."""
@@ -272,6 +289,7 @@ class OrchestrationParams(Strict):
 class Params(Strict):
     profile: str
     seed: int
+    data: DataParams
     download: DownloadParams
     transcribe: TranscribeParams
     extract: ExtractParams
@@ -380,7 +398,8 @@ def _describe(exc: ValidationError, origins: list[tuple[str, dict[str, Any]]]) -
             lines.append(f"{where}{dotted}: required key is missing")
         else:
             got = err.get("input")
-            lines.append(f"{where}{dotted}: {err['msg']} (got {got!r})")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"  # a whole section says nothing more
+            lines.append(f"{where}{dotted}: {err['msg']}{shown}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from emi.config import MODALITY_KEYS
+
 if TYPE_CHECKING:
     from emi.config import Stage1Params, Stage2Params
 
-MODALITIES: tuple[str, ...] = ("V", "A", "T")
+MODALITIES: tuple[str, ...] = tuple(MODALITY_KEYS.values())  # V, A, T
 FUSIONS: tuple[str, ...] = ("quality", "average", "concat")
 
 

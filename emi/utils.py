@@ -1,4 +1,4 @@
-"""Shared mechanics: atomic writes, hashing, JSON output."""
+"""Shared mechanics: atomic writes, hashing, JSON output, the CPU allocator setting."""
 
 from __future__ import annotations
 
@@ -71,31 +71,6 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     os.replace(src, dst)
-
-
-def tracked(stage: str):
-    """Run a stage function (``params`` first) inside its nested MLflow run and log what its result reports.
-
-    MLflow stays at the edge: the stage's result may offer ``tracking() -> {metrics, history, artifacts}``;
-    nothing inside the stage imports mlflow.
-    """
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def run(params, *args, **kwargs):
-            from emi import tracking
-
-            with tracking.stage_run(params, stage):
-                result = fn(params, *args, **kwargs)
-                info = result.tracking() if hasattr(result, "tracking") else {}
-                tracking.log_metrics(info.get("metrics", {}))
-                tracking.log_history(info.get("history", []))
-                tracking.log_artifacts([a for a in info.get("artifacts", []) if a is not None])
-            return result
-
-        return run
-
-    return wrap
 
 
 # glibc's mallopt parameters (malloc.h) and its largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)

@@ -16,17 +16,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from emi.config import Params, load_params
-from emi.validation import render_markdown
-
-
-class Paths:
-    """The same layout as dvc.yaml, under one root (the repo by default)."""
-
-    def __init__(self, root: str | Path):
-        root = Path(root)
-        self.raw, self.transcripts, self.features = root / "data/raw", root / "data/transcripts", root / "data/features"
-        self.aligned, self.stage1, self.stage2 = root / "data/aligned", root / "models/stage1", root / "models/stage2"
-        self.reports, self.validation = root / "reports", root / "reports/validation"
+from emi.contracts.report import render_markdown
+from emi.paths import Layout
 
 
 def _params(params_path: str, profile: str | None, overrides: list[str]) -> Params:
@@ -44,8 +35,8 @@ def _retrying(fn, params: Params):
 
 
 @task(name="download")
-def download_task(params: Params, paths: Paths) -> dict:
-    from emi.download import download
+def download_task(params: Params, paths: Layout) -> dict:
+    from emi.stages.download import download
 
     result = download(params, paths.raw, paths.validation, show_progress=False)
     _publish(result.report, "validation-download")
@@ -53,8 +44,8 @@ def download_task(params: Params, paths: Paths) -> dict:
 
 
 @task(name="transcribe")
-def transcribe_task(params: Params, paths: Paths) -> dict:
-    from emi.transcribe import transcribe
+def transcribe_task(params: Params, paths: Layout) -> dict:
+    from emi.stages.transcribe import transcribe
 
     result = transcribe(params, paths.raw, paths.transcripts, paths.validation, show_progress=False)
     _publish(result.report, "validation-transcribe")
@@ -62,20 +53,20 @@ def transcribe_task(params: Params, paths: Paths) -> dict:
 
 
 @task(name="extract-shard")
-def extract_shard_task(params: Params, paths: Paths, shard: int) -> int:
-    from emi.extract import plan_extract, run_shard
+def extract_shard_task(params: Params, paths: Layout, shard: int) -> int:
+    from emi.stages.extract import plan_extract, run_shard
 
-    plan = plan_extract(params, paths.raw, paths.transcripts / "transcripts.csv", paths.features)
+    plan = plan_extract(params, paths.raw, paths.transcripts_table, paths.features)
     return run_shard(plan, shard) if shard in plan.shards_to_run else 0
 
 
 @flow(name="emi-extract", task_runner=ThreadPoolTaskRunner(max_workers=1))
-def extract_flow(params: Params, paths: Paths) -> dict:
+def extract_flow(params: Params, paths: Layout) -> dict:
     """Extraction fanned out over shards: one task per shard on the flow's task runner (Dask when asked)."""
-    from emi.extract import finish_extract, plan_extract
+    from emi.stages.extract import finish_extract, plan_extract
 
     started = time.perf_counter()
-    plan = plan_extract(params, paths.raw, paths.transcripts / "transcripts.csv", paths.features)
+    plan = plan_extract(params, paths.raw, paths.transcripts_table, paths.features)
     futures = extract_shard_task.map(unmapped(params), unmapped(paths), plan.shards_to_run)
     n_frames = sum(f.result() for f in futures)
     result = finish_extract(plan, time.perf_counter() - started, n_frames, paths.validation)
@@ -94,47 +85,41 @@ def dask_runner(params: Params):
 
 
 @task(name="stage1")
-def stage1_task(params: Params, paths: Paths) -> dict:
-    from emi.stage1 import stage1
+def stage1_task(params: Params, paths: Layout) -> dict:
+    from emi.stages.stage1 import stage1
 
     result = stage1(params, paths.features, paths.stage1, paths.aligned, paths.raw, show_progress=False)
     return {"seconds": result.seconds, **{k: v for k, v in result.metrics.items() if "recall" in k}}
 
 
 @task(name="stage2")
-def stage2_task(params: Params, paths: Paths) -> dict:
-    from emi.stage2 import stage2
+def stage2_task(params: Params, paths: Layout) -> dict:
+    from emi.stages.stage2 import stage2
 
-    result = stage2(params, paths.aligned / "aligned.npz", paths.raw, paths.stage2, show_progress=False)
+    result = stage2(params, paths.aligned_file, paths.raw, paths.stage2, show_progress=False)
     return {"seconds": result.seconds, **result.metrics}
 
 
 @task(name="ablate")
-def ablate_task(params: Params, paths: Paths) -> dict:
-    from emi.stage2 import ablation, ablation_markdown
+def ablate_task(params: Params, paths: Layout) -> dict:
+    from emi.report.markdown import ablation_markdown
+    from emi.stages.ablate import ablation
 
-    table = ablation(params, paths.aligned / "aligned.npz", paths.raw, paths.reports,
-                     stage2_model=paths.stage2 / "model.pt", models_dir=paths.stage2.parent / "ablation")
+    table = ablation(params, paths.aligned_file, paths.raw, paths.reports, stage2_model=paths.fusion_model,
+                     models_dir=paths.ablation_models)
     create_markdown_artifact(key="ablation", markdown=ablation_markdown(table), description="Table 3 grid")
     return {"rows": len(table)}
 
 
 @task(name="evaluate")
-def evaluate_task(params: Params, paths: Paths) -> dict:
-    from emi.evaluate import evaluate
-    from emi.stage2 import variant_name
-    from emi.tracking import publish
+def evaluate_task(params: Params, paths: Layout) -> dict:
+    from emi.stages.evaluate import evaluate
 
-    average = paths.stage2.parent / "ablation" / f"{variant_name('VAT', 'average', params.stage2.inputs)}.pt"
-    result = evaluate(params, paths.raw, paths.transcripts / "transcripts.csv", paths.aligned / "aligned.npz",
-                      paths.stage1, paths.stage2, paths.reports, show_progress=False, features_dir=paths.features,
-                      validation_dir=paths.validation, average_model=average if average.is_file() else None)
-    flat = result.tracking()["metrics"]
-    decision = publish(params, paths.stage1 / "alignment.pt", paths.stage2 / "model.pt", flat,
-                       result.data_fingerprint, paths.reports / "registry.json")
+    result = evaluate(params, paths, register=True, show_progress=False)
+    flat = result.flat_metrics()
     create_markdown_artifact(key="report", markdown=Path(result.paths["report"]).read_text(), description="report")
     return {"metrics": {k: v for k, v in flat.items() if k.startswith(("valid_", "test_", "fraction"))},
-            "registry": decision}
+            "registry": result.registry}
 
 
 def _metrics_markdown(metrics: dict) -> str:
@@ -147,10 +132,10 @@ def _metrics_markdown(metrics: dict) -> str:
 def emi(params_path: str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None,
         root: str = ".", ablate: bool = False) -> dict:
     """The whole pipeline: download -> transcribe -> extract -> stage1 -> stage2 (-> ablation grid)."""
-    from emi import tracking
+    from emi.tracking import runs as tracking
 
     params = _params(params_path, profile, overrides or [])
-    paths = Paths(root)
+    paths = Layout(Path(root))
     log = get_run_logger()
     # one MLflow parent run for this flow run; every stage task nests under it
     os.environ[tracking.PARENT_ENV] = tracking.pipeline_run(params, fresh=True)
@@ -182,7 +167,7 @@ def emi_ablation(params_path: str = "params.yaml", profile: str | None = None, o
                  root: str = ".") -> dict:
     """The ablation grid on the features the last full run produced."""
     params = _params(params_path, profile, overrides or [])
-    return {"ablate": ablate_task(params, Paths(root))}
+    return {"ablate": ablate_task(params, Layout(Path(root)))}
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from emi.config import Params, load_params
+from emi.data.dataset import read_latents
 from emi.synth.generate import generate
 
 
@@ -45,3 +47,82 @@ def dataset_copy(tiny_dataset, tmp_path) -> Path:
 
 EMI = str(Path(sys.executable).parent / "emi")
 """The console script installed next to the interpreter running the tests (PATH may not include the venv)."""
+
+
+def tiny(*overrides: str) -> Params:
+    """The tiny profile with ``key=value`` overrides."""
+    return load_params(None, overrides=list(overrides), profile="tiny")
+
+
+def transcripts_from_script(raw: Path, out: Path) -> Path:
+    """What `emi transcribe` writes, taken from the generator's script (keeps tests that are not about ASR fast)."""
+    lat = read_latents(raw)
+    pd.DataFrame({"id": lat["id"], "text": lat["sentence"], "status": "ok"}).to_csv(out, index=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_dataset, tmp_path_factory) -> Path:
+    """The tiny dataset's feature store (transcripts from the generator's script). Read-only."""
+    from emi.stages.extract import extract
+
+    root = tmp_path_factory.mktemp("train")
+    tr = transcripts_from_script(tiny_dataset, root / "tr.csv")
+    extract(tiny(), tiny_dataset, tr, root / "features", None, show_progress=False)
+    return root / "features"
+
+
+@pytest.fixture(scope="session")
+def tiny_aligned(tiny_features, tiny_dataset, tmp_path_factory):
+    """Stage I trained on ``tiny_features`` (its Stage1Result: model_path, aligned_path, metrics). Read-only."""
+    from emi.stages.stage1 import stage1
+
+    root = tmp_path_factory.mktemp("stage1")
+    result = stage1(tiny(), tiny_features, root / "model", root / "aligned", tiny_dataset, show_progress=False)
+    assert result.model_path.is_file()
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_dataset, tmp_path_factory, mlflow_store):
+    """The tiny pipeline run for real once (whisper ASR included), laid out under one root as
+    ``emi.paths.Layout`` expects: data/raw (a copy of the tiny dataset), data/transcripts, data/features,
+    data/aligned, models/stage1, models/stage2, reports (ablation.md: V+A+T quality and average; validation/),
+    then evaluated and registered as ``emi-fusion-test`` in the session's MLflow store. models/ablation is left
+    empty, so evaluate trains the average-fusion model itself. Read-only: copy or link it before changing it."""
+    from types import SimpleNamespace
+
+    from emi.paths import Layout
+    from emi.stages.ablate import ablation
+    from emi.stages.evaluate import evaluate
+    from emi.stages.extract import extract
+    from emi.stages.stage1 import stage1
+    from emi.stages.stage2 import stage2
+    from emi.stages.transcribe import transcribe
+
+    layout = Layout(tmp_path_factory.mktemp("pipeline"))
+    params = load_params(None, profile="tiny", overrides=[f"tracking.uri={mlflow_store}",
+                                                          "tracking.registered_model=emi-fusion-test"])
+    shutil.copytree(tiny_dataset, layout.raw)
+    tr = transcribe(params, layout.raw, layout.transcripts, layout.validation, show_progress=False)
+    extract(params, layout.raw, tr.table, layout.features, layout.validation, show_progress=False)
+    stage1(params, layout.features, layout.stage1, layout.aligned, layout.raw, show_progress=False)
+    stage2(params, layout.aligned_file, layout.raw, layout.stage2, show_progress=False)
+    ablation(params, layout.aligned_file, layout.raw, layout.reports, modality_sets=("VAT",),
+             fusions=("quality", "average"), inputs=(params.stage2.inputs,))
+    result = evaluate(params, layout, register=True, show_progress=False)
+    return SimpleNamespace(params=params, layout=layout, root=layout.root, raw=layout.raw, reports=layout.reports,
+                           result=result)
+
+
+def link_layout(src, dst_root: Path, *parts: str):
+    """A new Layout at ``dst_root`` whose named parts (Layout property names, e.g. "raw", "stage1") are symlinks
+    to ``src``'s: later stages can write their own outputs next to a finished pipeline's inputs."""
+    from emi.paths import Layout
+
+    dst = Layout(dst_root)
+    for part in parts:
+        target = getattr(dst, part)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(getattr(src, part).resolve(), target_is_directory=getattr(src, part).is_dir())
+    return dst

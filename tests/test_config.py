@@ -98,3 +98,19 @@ def test_cli_lists_stages_and_documents_download_options():
     for option in ("--params", "--profile", "--set", "--out", "--reports", "--source", "--local-path", "--url",
                    "--sha256", "--n-clips", "--seed", "--max-error-fraction"):
         assert option in help_text
+
+
+def test_data_section_holds_the_shared_clip_contract(tmp_path):
+    p = load_params(write(tmp_path, "data: {max_error_fraction: 0.25, silence_dbfs: -70}\n"))
+    assert (p.data.max_error_fraction, p.data.silence_dbfs) == (0.25, -70.0)
+    assert p.data.min_duration_s < p.data.max_duration_s
+    for removed in ("download:\n  validation: {max_error_fraction: 0.1}\n", "extract: {silence_dbfs: -70}\n"):
+        with pytest.raises(ConfigError, match="unknown key"):  # moved to data.*
+            load_params(write(tmp_path, removed))
+    with pytest.raises(ConfigError, match="min_duration_s"):
+        load_params(write(tmp_path, "data: {min_duration_s: 9, max_duration_s: 3}\n"))
+
+
+def test_stage2_width_must_divide_into_the_heads(tmp_path):
+    with pytest.raises(ConfigError, match="divisible by transformer_heads"):
+        load_params(write(tmp_path, "stage2: {width: 10, transformer_heads: 4}\n"))

@@ -17,11 +17,11 @@ import pandas as pd
 from rich.progress import Progress
 
 from emi.config import EMOTIONS, SPLIT_HEADER, SyntheticParams
-from emi.media import write_mp4
+from emi.data.dataset import GENERATOR_DIR, LATENTS_FILE
+from emi.data.media import write_mp4
 from emi.synth import face, latent, speech
 from emi.utils import fingerprint, write_json, write_text
 
-GENERATOR_DIR = "_generator"
 SPEECH_LEAD_S = (0.2, 0.6)  # silence before the speech starts
 SPEECH_TAIL_S = 0.25  # silence kept after it ends
 CORRUPTIONS = ("occlusion", "heavy_noise", "muted_audio", "missing_audio")
@@ -205,7 +205,7 @@ def _write_tables(plans: list[ClipPlan], rendered: dict[str, dict], out_dir: Pat
                     "snr_db": p.snr_db})
         row.update({k: v for k, v in rendered[p.id].items() if k != "id"})
         rows.append(row)
-    write_text(out_dir / GENERATOR_DIR / "latents.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_text(out_dir / GENERATOR_DIR / LATENTS_FILE, pd.DataFrame(rows).to_csv(index=False))
     write_json(out_dir / GENERATOR_DIR / "about.json", {
         "generator": "vidmimic-synth",
         "face_controls": list(latent.FACE_CONTROLS),

@@ -1,0 +1,236 @@
+"""Media I/O with PyAV: decoding audio tracks and frames on the step grid, probing facts about any clip, and
+writing generated clips."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from emi.utils import atomic_path
+
+AUDIO_SAMPLE_RATE = 16_000  # every audio encoder here (whisper, wav2vec2) expects 16 kHz mono
+AUDIO_CHUNK = 1024  # samples per AAC frame
+
+
+class MediaError(RuntimeError):
+    """A clip that cannot be opened or decoded; the message starts with its path."""
+
+
+def decode_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray | None:
+    """The first audio stream of ``path`` as mono float32 at ``sample_rate``; None if it has no audio stream."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: file not found")
+    chunks: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):  # flush the resampler's tail
+                chunks.append(out.to_ndarray().reshape(-1))
+    except (av.error.FFmpegError, OSError, ValueError, IndexError) as exc:
+        raise MediaError(f"{path}: cannot decode audio: {type(exc).__name__}: {exc}") from exc
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+
+def rms_dbfs(wave: np.ndarray | None) -> float:
+    """Root-mean-square level in dB relative to full scale; -inf for an empty or all-zero signal."""
+    if wave is None or wave.size == 0:
+        return float("-inf")
+    rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
+    return 20.0 * float(np.log10(rms)) if rms > 0 else float("-inf")
+
+
+def grid_steps(duration_s: float, fps: float) -> int:
+    """Steps of the 1/fps grid that fit in the clip: a 4.0 s clip at 5 fps has 20."""
+    return int(math.floor(duration_s * fps + 1e-6))
+
+
+def video_duration(container: av.container.InputContainer) -> float:
+    stream = container.streams.video[0]
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if stream.frames and stream.average_rate:
+        return stream.frames / float(stream.average_rate)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    raise MediaError("video stream has no duration")
+
+
+def _scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    scale = min(1.0, max_side / max(width, height))
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+def sample_frames(container, n_steps: int, fps: float, max_side: int) -> list[np.ndarray]:
+    """The decoded frame nearest to each step centre (k + 0.5) / fps, downscaled to ``max_side``."""
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    centres = (np.arange(n_steps) + 0.5) / fps
+    picked: list[np.ndarray] = []
+    previous = None
+    for frame in container.decode(stream):
+        if frame.time is None:
+            continue
+        while len(picked) < n_steps and frame.time >= centres[len(picked)]:
+            k = len(picked)
+            use = frame
+            if previous is not None and abs(previous.time - centres[k]) < abs(frame.time - centres[k]):
+                use = previous
+            picked.append(_to_rgb(use, max_side))
+        if len(picked) == n_steps:
+            break
+        previous = frame
+    if previous is not None:
+        while len(picked) < n_steps:  # the last frames' timestamps end before the last centre
+            picked.append(_to_rgb(previous, max_side))
+    if not picked:
+        raise MediaError("video stream has no decodable frame")
+    return picked
+
+
+def _to_rgb(frame: av.VideoFrame, max_side: int) -> np.ndarray:
+    width, height = _scaled_size(frame.width, frame.height, max_side)
+    if (width, height) == (frame.width, frame.height):
+        return frame.to_ndarray(format="rgb24")
+    return frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+
+
+def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: int, audio: np.ndarray | None,
+              sample_rate: int, qscale: int = 4) -> None:
+    """MPEG-4 video (+ mono AAC audio when ``audio`` is given), written atomically."""
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            vstream = None
+            astream = None
+            if audio is not None:
+                astream = container.add_stream("aac", rate=sample_rate, layout="mono")
+            for i, frame in enumerate(frames):
+                if vstream is None:
+                    # FFmpeg's own MPEG-4 Part 2 encoder, single-threaded: libx264 gave different bytes for
+                    # the same frames from run to run, and a generated dataset must be bit-reproducible
+                    vstream = container.add_stream("mpeg4", rate=fps)
+                    vstream.height, vstream.width = frame.shape[:2]
+                    vstream.pix_fmt = "yuv420p"
+                    vstream.codec_context.thread_count = 1
+                    vstream.codec_context.thread_type = "NONE"
+                    vstream.options = {"qscale": str(qscale)}
+                # our own colour conversion: FFmpeg's threaded swscale path is not bit-reproducible under load
+                vf = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
+                vf.pts = i
+                container.mux(vstream.encode(vf))
+            if vstream is not None:
+                container.mux(vstream.encode())
+            if astream is not None:
+                pcm = np.clip(audio, -1, 1).astype(np.float32)
+                for start in range(0, pcm.size, AUDIO_CHUNK):
+                    chunk = pcm[start:start + AUDIO_CHUNK][None, :]
+                    af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+                    af.sample_rate = sample_rate
+                    af.pts = start
+                    af.time_base = Fraction(1, sample_rate)
+                    container.mux(astream.encode(af))
+                container.mux(astream.encode())
+
+
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """H×W×3 uint8 RGB -> planar YUV 4:2:0 (BT.601, limited range) as PyAV's (H·3/2)×W layout."""
+    h, w = rgb.shape[:2]
+    if h % 2 or w % 2:
+        raise ValueError(f"frame size {w}x{h} must be even for 4:2:0 video")
+    f = rgb.astype(np.float32)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    u = u.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    v = v.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    planes = np.concatenate([y, u.reshape(-1, w), v.reshape(-1, w)])
+    return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class MediaInfo:
+    """What a clip contains, as far as its container and first decoded frame tell."""
+
+    path: str
+    exists: bool
+    readable: bool
+    error: str | None = None
+    has_video: bool = False
+    has_audio: bool = False
+    duration_s: float | None = None
+    fps: float | None = None
+    n_frames: int | None = None
+    width: int | None = None
+    height: int | None = None
+    audio_sample_rate: int | None = None
+    audio_channels: int | None = None
+    size_bytes: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def probe(path: Path) -> MediaInfo:
+    """Open the container, decode its first video frame and demux every packet.
+
+    Demuxing the whole file (without decoding it) is what catches truncated or damaged clips
+    at a fraction of the cost of a full decode.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return MediaInfo(str(path), exists=False, readable=False, error="file not found")
+    info = MediaInfo(str(path), exists=True, readable=False, size_bytes=path.stat().st_size)
+    try:
+        with av.open(str(path)) as container:
+            video = container.streams.video[0] if container.streams.video else None
+            audio = container.streams.audio[0] if container.streams.audio else None
+            info.has_video, info.has_audio = video is not None, audio is not None
+            if container.duration is not None:
+                info.duration_s = container.duration / av.time_base
+            if audio is not None:
+                info.audio_sample_rate = audio.codec_context.sample_rate
+                info.audio_channels = audio.codec_context.channels
+            if video is None:
+                info.error = "no video stream"
+                return info
+            info.width, info.height = video.codec_context.width, video.codec_context.height
+            if video.average_rate:
+                info.fps = float(video.average_rate)
+            first = next(container.decode(video), None)
+            if first is None:
+                info.error = "video stream has no decodable frame"
+                return info
+            container.seek(0)
+            n_packets = 0
+            last_end = 0.0
+            for packet in container.demux(video):
+                if packet.size == 0:
+                    continue
+                n_packets += 1
+                if packet.pts is not None and packet.duration is not None:
+                    last_end = max(last_end, float((packet.pts + packet.duration) * packet.time_base))
+            info.n_frames = n_packets
+            if info.duration_s is None and last_end:
+                info.duration_s = last_end
+            if video.frames and n_packets < video.frames:
+                info.error = f"truncated: {n_packets} of {video.frames} video frames present"
+                return info
+            info.readable = True
+    except (av.error.FFmpegError, OSError, StopIteration, ValueError) as exc:
+        info.error = f"{type(exc).__name__}: {exc}"
+    return info

@@ -1,0 +1,211 @@
+"""``emi download``: get a dataset into the Hume-Vidmimic2 layout under ``data/raw`` and validate it.
+
+Sources: ``synthetic`` (the embedded generator), ``local`` (a user's copy, never modified) and ``url``
+(an archive with a sha256, downloaded resumably). Every source ends in the same folder layout and the
+same Great Expectations checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import time
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from rich.progress import Progress
+
+from emi.config import DownloadParams, Params
+from emi.contracts.raw import validate_raw
+from emi.contracts.report import ValidationReport, write_report
+from emi.data.dataset import GENERATOR_DIR, SPLITS
+from emi.synth.generate import generate
+from emi.tracking.runs import tracked
+from emi.utils import replace_dir, sha256_file, write_json
+
+SOURCE_FILE = "_source.json"  # provenance of data/raw: which source, path/url, checksum
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+@dataclass
+class DownloadResult:
+    raw_dir: Path
+    source: str
+    report: ValidationReport
+    seconds: float
+
+    def tracking(self) -> dict:
+        return {"metrics": {"rows": self.report.n_rows, "bad_rows": self.report.n_bad_rows,
+                            "error_fraction": self.report.error_fraction, "seconds": self.seconds},
+                "artifacts": [self.report.json_path, self.report.md_path]}
+
+
+@tracked("download")
+def download(params: Params, out_dir: Path, report_dir: Path | None, show_progress: bool = True) -> DownloadResult:
+    """Fetch or generate the dataset into ``out_dir``, then validate it (raises on a failed contract)."""
+    start = time.perf_counter()
+    cfg = params.download
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    if cfg.source == "synthetic":
+        summary = generate(cfg.synthetic, params.seed, staging, show_progress=show_progress)
+        provenance = {"source": "synthetic", "seed": params.seed, **summary}
+    elif cfg.source == "local":
+        provenance = _from_local(cfg, staging)
+    else:
+        provenance = _from_url(cfg, staging, show_progress)
+    write_json(staging / SOURCE_FILE, provenance)
+    replace_dir(staging, out_dir)
+
+    report = validate_raw(out_dir, params.data, report_dir=None)
+    report.facts["source"] = provenance
+    report.facts["size_on_disk_mb"] = round(_du(out_dir) / 1e6, 2)
+    if report_dir is not None:
+        write_report(report, Path(report_dir))
+    report.raise_if_failed()
+    return DownloadResult(out_dir, cfg.source, report, time.perf_counter() - start)
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and not p.is_symlink())
+
+
+# ----------------------------------------------------------------------------- local
+def find_dataset_root(folder: Path) -> Path:
+    """The folder (itself or one level down) holding ``train_split.csv`` and ``raw/``."""
+    candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())] if folder.is_dir() else []
+    for c in candidates:
+        if (c / "train_split.csv").is_file() and (c / "raw").is_dir():
+            return c
+    raise DownloadError(
+        f"{folder}: not a Hume-Vidmimic2 folder: expected train_split.csv, valid_split.csv and raw/<id>.mp4 "
+        "(at the top or one folder down)"
+    )
+
+
+def _link_tree(root: Path, staging: Path, mode: str) -> int:
+    """Bring ``root``'s dataset files into ``staging``; the source is only read."""
+    if staging.exists():
+        shutil.rmtree(staging)
+    (staging / "raw").mkdir(parents=True)
+    for split in SPLITS:
+        if (root / f"{split}_split.csv").is_file():
+            shutil.copy2(root / f"{split}_split.csv", staging / f"{split}_split.csv")
+    n = 0
+    for clip in sorted((root / "raw").iterdir()):
+        if not clip.is_file():
+            continue
+        target = staging / "raw" / clip.name
+        if mode == "symlink":
+            target.symlink_to(clip.resolve())
+        else:
+            shutil.copy2(clip, target)
+        n += 1
+    if (root / GENERATOR_DIR).is_dir():  # a generated dataset keeps its ground truth for the ceiling
+        shutil.copytree(root / GENERATOR_DIR, staging / GENERATOR_DIR)
+    return n
+
+
+def _from_local(cfg: DownloadParams, staging: Path) -> dict:
+    if cfg.local.path is None:
+        raise DownloadError("download.source is 'local' but download.local.path is not set in params.yaml")
+    source = Path(cfg.local.path).expanduser()
+    if not source.exists():
+        raise DownloadError(f"download.local.path {source} does not exist")
+    root = find_dataset_root(source)
+    n = _link_tree(root, staging, cfg.local.mode)
+    return {"source": "local", "path": str(root.resolve()), "mode": cfg.local.mode, "files": n}
+
+
+# ----------------------------------------------------------------------------- url
+def fetch(url: str, dest: Path, sha256: str, timeout: float, retries: int, show_progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` resuming a ``.part`` file; verify the sha256; return ``dest``."""
+    dest = Path(dest)
+    if dest.is_file() and sha256_file(dest) == sha256.lower():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    scheme = urllib.parse.urlparse(url).scheme
+    for attempt in range(retries + 1):
+        try:
+            if scheme == "file":
+                shutil.copyfile(urllib.request.url2pathname(urllib.parse.urlparse(url).path), part)
+            elif scheme in ("http", "https"):
+                _http_resume(url, part, timeout, show_progress)
+            else:
+                raise DownloadError(f"unsupported URL scheme {scheme!r} in {url} (use http, https or file)")
+            break
+        except (requests.RequestException, OSError) as exc:
+            if attempt == retries:
+                raise DownloadError(f"download of {url} failed after {retries + 1} attempts: {exc}") from exc
+            time.sleep(min(2**attempt, 30))
+    digest = sha256_file(part)
+    if digest != sha256.lower():
+        part.unlink()
+        raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {digest}")
+    os.replace(part, dest)
+    return dest
+
+
+def _http_resume(url: str, part: Path, timeout: float, show_progress: bool) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with requests.get(url, headers=headers, stream=True, timeout=timeout) as resp:
+        if resp.status_code == 416:  # already complete
+            return
+        resp.raise_for_status()
+        if have and resp.status_code != 206:  # server ignored the range: start over
+            have = 0
+        total = int(resp.headers.get("Content-Length", 0)) + have
+        with open(part, "ab" if have else "wb") as fh, Progress(disable=not show_progress) as progress:
+            task = progress.add_task(f"downloading {Path(urllib.parse.urlparse(url).path).name}",
+                                     total=total or None, completed=have)
+            for block in resp.iter_content(CHUNK):
+                fh.write(block)
+                progress.advance(task, len(block))
+
+
+def extract_archive(archive: Path, into: Path) -> None:
+    if into.exists():
+        shutil.rmtree(into)
+    into.mkdir(parents=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                if Path(member).is_absolute() or ".." in Path(member).parts:
+                    raise DownloadError(f"{archive}: unsafe path {member!r} in archive")
+            zf.extractall(into)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            tf.extractall(into, filter="data")  # refuses absolute paths, '..', device files
+    else:
+        raise DownloadError(f"{archive}: not a zip or tar archive")
+
+
+def _from_url(cfg: DownloadParams, staging: Path, show_progress: bool) -> dict:
+    if not cfg.url.url:
+        raise DownloadError("download.source is 'url' but download.url.url is not set in params.yaml")
+    if not cfg.url.sha256:
+        raise DownloadError("download.url.sha256 is required with a URL source (the archive is verified)")
+    name = Path(urllib.parse.urlparse(cfg.url.url).path).name or "dataset-archive"
+    archive = fetch(cfg.url.url, Path(cfg.url.cache_dir) / name, cfg.url.sha256, cfg.url.timeout_s,
+                    cfg.url.retries, show_progress)
+    unpacked = staging.with_name(staging.name + ".unpacked")
+    extract_archive(archive, unpacked)
+    try:
+        root = find_dataset_root(unpacked)
+        if staging.exists():
+            shutil.rmtree(staging)
+        os.replace(root, staging)
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)
+    return {"source": "url", "url": cfg.url.url, "sha256": cfg.url.sha256.lower(), "archive": str(archive)}

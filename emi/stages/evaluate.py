@@ -1,0 +1,209 @@
+"""``emi evaluate``: what the trained pipeline is worth, in files a person and DVC can read; then the registry.
+
+- metrics: the saved Stage-II model re-run on the aligned features (this proves the saved file), per-dimension and
+  mean Pearson and MSE per labelled split, next to the oracle ceiling of the embedded dataset;
+- robustness (``emi.robustness``): the same models on validation clips decoded again and damaged;
+- the ABAW submission file for the test ids, DVC plot data, figures and ``report.md``;
+- last, once every output is written: the model registered in MLflow and the promotion decision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emi.config import EMOTIONS, Params, Stage2Params
+from emi.data.dataset import list_clips, split_ids, transcript_texts
+from emi.data.store import data_fingerprint
+from emi.encoders.base import resolve_device, resolve_dtype
+from emi.encoders.registry import load_encoders
+from emi.featurize import Featurizer
+from emi.metrics import ceiling, scores
+from emi.paths import Layout
+from emi.report import plots
+from emi.report.markdown import registry_markdown, report_markdown, robustness_markdown
+from emi.robustness import DAMAGED_MODALITY, robustness
+from emi.submission import submission
+from emi.tracking.registry import publish
+from emi.tracking.runs import tracked
+from emi.train.projection import load_tuned_encoders
+from emi.train.fusion import fusion_inputs, load_model, predict, split_data, train_model, variant_name
+from emi.train.loop import SequenceData
+from emi.utils import fingerprint, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+
+class EvaluateError(RuntimeError):
+    """The outputs cannot be evaluated as asked (e.g. too few validation clips); the message names them."""
+
+
+@dataclass
+class EvaluateResult:
+    metrics: dict
+    paths: dict[str, Path]
+    seconds: float
+    data_fingerprint: str
+    params_fingerprint: str
+    robustness: pd.DataFrame = field(default_factory=pd.DataFrame)
+    submission_filled: list[str] = field(default_factory=list)
+    registry: dict | None = None
+
+    def tracking(self) -> dict:
+        return {"metrics": self.flat_metrics(), "artifacts": [p for p in self.paths.values() if p.suffix != ".png"] +
+                [self.paths["per_dimension_png"].parent]}
+
+    def flat_metrics(self) -> dict[str, float]:
+        """Flat metric names as Stage II logs them (``valid_pearson_mean``)."""
+        flat: dict[str, float] = {"seconds": self.seconds}
+        for key, value in self.metrics.items():
+            if key in ("ceiling", "fraction_of_ceiling"):
+                for split, v in value.items():
+                    flat.update({f"ceiling_{split}_{k}": x for k, x in v.items()} if isinstance(v, dict) else
+                                {f"{key}_{split}": v})
+            else:
+                flat.update({f"{key}_{k}": v for k, v in value.items()})
+        for r in self.robustness.to_dict(orient="records"):
+            for k in ("pearson_mean", "mse", "weight_V", "weight_A", "weight_T"):
+                flat[f"robustness_{r['condition']}_{r['fusion']}_{k}"] = r[k]
+        return flat
+
+
+def scored_splits(params: Params, parts: dict[str, SequenceData]) -> list[str]:
+    return [s for s in params.evaluate.splits if parts[s].labels is not None and len(parts[s]) >= 2]
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _average_model(params: Params, layout: Layout, saved: dict, parts: dict) -> tuple:
+    """Average fusion for the robustness comparison: the ablation stage's V+A+T cell, else trained now with the
+    saved model's settings (the two differ in fusion alone)."""
+    path = layout.ablation_models / f"{variant_name('VAT', 'average', saved['inputs'])}.pt"
+    if path.is_file():
+        return load_model(path), fusion_inputs(path), f"`{path}`"
+    p_avg = Stage2Params.model_validate({**saved, "fusion": "average"})
+    t0 = time.perf_counter()
+    avg, _, _ = train_model(p_avg, params.seed, parts["train"], parts["valid"], None, log_epochs=False)
+    log.info("evaluate: average-fusion model trained in %.1f s", time.perf_counter() - t0)
+    return avg, p_avg.inputs, f"trained here with the saved model's settings ({time.perf_counter() - t0:.1f} s)"
+
+
+@tracked("evaluate")
+def evaluate(params: Params, layout: Layout, register: bool = True, show_progress: bool = True) -> EvaluateResult:
+    started = time.perf_counter()
+    raw_dir, reports_dir = layout.raw, layout.reports
+    model_path, alignment_path, aligned = layout.fusion_model, layout.alignment_model, layout.aligned_file
+    for path in (model_path, alignment_path, aligned):
+        if not path.is_file():
+            raise EvaluateError(f"{path}: not found (run the earlier stages first)")
+
+    # ---- metrics: the saved model, re-run
+    model, inputs = load_model(model_path), fusion_inputs(model_path)
+    parts = split_data(aligned, raw_dir, inputs)
+    if len(parts["valid"]) < 2:
+        raise EvaluateError(f"{aligned}: {len(parts['valid'])} labelled validation clip(s); evaluation needs 2 or more")
+    batch = params.stage2.batch_size
+    preds = {s: predict(model, part, batch)[0] for s, part in parts.items()}
+    splits = scored_splits(params, parts)
+    metrics: dict = {s: scores(preds[s], parts[s].labels) for s in splits}
+    ceil, ceiling_source = ceiling(raw_dir, parts, splits, params.evaluate.ceiling_alpha) or (None, None)
+    if ceil is not None:
+        metrics["ceiling"] = ceil
+        metrics["fraction_of_ceiling"] = {s: metrics[s]["pearson_mean"] / ceil[s]["pearson_mean"]
+                                          for s in splits if s in ceil and ceil[s]["pearson_mean"] > 0}
+    phases = {"metrics": time.perf_counter() - started}
+
+    # ---- submission (checked before the slow part: a missing test clip fails fast)
+    test_ids = split_ids(raw_dir).get("test")
+    sub_info, paths = None, {}
+    if test_ids:
+        predicted = pd.DataFrame(preds["test"], index=parts["test"].ids, columns=list(EMOTIONS))
+        table, filled = submission(test_ids, predicted, parts["train"].labels.mean(0), params.data.max_error_fraction)
+        paths["submission"] = write_text(reports_dir / "submission.csv",
+                                         table.to_csv(index=False, float_format="%.6f"))
+        sub_info = {"rows": len(table), "filled": filled}
+
+    # ---- robustness: quality model as saved, average fusion from the ablation stage or trained now
+    saved = torch.load(model_path, map_location="cpu", weights_only=True)["params"]
+    avg, avg_inputs, average_source = _average_model(params, layout, saved, parts)
+    phases["average_model"] = time.perf_counter() - started - sum(phases.values())
+    valid = parts["valid"]
+    by_id = {c.id: c for c in list_clips(raw_dir)}
+    cfg = params.extract
+    device = resolve_device(cfg.device)
+    encoders = load_encoders(cfg, device, resolve_dtype(cfg.dtype, device), {"visual", "audio", "text"},
+                             load_tuned_encoders(alignment_path))
+    rob, rob_preds = robustness(Featurizer(cfg, params.data, encoders), params.evaluate.robustness, params.seed,
+                                valid, [by_id[i] for i in valid.ids], transcript_texts(layout.transcripts_table),
+                                alignment_path, {"quality": (model, inputs), "average": (avg, avg_inputs)}, batch,
+                                show_progress)
+    clean_diff = float(np.abs(rob_preds["clean/quality"][list(EMOTIONS)].to_numpy() - preds["valid"]).max()) if len(
+        valid) else 0.0
+    phases["robustness"] = time.perf_counter() - started - sum(phases.values())
+    if clean_diff > 1e-3:
+        log.warning("evaluate: re-decoded clean validation clips predict up to %.3g away from the stored features",
+                    clean_diff)
+
+    # ---- files
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    paths["metrics"] = write_json(reports_dir / "metrics.json", metrics)
+    per_dim = pd.DataFrame({"emotion": list(EMOTIONS)})
+    for s in splits:
+        per_dim[f"pearson_{s}"] = [metrics[s][f"pearson_{e}"] for e in EMOTIONS]
+    for s in (ceil or {}):
+        per_dim[f"ceiling_{s}"] = [ceil[s][f"pearson_{e}"] for e in EMOTIONS]
+    scatter = pd.DataFrame([{"id": clip, "split": s, "emotion": e, "true": float(parts[s].labels[i, j]),
+                             "predicted": float(preds[s][i, j])}
+                            for s in splits for i, clip in enumerate(parts[s].ids) for j, e in enumerate(EMOTIONS)])
+    weights = rob.melt(id_vars=["condition", "fusion"], value_vars=[f"weight_{m}" for m in "VAT"],
+                       var_name="modality", value_name="weight")
+    weights["modality"] = weights["modality"].str.removeprefix("weight_")
+    plot_dir, figures = reports_dir / "plots", reports_dir / "figures"
+    paths["per_dimension"] = write_text(plot_dir / "per_dimension.csv", per_dim.to_csv(index=False, float_format="%.6f"))
+    paths["scatter"] = write_text(plot_dir / "scatter.csv", scatter.to_csv(index=False, float_format="%.6f"))
+    paths["weights"] = write_text(plot_dir / "weights.csv", weights.to_csv(index=False, float_format="%.6f"))
+    paths["per_dimension_png"] = plots.plot_per_dimension(per_dim, figures / "per_dimension.png")
+    paths["scatter_png"] = plots.plot_scatter(scatter, figures / "scatter.png")
+    paths["weights_png"] = plots.plot_weights(rob, figures / "weights.png")
+    paths["robustness_csv"] = write_text(reports_dir / "robustness.csv", rob.to_csv(index=False, float_format="%.6f"))
+    paths["robustness_md"] = write_text(reports_dir / "robustness.md", robustness_markdown(rob, DAMAGED_MODALITY))
+    rob_json = {f"{r['condition']}/{r['fusion']}": {k: v for k, v in r.items() if k not in ("condition", "fusion")}
+                for r in rob.to_dict(orient="records")}  # DVC metrics want a mapping, not a list
+    rob_json["check"] = {"clean_vs_stored_max_abs_diff": clean_diff}
+    paths["robustness_json"] = write_json(reports_dir / "robustness.json", rob_json)
+
+    params_fp = fingerprint(params.model_dump(mode="json"))
+    data_fp, data_files = data_fingerprint(raw_dir, layout.features)
+    ablation_md = reports_dir / "ablation.md"
+    ctx = {"metrics": metrics, "params": params, "splits": splits, "per_dim": per_dim, "robustness": rob,
+           "damaged_modality": DAMAGED_MODALITY, "clean_diff": clean_diff, "average_source": average_source,
+           "ceiling_source": ceiling_source, "ablation_md": ablation_md.read_text() if ablation_md.is_file() else None,
+           "stage1": _read_json(layout.stage1 / "metrics.json"),
+           "manifest": _read_json(layout.features / "manifest.json"),
+           "download": _read_json(layout.validation / "download.json"),
+           "transcribe": _read_json(layout.validation / "transcribe.json"), "submission": sub_info,
+           "params_fp": params_fp, "data_fp": data_fp, "data_files": data_files,
+           "seconds": time.perf_counter() - started, "phases": phases}
+    paths["report"] = write_text(reports_dir / "report.md", report_markdown(ctx))
+    seconds = time.perf_counter() - started
+    log.info("evaluate done in %.1f s (%s): %s", seconds, ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()),
+             ", ".join(f"{s} mean Pearson {metrics[s]['pearson_mean']:.4f}" for s in splits))
+    result = EvaluateResult(metrics, paths, seconds, data_fp, params_fp, rob,
+                            sub_info["filled"] if sub_info else [])
+
+    # ---- the registry, last: a version is registered only once every output above is written
+    if register:
+        result.registry = publish(params, alignment_path, model_path, result.flat_metrics(), data_fp,
+                                  reports_dir / "registry.json")
+        paths["registry"] = reports_dir / "registry.json"
+        write_text(paths["report"], paths["report"].read_text() + registry_markdown(result.registry))
+    return result

@@ -1,0 +1,62 @@
+"""``emi stage2``: train the Stage-II model on the aligned features; writes the model, predictions and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from emi.config import Params
+from emi.paths import FUSION_FILE
+from emi.tracking.runs import tracked
+from emi.train.fusion import (Stage2Error, dims_of, evaluate, prediction_table, save_model, split_data,
+                              train_model)
+from emi.utils import fingerprint, sha256_file, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage2Result:
+    model_path: Path
+    metrics: dict
+    predictions: pd.DataFrame
+    epochs_run: int
+    seconds: float
+
+    def tracking(self) -> dict:
+        folder = self.model_path.parent
+        history = pd.read_csv(folder / "history.csv").to_dict(orient="records")
+        return {"metrics": {**self.metrics, "seconds": self.seconds}, "history": history,
+                "artifacts": [folder / "metrics.json", folder / "history.csv", folder / "predictions.csv"]}
+
+
+@tracked("stage2")
+def stage2(params: Params, aligned: Path, raw_dir: Path, model_dir: Path, show_progress: bool = True) -> Stage2Result:
+    p = params.stage2
+    started = time.perf_counter()
+    parts = split_data(aligned, raw_dir, p.inputs)
+    if len(parts["train"]) < 2:
+        raise Stage2Error(f"stage II needs labelled training clips; found {len(parts['train'])} in {raw_dir}")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # the inputs' content, not just their ids: a checkpoint of other features or labels is never resumed
+    data_key = fingerprint([sha256_file(aligned)] + [sha256_file(f) for f in sorted(Path(raw_dir).glob("*_split.csv"))])
+    model, history, ran = train_model(p, params.seed, parts["train"], parts["valid"], model_dir / "checkpoint.pt",
+                                      show_progress, data_key)
+    metrics = {f"valid_{k}": v for k, v in evaluate(model, parts["valid"], p.batch_size).items()} if len(
+        parts["valid"]) > 1 else {}
+    metrics.update({"train_loss": history[-1]["train_loss"], "epochs": p.schedule.epochs,
+                    "modalities": "".join(p.modalities), "fusion": p.fusion})
+    model_path = model_dir / FUSION_FILE
+    save_model(model_path, model, p, dims_of(parts["train"]))
+    predictions = prediction_table(model, parts, p.batch_size)
+    write_text(model_dir / "predictions.csv", predictions.to_csv(index=False))
+    write_text(model_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+    write_json(model_dir / "metrics.json", metrics)
+    seconds = time.perf_counter() - started
+    log.info("stage II done in %.1f s: valid mean Pearson %.4f", seconds, metrics.get("valid_pearson_mean", np.nan))
+    return Stage2Result(model_path, metrics, predictions, ran, seconds)

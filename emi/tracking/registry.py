@@ -1,0 +1,251 @@
+"""The MLflow model registry: the Stage-II model registered as a models-from-code pyfunc
+(``emi/tracking/pyfunc.py``: weights and source, no pickles), promotion by ``tracking.promote``, and comparing
+versions. Aliases: ``challenger`` is always the newest version, ``champion`` moves by the policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import json
+import math
+import tempfile
+import warnings
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from emi.config import EMOTIONS, Params
+from emi.tracking.runs import DATA_TAG, configure, finish_pipeline, log_metrics, numeric, param_key, stage_run
+from emi.utils import write_json
+
+METRIC_TAG = "emi.metric."  # prefix: a version's metrics travel with it even if its run is deleted
+MODEL_CODE = Path(__file__).with_name("pyfunc.py")
+OUTPUT_COLUMNS = (*EMOTIONS, "weight_V", "weight_A", "weight_T")
+COMPARE_LIMIT = 6
+
+
+class TrackingError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- model registry
+def model_signature() -> ModelSignature:
+    return ModelSignature(inputs=Schema([ColSpec("string", "video")]),
+                          outputs=Schema([ColSpec("double", c) for c in OUTPUT_COLUMNS]))
+
+
+def _requirements() -> list[str] | None:
+    # the installed project's pinned dependencies; MLflow's own inference would import the model in a subprocess
+    try:
+        return [r for r in metadata.requires("emi") or [] if "extra ==" not in r]
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def _in_run(run_id: str | None) -> Iterator[str]:
+    """Make ``run_id`` (default: the active run) the active run, leaving its status as it was."""
+    active = mlflow.active_run()
+    if run_id is None or (active is not None and active.info.run_id == run_id):
+        if active is None:
+            raise TrackingError("register_model needs a run: call it inside tracking.stage_run or pass run_id")
+        yield active.info.run_id
+        return
+    client = MlflowClient()
+    before = client.get_run(run_id).info.status
+    with mlflow.start_run(run_id=run_id, nested=active is not None):
+        yield run_id
+    client.update_run(run_id, status=before)  # resuming marked it RUNNING, leaving it FINISHED
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _champion(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+
+
+def version_metric(client: MlflowClient, version, metric: str) -> float | None:
+    """A version's metric from its run, else from the tag written at registration."""
+    value = None
+    if version.run_id:
+        with contextlib.suppress(MlflowException):
+            value = client.get_run(version.run_id).data.metrics.get(metric)
+    if value is None:
+        value = version.tags.get(METRIC_TAG + metric)
+    return _finite(value)
+
+
+def promotion(policy: str, new: float | None, champion: float | None, has_champion: bool,
+              min_delta: float) -> tuple[bool, str]:
+    if policy == "always":
+        return True, "promote=always"
+    if policy == "never":
+        return False, "promote=never"
+    if not has_champion:
+        return True, "no champion yet"
+    if new is None:
+        return False, "the new version has no finite value of the metric"
+    if champion is None:
+        return True, "the champion has no finite value of the metric"
+    if new > champion + min_delta:
+        return True, f"{new:.4f} > champion {champion:.4f} + min_delta {min_delta:g}"
+    return False, f"{new:.4f} <= champion {champion:.4f} + min_delta {min_delta:g}"
+
+
+def register_model(params: Params, stage1_path: Path, stage2_path: Path, metrics: dict, data_fingerprint: str,
+                   input_example_video: str | None = None, run_id: str | None = None) -> dict:
+    """Log the Stage-I + Stage-II weights as a pyfunc in the run, register it, set aliases by the policy."""
+    t = params.tracking
+    client = configure(params)
+    champion = _champion(client, t.registered_model)
+    champion_before = version_metric(client, champion, t.metric) if champion else None
+    with _in_run(run_id) as rid, tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # an input example would have to run the encoders at logging time; the signature says enough
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        params_json = Path(tmp) / "params.json"
+        params_json.write_text(json.dumps(params.model_dump(mode="json"), indent=2), encoding="utf-8")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),  # models-from-code: the source file is stored, no pickle
+            artifacts={"alignment": str(stage1_path), "fusion": str(stage2_path), "params": str(params_json)},
+            signature=model_signature(),
+            metadata={"input_example_video": input_example_video} if input_example_video else None,
+            pip_requirements=_requirements(),
+            registered_model_name=t.registered_model,
+        )
+        log_metrics(metrics, rid)
+    version = str(info.registered_model_version)
+    values = {param_key(k): float(v) for k, v in metrics.items() if numeric(v)}  # "recall@1" -> "recall_1"
+    tags = {DATA_TAG: data_fingerprint, "emi.profile": params.profile,
+            "emi.stage2": json.dumps(params.stage2.model_dump(mode="json"), separators=(",", ":")),
+            **{METRIC_TAG + k: repr(v) for k, v in values.items()}}
+    for key, value in tags.items():
+        client.set_model_version_tag(t.registered_model, version, key, value)
+    client.set_registered_model_alias(t.registered_model, "challenger", version)
+
+    new = _finite(values.get(t.metric))
+    promoted, reason = promotion(t.promote, new, champion_before, champion is not None, t.min_delta)
+    if promoted:
+        client.set_registered_model_alias(t.registered_model, "champion", version)
+    return {"version": version, "promoted": promoted,
+            "champion_version": version if promoted else (str(champion.version) if champion else None),
+            "metric": new, "champion_metric_before": champion_before, "reason": reason}
+
+
+def _run_params(client: MlflowClient, run_id: str | None) -> dict[str, str]:
+    """The version's run params over its pipeline parent's (where the flattened params.yaml lives)."""
+    if not run_id:
+        return {}
+    run = client.get_run(run_id)
+    parent = run.data.tags.get("mlflow.parentRunId")
+    base = client.get_run(parent).data.params if parent else {}
+    return {**base, **run.data.params}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def compare_versions(params: Params, versions: list[str] | None = None) -> str:
+    """Versions side by side (newest first): aliases, metrics, data, and only the params that differ."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    name = params.tracking.registered_model
+    client = configure(params)
+    if versions:
+        found = [client.get_model_version(name, v) if str(v).isdigit() else
+                 client.get_model_version_by_alias(name, v) for v in versions]
+    else:
+        listed = client.search_model_versions(f"name = '{name}'")
+        found = sorted(listed, key=lambda mv: int(mv.version), reverse=True)[:COMPARE_LIMIT]
+        # search results may omit aliases; one get per version is cheap at this count
+        found = [client.get_model_version(name, mv.version) for mv in found]
+    if not found:
+        return f"registered model {name!r} has no versions yet"
+
+    metric_names = [params.tracking.metric, "valid_pearson_mean", "valid_mse",
+                    *[f"valid_pearson_{e}" for e in EMOTIONS]]
+    metric_names = list(dict.fromkeys(metric_names))
+    runs = {mv.version: client.get_run(mv.run_id) if mv.run_id else None for mv in found}
+    rows: list[tuple[str, list[str]]] = [
+        ("aliases", [", ".join(mv.aliases) or "-" for mv in found]),
+        ("created", [dt.datetime.fromtimestamp(mv.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M")
+                     for mv in found]),
+    ]
+    for metric in metric_names:
+        values = [version_metric(client, mv, metric) for mv in found]
+        if any(v is not None for v in values):
+            rows.append((metric, [_cell(v) for v in values]))
+    rows.append(("data fingerprint", [_cell(mv.tags.get(DATA_TAG)) for mv in found]))
+    rows.append(("run", [_cell(runs[mv.version].info.run_name if runs[mv.version] else None) for mv in found]))
+    per_version = [_run_params(client, mv.run_id) for mv in found]
+    keys = sorted(set().union(*per_version))
+    for key in keys:
+        values = [p.get(key) for p in per_version]
+        if len(set(values)) > 1:
+            rows.append((key, [_cell(v) for v in values]))
+
+    table = Table(title=f"{name}: {len(found)} version(s)", box=box.SIMPLE, title_justify="left")
+    table.add_column("", style="bold", overflow="fold")
+    for mv in found:
+        table.add_column(f"v{mv.version}", overflow="fold")
+    for label, cells in rows:
+        table.add_row(label, *cells)
+    buf = io.StringIO()
+    Console(file=buf, width=40 + 28 * len(found), color_system=None, force_terminal=False).print(table)
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()).strip("\n") + "\n"
+
+
+def load_registered(params: Params | None, model_uri: str, dst_path: Path | None = None) -> dict[str, Path]:
+    """Local paths of a registered model's files: ``alignment``, ``fusion`` (torch weights), ``params`` (JSON).
+
+    ``params`` says which store to read (None: MLflow's current one); ``model_uri`` is e.g.
+    ``models:/emi-fusion@champion`` (or ``emi-fusion@champion``, ``emi-fusion/3``).
+    """
+    from mlflow.models import Model
+
+    if params is not None:
+        configure(params)
+    if ":/" not in model_uri:
+        model_uri = f"models:/{model_uri}"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                     dst_path=str(dst_path) if dst_path else None))
+    flavor = Model.load(local / "MLmodel").flavors["python_function"]
+    return {name: local / spec["path"] for name, spec in flavor["artifacts"].items()}
+
+
+def publish(params: Params, stage1_path: Path, stage2_path: Path, metrics: dict, data_fingerprint: str,
+            out: Path | None = None) -> dict:
+    """The pipeline's last step: register the model (nested run ``register``), apply the promotion policy,
+    end the parent run, and write the decision (``reports/registry.json``) for DVC and the report."""
+    with stage_run(params, "register", data_fingerprint):
+        decision = register_model(params, stage1_path, stage2_path, metrics, data_fingerprint)
+    decision["parent_run_id"] = finish_pipeline(params)
+    decision["model"] = params.tracking.registered_model
+    if out is not None:
+        write_json(out, decision)
+    return decision

@@ -1,0 +1,216 @@
+"""Stage I end to end (``stage1.finetune.last_k_blocks > 0``, paper section 3.3).
+
+The last k blocks of the visual and/or audio encoder are trained together with the projection heads, from
+frames and waveforms decoded on the fly (a few frames and one waveform crop per clip and step); the rest of each
+encoder stays frozen and runs without a graph. Afterwards every clip is re-encoded with the tuned blocks -- with
+the same code `emi extract` and `emi predict` use -- so Stage II, evaluation and prediction all see the tuned
+encoder. A modality that is not tuned keeps its cached features.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emi.config import Params
+from emi.data.dataset import list_clips
+from emi.data.media import AUDIO_SAMPLE_RATE
+from emi.encoders.base import resolve_device, resolve_dtype
+from emi.encoders.registry import encoder_spec, load_encoders
+from emi.encoders.tuning import block_state, load_block_state, tunable_blocks, under
+from emi.featurize import Decoded, Featurizer, usable_wave
+from emi.model import AlignmentModel
+from emi.train.loop import SequenceData
+
+
+class FinetuneError(RuntimeError):
+    """The clips cannot be decoded or encoded the way `emi extract` did (the dataset changed since)."""
+
+
+class Finetuner:
+    """The trainable encoder blocks of Stage I and the data path that feeds them."""
+
+    def __init__(self, params: Params, raw_dir: Path, data: SequenceData):
+        self.params, self.cfg, self.f = params, params.extract, params.stage1.finetune
+        self.device = resolve_device(self.cfg.device)
+        # the weights stay fp32 (the optimiser's copy); on a GPU the forward runs under autocast in extract.dtype
+        self.amp = resolve_dtype(self.cfg.dtype, self.device)
+        by_id = {c.id: c for c in list_clips(Path(raw_dir))}
+        missing = [i for i in data.ids if i not in by_id]
+        if missing:
+            raise FinetuneError(f"{raw_dir}: {len(missing)} clip(s) of the feature store are not in the dataset "
+                                f"(e.g. {missing[0]}); fine-tuning decodes the clips again")
+        self.clips = [by_id[i] for i in data.ids]
+        self.data = data
+        self.encoders = load_encoders(self.cfg, self.device, torch.float32, set(self.f.modalities))
+        self.blocks: dict[str, list[str]] = {}
+        for m, encoder in self.encoders.items():
+            tunable = tunable_blocks(encoder, f"extract.{m}")
+            names = tunable.last(self.f.last_k_blocks, f"extract.{m}")
+            for name, p in tunable.module.named_parameters():
+                p.requires_grad_(under(name, names))
+            self.blocks[m] = names
+        self._train_mode(True)
+        self.featurizer = Featurizer(self.cfg, params.data, self.encoders)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+
+    # ------------------------------------------------------------------ what is trained and saved
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for e in self.encoders.values() for p in e.blocks().module.parameters() if p.requires_grad]
+
+    def tuned(self) -> dict:
+        """Per tuned modality: the encoder spec it belongs to, the block names and their weights."""
+        return {m: {"spec": encoder_spec(self.cfg, m), "blocks": names, "state": block_state(self.encoders[m], names)}
+                for m, names in self.blocks.items()}
+
+    def load(self, tuned: dict) -> None:
+        for m, entry in tuned.items():
+            load_block_state(self.encoders[m], entry["state"], f"extract.{m}")
+
+    def _train_mode(self, on: bool) -> None:
+        """Tuned blocks train (dropout) only while training; the frozen part always evaluates (no layer drop)."""
+        for m, names in self.blocks.items():
+            module = tunable_blocks(self.encoders[m], f"extract.{m}").module.eval()
+            for name, sub in module.named_modules():
+                if name in names:
+                    sub.train(on)
+
+    def _autocast(self):
+        if self.amp == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    # ------------------------------------------------------------------ the data path
+    def _decode(self, rows: list[int]) -> list[Decoded]:
+        decoded = self.featurizer.decode([self.clips[i] for i in rows], set(self.blocks))
+        for d in decoded:
+            if d.visual_status == "error":
+                raise FinetuneError(f"{d.clip.path}: decodable at extract time, not now: {d.detail}")
+        return decoded
+
+    def _pick(self, n: int, generator: torch.Generator | None) -> list[int]:
+        k = min(self.f.frames_per_clip, n)
+        if generator is None:  # evaluation: evenly spaced, reproducible
+            return sorted({int(i) for i in np.linspace(0, n - 1, k).round()})
+        return sorted(torch.randperm(n, generator=generator)[:k].tolist())
+
+    def _visual(self, decoded: list[Decoded], generator: torch.Generator | None) -> torch.Tensor:
+        encoder = self.encoders["visual"]
+        frames, owner = [], []
+        for j, d in enumerate(decoded):
+            for i in self._pick(len(d.frames), generator):
+                frames.append(d.frames[i])
+                owner.append(j)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, frame in enumerate(frames):  # real datasets mix resolutions; a forward needs one size
+            by_shape.setdefault(frame.shape, []).append(i)
+        feats: list[torch.Tensor | None] = [None] * len(frames)
+        for idx in by_shape.values():
+            out = encoder.features(np.stack([frames[i] for i in idx])).float()
+            for i, row in zip(idx, out):
+                feats[i] = row
+        stacked = torch.stack(feats)  # type: ignore[arg-type]
+        owners = torch.tensor(owner, device=stacked.device)
+        sums = torch.zeros(len(decoded), stacked.shape[1], device=stacked.device).index_add(0, owners, stacked)
+        return sums / torch.bincount(owners, minlength=len(decoded)).clamp(min=1).unsqueeze(1)
+
+    def _audio(self, decoded: list[Decoded], generator: torch.Generator | None) -> torch.Tensor:
+        encoder = self.encoders["audio"]
+        length = int(round(self.f.audio_seconds * AUDIO_SAMPLE_RATE))
+        windows, valid, usable = [], [], []
+        for j, d in enumerate(decoded):
+            if usable_wave(d) is None:
+                continue
+            spare = max(d.wave.size - length, 0)
+            start = (spare // 2 if generator is None else
+                     int(torch.randint(spare + 1, (1,), generator=generator))) if spare else 0
+            piece = d.wave[start:start + length]
+            windows.append(np.pad(piece, (0, length - piece.size)).astype(np.float32))
+            valid.append(piece.size)
+            usable.append(j)
+        out = torch.zeros(len(decoded), encoder.dim, device=self.device)
+        if windows:
+            hidden = encoder.features(np.stack(windows)).float()
+            for row, (j, n) in enumerate(zip(usable, valid)):
+                steps = min(hidden.shape[1], math.ceil(n / AUDIO_SAMPLE_RATE * encoder.frame_rate))
+                out[j] = hidden[row, :steps].mean(0)
+        return out
+
+    def _cached(self, rows: list[int], modality: str) -> torch.Tensor:
+        seqs = self.data.visual if modality == "visual" else self.data.audio
+        return torch.from_numpy(np.stack([seqs[i].mean(0) for i in rows])).to(self.device)
+
+    def vectors(self, rows: list[int], generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip vectors (visual, audio) for Stage I's loss: tuned modalities from the decoded clips, others cached."""
+        decoded, _ = self.featurizer.cropped(self._decode(rows))  # the frames the encoder sees in `emi extract`
+        with self._autocast():
+            v = self._visual(decoded, generator) if "visual" in self.blocks else self._cached(rows, "visual")
+            a = self._audio(decoded, generator) if "audio" in self.blocks else self._cached(rows, "audio")
+        return v.float(), a.float()
+
+    def _loss(self, model: AlignmentModel, rows: list[int], generator: torch.Generator | None) -> dict:
+        v, a = self.vectors(rows, generator)
+        mask = torch.from_numpy(self.data.mask[rows]).to(self.device)
+        t = torch.from_numpy(self.data.text[rows]).to(self.device)
+        return model(v, a, t, vt_mask=mask[:, 0] & mask[:, 2], at_mask=mask[:, 1] & mask[:, 2])
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self, model: AlignmentModel, optimizer: torch.optim.Optimizer, rows: list[int],
+                    batch_size: int, generator: torch.Generator) -> list[float]:
+        model.train()
+        order = [rows[j] for j in torch.randperm(len(rows), generator=generator).tolist()]
+        losses = []
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            if len(batch) < 2:  # InfoNCE needs a negative
+                continue
+            loss = self._loss(model, batch, generator)["loss"]
+            optimizer.zero_grad()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            losses.append(loss.item())
+        return losses
+
+    @torch.no_grad()
+    def valid_loss(self, model: AlignmentModel, rows: list[int], batch_size: int) -> dict[str, float]:
+        if len(rows) < 2:
+            return {}
+        model.eval()
+        self._train_mode(False)
+        vs, as_ = zip(*(self.vectors(rows[i:i + batch_size], None) for i in range(0, len(rows), batch_size)))
+        mask = torch.from_numpy(self.data.mask[rows]).to(self.device)
+        t = torch.from_numpy(self.data.text[rows]).to(self.device)
+        out = model(torch.cat(vs), torch.cat(as_), t, vt_mask=mask[:, 0] & mask[:, 2], at_mask=mask[:, 1] & mask[:, 2])
+        self._train_mode(True)
+        return {"valid_loss": float(out["loss"]), "valid_loss_vt": float(out["loss_vt"]),
+                "valid_loss_at": float(out["loss_at"])}
+
+    # ------------------------------------------------------------------ afterwards
+    def reencode(self, data: SequenceData) -> SequenceData:
+        """Every clip's tuned modalities encoded again by the one featurize path (extract.dtype, batched)."""
+        tuned = self.tuned()
+        encoders = load_encoders(self.cfg, self.device, resolve_dtype(self.cfg.dtype, self.device), set(tuned), tuned)
+        featurizer = Featurizer(self.cfg, self.params.data, encoders)
+        visual, audio = list(data.visual), list(data.audio)
+        step = self.cfg.shard_size
+        for start in range(0, len(data), step):
+            rows = list(range(start, min(start + step, len(data))))
+            feats = featurizer.encode(self._decode(rows), {}, set(tuned))
+            for k, i in enumerate(rows):
+                if feats.visual is not None:
+                    visual[i] = self._same_length(feats.visual[k], visual[i], data.ids[i])
+                if feats.audio is not None:
+                    audio[i] = self._same_length(feats.audio[k], audio[i], data.ids[i])
+        return SequenceData(data.ids, visual, audio, data.text, data.mask, data.labels)
+
+    @staticmethod
+    def _same_length(new: np.ndarray, old: np.ndarray, clip_id: str) -> np.ndarray:
+        if new.shape[0] != old.shape[0]:
+            raise FinetuneError(f"{clip_id}: {new.shape[0]} steps after fine-tuning, {old.shape[0]} in the feature "
+                                "store (the dataset changed since extract; run `emi extract` again)")
+        return new.astype(np.float32)

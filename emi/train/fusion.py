@@ -1,0 +1,171 @@
+"""Stage II (paper sections 3.4-3.6): tri-modal regression over the frozen Stage-I features.
+
+MSE (+ optional lambda * (1 - Pearson)), SGDR, EMA of the weights; the EMA weights are the ones validated and
+saved. Checkpoints are atomic; a rerun resumes after the last finished epoch. Also what inference needs of a
+Stage-II model: loading it and predicting.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emi.config import EMOTIONS, Stage2Params
+from emi.data.dataset import read_labels
+from emi.encoders.base import resolve_device
+from emi.metrics import scores
+from emi.model import EMIFusionModel, emi_loss
+from emi.train.projection import load_aligned
+from emi.train.loop import (SequenceData, ema_of, load_checkpoint, restore_rng, rng_state, save_checkpoint,
+                            seed_everything, sgdr)
+from emi.utils import fingerprint
+
+log = logging.getLogger(__name__)
+ABLATION_MODALITIES = ("V", "A", "T", "VA", "VT", "AT", "VAT")
+
+
+class Stage2Error(RuntimeError):
+    pass
+
+
+def labelled(data: SequenceData, labels: pd.DataFrame) -> SequenceData:
+    rows = [i for i, clip in enumerate(data.ids) if clip in labels.index]
+    sub = data.subset(rows)
+    sub.labels = labels.loc[sub.ids, list(EMOTIONS)].to_numpy(np.float32)
+    return sub
+
+
+def split_data(aligned: Path, raw_dir: Path, inputs: str) -> dict[str, SequenceData]:
+    data, splits = load_aligned(aligned, inputs)
+    labels = read_labels(raw_dir)
+    out = {}
+    for split in ("train", "valid", "test"):
+        part = data.subset([i for i, s in enumerate(splits) if s == split])
+        out[split] = labelled(part, labels) if split != "test" or part.ids and all(
+            i in labels.index for i in part.ids) else part
+    return out
+
+
+def dims_of(data: SequenceData) -> dict[str, int]:
+    return {"V": data.visual[0].shape[1], "A": data.audio[0].shape[1], "T": data.text.shape[1]}
+
+
+@torch.no_grad()
+def predict(model: EMIFusionModel, data: SequenceData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clip predictions (N, 6) and mean fusion weights per modality (N, 3: V, A, T)."""
+    model.eval()
+    device = next(model.parameters()).device
+    preds, weights = [], []
+    for start in range(0, len(data), batch_size):
+        b = data.batch(list(range(start, min(start + batch_size, len(data)))), device)
+        out = model(b["v"], b["a"], b["t"], b["time_mask"], b["modality_mask"])
+        preds.append(out["pred"].float().cpu().numpy())
+        weights.append(out["clip_weights"].float().cpu().numpy())
+    if not preds:
+        return np.zeros((0, len(EMOTIONS))), np.zeros((0, 3))
+    return np.concatenate(preds), np.concatenate(weights)
+
+
+def evaluate(model: EMIFusionModel, data: SequenceData, batch_size: int) -> dict[str, float]:
+    """The model's scores on labelled clips (``emi.metrics.scores``)."""
+    return scores(predict(model, data, batch_size)[0], data.labels)
+
+
+def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: SequenceData, ckpt_path: Path | None,
+                log_epochs: bool = True, data_key: str = "") -> tuple[EMIFusionModel, list[dict], int]:
+    """Returns the EMA model (the one to evaluate and ship), the per-epoch history and epochs run now."""
+    generator = seed_everything(seed)
+    device = resolve_device(p.device)
+    model = EMIFusionModel.from_params(p, dims_of(train)).to(device)
+    ema = ema_of(model, p.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p.schedule.lr_max, weight_decay=p.weight_decay)
+    scheduler = sgdr(optimizer, p.schedule)
+    run_key = fingerprint({"stage2": p.model_dump(mode="json"), "seed": seed, "train": train.ids,
+                           "dims": dims_of(train), "data": data_key})
+    history: list[dict] = []
+    start_epoch = 0
+    state = load_checkpoint(ckpt_path) if ckpt_path else None
+    if state is not None and state.get("run_key") == run_key:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])  # (a checkpoint written on GPU loads on CPU and back)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        restore_rng(state["rng"])
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+        log.info("stage II: resuming after epoch %d of %d", start_epoch, p.schedule.epochs)
+
+    for epoch in range(start_epoch, p.schedule.epochs):
+        model.train()
+        losses = []
+        for b in train.batches(p.batch_size, generator, device):
+            out = model(b["v"], b["a"], b["t"], b["time_mask"], b["modality_mask"])
+            loss = emi_loss(out["pred"], b["y"], p.pearson_loss_weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            ema.update_parameters(model)
+            losses.append(loss.item())
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses))}
+        if len(valid) > 1:
+            row.update({f"valid_{k}": v for k, v in evaluate(ema.module, valid, p.batch_size).items()})
+        history.append(row)
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, {"run_key": run_key, "epoch": epoch + 1, "model": model.state_dict(),
+                                        "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                                        "rng": rng_state(), "history": history})
+        if log_epochs:
+            log.info("stage II epoch %d/%d: train_loss=%.4f valid_pearson=%.4f", epoch + 1, p.schedule.epochs,
+                     row["train_loss"], row.get("valid_pearson_mean", float("nan")))
+    return ema.module.eval(), history, p.schedule.epochs - start_epoch
+
+
+def save_model(path: Path, model: EMIFusionModel, p: Stage2Params, dims: dict[str, int]) -> None:
+    state = {k: v.cpu() for k, v in model.state_dict().items()}  # loadable anywhere
+    save_checkpoint(path, {"model": state, "dims": dims, "params": p.model_dump(mode="json")})
+
+
+def load_model(path: Path) -> EMIFusionModel:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = EMIFusionModel.from_params(Stage2Params.model_validate(state["params"]), state["dims"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def prediction_table(model: EMIFusionModel, parts: dict[str, SequenceData], batch_size: int) -> pd.DataFrame:
+    rows = []
+    for split, data in parts.items():
+        pred, weights = predict(model, data, batch_size)
+        for i, clip in enumerate(data.ids):
+            row = {"id": clip, "split": split, **dict(zip(EMOTIONS, pred[i].round(6)))}
+            row.update({f"weight_{m}": round(float(w), 6) for m, w in zip("VAT", weights[i])})
+            if data.labels is not None:
+                row.update({f"true_{e}": float(v) for e, v in zip(EMOTIONS, data.labels[i])})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def variant_name(modalities: str, fusion: str, inputs: str) -> str:
+    return f"{modalities}-{fusion}-{inputs}"
+
+
+def fusion_inputs(path: Path) -> str:
+    """Which Stage-I view a saved Stage-II model reads (aligned | encoder | both)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["params"]["inputs"]
+
+
+def prediction_frame(model: EMIFusionModel, data: SequenceData, batch_size: int) -> pd.DataFrame:
+    """id, the six intensities and the mean fusion weight per modality, one row per clip."""
+    pred, weights = predict(model, data, batch_size)
+    table = pd.DataFrame(pred, columns=list(EMOTIONS))
+    for j, m in enumerate("VAT"):
+        table[f"weight_{m}"] = weights[:, j]
+    table.insert(0, "id", data.ids)
+    return table

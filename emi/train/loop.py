@@ -1,0 +1,102 @@
+"""Shared training mechanics of Stage I and Stage II: seeding, SGDR, EMA, atomic checkpoints with resume, batching."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from emi.config import ScheduleParams
+from emi.utils import atomic_path
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Same seed, same numbers on CPU: python, numpy, torch, and deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return torch.Generator().manual_seed(seed)
+
+
+def sgdr(optimizer: torch.optim.Optimizer, schedule: ScheduleParams) -> CosineAnnealingWarmRestarts:
+    """Cosine annealing with warm restarts stepped once per epoch: eta_max -> eta_min over each T_0-epoch cycle."""
+    return CosineAnnealingWarmRestarts(optimizer, T_0=schedule.cycle_epochs, T_mult=1, eta_min=schedule.lr_min)
+
+
+def ema_of(model: nn.Module, decay: float) -> AveragedModel:
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: a kill during the write leaves the previous checkpoint intact."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    if not Path(path).is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(
+        np.frombuffer(np.random.get_state()[1].tobytes(), dtype=np.uint8).copy())}
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = np.frombuffer(state["numpy"].numpy().tobytes(), dtype=np.uint32)
+    np.random.set_state(("MT19937", keys, 624, 0, 0.0))
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class SequenceData:
+    """Per-clip sequences and masks, padded per batch."""
+
+    ids: list[str]
+    visual: list[np.ndarray]
+    audio: list[np.ndarray]
+    text: np.ndarray
+    mask: np.ndarray  # (N, 3) V, A, T usable
+    labels: np.ndarray | None  # (N, 6) or None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, rows: list[int] | np.ndarray) -> SequenceData:
+        rows = list(rows)
+        return SequenceData([self.ids[i] for i in rows], [self.visual[i] for i in rows],
+                            [self.audio[i] for i in rows], self.text[rows], self.mask[rows],
+                            None if self.labels is None else self.labels[rows])
+
+    def batch(self, rows: list[int], device: torch.device | str = "cpu") -> dict[str, Tensor]:
+        lengths = [self.visual[i].shape[0] for i in rows]
+        T = max(lengths)
+        v = np.zeros((len(rows), T, self.visual[rows[0]].shape[1]), np.float32)
+        a = np.zeros((len(rows), T, self.audio[rows[0]].shape[1]), np.float32)
+        time_mask = np.zeros((len(rows), T), bool)
+        for j, i in enumerate(rows):
+            n = lengths[j]
+            v[j, :n], a[j, :n], time_mask[j, :n] = self.visual[i], self.audio[i][:n], True
+        out = {"v": torch.from_numpy(v), "a": torch.from_numpy(a), "t": torch.from_numpy(self.text[rows]),
+               "time_mask": torch.from_numpy(time_mask), "modality_mask": torch.from_numpy(self.mask[rows])}
+        if self.labels is not None:
+            out["y"] = torch.from_numpy(self.labels[rows].astype(np.float32))
+        return {k: v.to(device) for k, v in out.items()}
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
+        order = torch.randperm(len(self), generator=generator).tolist() if generator is not None else list(
+            range(len(self)))
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start:start + batch_size], device)

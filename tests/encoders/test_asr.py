@@ -1,0 +1,94 @@
+"""Speech recognition: one transcript-table row per clip, a status instead of an exception."""
+
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emi.config import EncoderSpec, load_params
+from emi.data.dataset import Clip
+from emi.data.media import write_mp4
+from emi.encoders.asr import load_asr, transcribe_clip
+from emi.encoders.base import EncoderError
+
+SR = 22050
+CFG = load_params(None, profile="tiny").transcribe
+
+
+def clip_with(tmp_path: Path, name: str, audio: np.ndarray | None) -> Clip:
+    path = tmp_path / f"{name}.mp4"
+    write_mp4(path, (np.full((32, 32, 3), 90, np.uint8) for _ in range(50)), 25, audio, SR)
+    return Clip(name, "train", path)
+
+
+class FakeWhisper:
+    """What faster-whisper's WhisperModel.transcribe returns, without the model."""
+
+    def __init__(self, segments=(), error: Exception | None = None):
+        self.segments, self.error, self.calls = list(segments), error, 0
+
+    def transcribe(self, wave, **kwargs):
+        self.calls += 1
+        if self.error:
+            raise self.error
+        return iter(self.segments), types.SimpleNamespace(language="en")
+
+
+def segment(text: str, logprob: float, tokens: int, no_speech: float = 0.1):
+    return types.SimpleNamespace(text=text, avg_logprob=logprob, tokens=list(range(tokens)), no_speech_prob=no_speech)
+
+
+@pytest.fixture
+def tone():
+    t = np.arange(2 * SR) / SR
+    return 0.3 * np.sin(2 * np.pi * 220 * t)
+
+
+def test_unreadable_missing_and_silent_audio_get_a_status_without_asr(tmp_path):
+    model = FakeWhisper(error=AssertionError("the model must not be called"))
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    row = transcribe_clip(model, Clip("bad", "valid", bad), CFG, -60.0)
+    assert (row["id"], row["split"], row["status"], row["text"]) == ("bad", "valid", "error", "")
+    assert "bad.mp4" in row["detail"] and np.isnan(row["avg_logprob"])
+    assert transcribe_clip(model, clip_with(tmp_path, "mute", None), CFG, -60.0)["status"] == "no_audio"
+    silent = transcribe_clip(model, clip_with(tmp_path, "quiet", np.zeros(2 * SR)), CFG, -60.0)
+    assert silent["status"] == "silent" and "dBFS" in silent["detail"] and silent["duration_s"] == pytest.approx(2, abs=0.1)
+    assert model.calls == 0
+
+
+def test_the_silence_threshold_decides_between_silent_and_asr(tmp_path, tone):
+    clip = clip_with(tmp_path, "tone", 0.01 * tone)  # about -43 dBFS
+    model = FakeWhisper([segment(" hi ", -0.5, 1)])
+    assert transcribe_clip(model, clip, CFG, -30.0)["status"] == "silent"
+    assert transcribe_clip(model, clip, CFG, -60.0)["status"] == "ok" and model.calls == 1
+
+
+def test_segments_become_one_row_with_a_token_weighted_logprob(tmp_path, tone):
+    clip = clip_with(tmp_path, "a", tone)
+    row = transcribe_clip(FakeWhisper([segment(" I am ", -0.2, 3), segment("happy. ", -1.0, 1, 0.4)]), clip, CFG,
+                          -60.0)
+    assert (row["status"], row["text"], row["language"]) == ("ok", "I am happy.", "en")
+    assert row["avg_logprob"] == pytest.approx((3 * -0.2 + 1 * -1.0) / 4)
+    assert row["no_speech_prob"] == pytest.approx(0.4)
+    empty = transcribe_clip(FakeWhisper([]), clip, CFG, -60.0)
+    assert (empty["status"], empty["text"], empty["no_speech_prob"]) == ("empty", "", 1.0)
+    failed = transcribe_clip(FakeWhisper(error=RuntimeError("out of memory")), clip, CFG, -60.0)
+    assert failed["status"] == "error" and "ASR failed: RuntimeError: out of memory" in failed["detail"]
+
+
+def test_load_asr_refuses_unknown_kinds_and_random_weights():
+    with pytest.raises(EncoderError, match="unknown ASR kind 'vosk'"):
+        load_asr(EncoderSpec(kind="vosk", name="x", dim=1), "cpu", "int8")
+    with pytest.raises(EncoderError, match="cannot be random-initialised"):
+        load_asr(EncoderSpec(kind="faster-whisper", name="nope", pretrained="random", allow_random_init=True, dim=1),
+                 "cpu", "int8")
+
+
+@pytest.mark.slow
+def test_packaged_tiny_en_transcribes_a_generated_clip(tiny_dataset):
+    model, resolved = load_asr(CFG.asr, "cpu", CFG.compute_type)
+    assert resolved.source == "packaged" and "tiny.en" in resolved.describe()
+    row = transcribe_clip(model, Clip("00000", "train", tiny_dataset / "raw" / "00000.mp4"), CFG, -60.0)
+    assert row["status"] == "ok" and row["text"] and row["avg_logprob"] <= 0

@@ -1,0 +1,51 @@
+"""md_table, the one markdown table renderer, and the ablation table built on it (small hand-made frames)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from emi.config import EMOTIONS
+from emi.report.markdown import ablation_markdown, md_table, robustness_verdict
+
+
+def test_floats_get_the_digits_and_nan_is_a_dash():
+    out = md_table(pd.DataFrame({"name": ["a", "b"], "r": [0.123456, float("nan")]}), digits=3)
+    assert out.splitlines() == ["| name | r |", "|---|---|", "| a | 0.123 |", "| b | – |"]
+    assert md_table([{"x": np.float32(0.5)}, {"x": math.nan}]).splitlines()[2:] == ["| 0.5000 |", "| – |"]
+
+
+def test_ints_with_a_none_stay_ints():
+    rows = [{"direction": "v2t", "pairs": 12}, {"direction": "a2t", "pairs": None}]
+    lines = md_table(rows).splitlines()
+    assert lines[2] == "| v2t | 12 |" and lines[3] == "| a2t | None |"  # not 12.0000 (a float column)
+
+
+def test_formats_headers_columns_and_cells_that_would_break_the_table():
+    frame = pd.DataFrame({"a": [1.23456], "seconds": [12.345], "note": ["x|y\nz"]})
+    out = md_table(frame, formats={"seconds": ".1f"}, headers={"a": "A"}, columns=["note", "a", "seconds"])
+    assert out.splitlines() == ["| note | A | seconds |", "|---|---|---|", "| x\\|y z | 1.2346 | 12.3 |"]
+    assert md_table([], columns=["x", "y"]).splitlines() == ["| x | y |", "|---|---|"]
+    assert md_table([{"ok": True}]).splitlines()[2] == "| True |"  # a bool is not a number to format
+
+
+def test_ablation_markdown_has_the_grid_with_short_headers():
+    row = {"modalities": "V+A+T", "fusion": "average", "inputs": "aligned", "pearson_mean": 0.5,
+           **{f"pearson_{e}": 0.1 for e in EMOTIONS}, "mse": 0.02, "seconds": 3.14159, "reused": False}
+    out = ablation_markdown(pd.DataFrame([row]))
+    lines = out.splitlines()
+    assert lines[0] == "# Ablation (validation split)" and out.endswith("\n")
+    assert lines[2].startswith("| modalities | fusion | inputs | r mean | r Admiration |")
+    assert "reused" not in out  # only the table's columns
+    assert lines[4].startswith("| V+A+T | average | aligned | 0.5000 | 0.1000 |") and lines[4].endswith("| 0.0200 | 3.1 |")
+
+
+def test_robustness_verdict_says_whether_the_damaged_weight_falls():
+    table = pd.DataFrame([
+        {"condition": "clean", "fusion": "quality", "weight_A": 0.4, "delta_pearson": 0.0},
+        {"condition": "clean", "fusion": "average", "weight_A": 1 / 3, "delta_pearson": 0.0},
+        {"condition": "missing_audio", "fusion": "quality", "weight_A": 0.0, "delta_pearson": -0.05},
+        {"condition": "missing_audio", "fusion": "average", "weight_A": 0.0, "delta_pearson": -0.10},
+    ])
+    (line,) = robustness_verdict(table, {"missing_audio": "A", "occluded_face": "V"})
+    assert "**missing_audio**" in line and "A falls (0.400 → 0.000)" in line and "quality degrades less" in line

@@ -1,0 +1,129 @@
+"""The transcribe stage with the real packaged whisper tiny.en: coverage, quality, bad audio, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emi.config import load_params
+from emi.contracts.report import DataValidationError
+from emi.data.dataset import read_transcripts
+from emi.data.media import write_mp4
+from emi.stages.transcribe import transcribe
+
+pytestmark = pytest.mark.slow  # the real packaged whisper tiny.en through the stage
+
+FPS, SIDE, SR = 25, 96, 22050
+
+
+def params(*overrides: str):
+    return load_params(None, overrides=list(overrides), profile="tiny")
+
+
+def keep_only(root: Path, ids: list[str]) -> None:
+    """Shrink the split files to ``ids`` (fewer clips through the ASR keeps these tests quick)."""
+    for path in root.glob("*_split.csv"):
+        frame = pd.read_csv(path, dtype=str)
+        frame[frame["Filename"].isin(ids)].to_csv(path, index=False)
+
+
+def replace_clip(root: Path, clip_id: str, audio: np.ndarray | None) -> None:
+    frames = (np.full((SIDE, SIDE, 3), 90, np.uint8) for _ in range(3 * FPS))
+    write_mp4(root / "raw" / f"{clip_id}.mp4", frames, FPS, audio, SR)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("transcribe")
+    result = transcribe(params(), tiny_dataset, out / "transcripts", out / "reports", show_progress=False)
+    return result, out
+
+
+def test_every_clip_is_transcribed_close_to_its_sentence(tiny_run, tiny_dataset):
+    result, out = tiny_run
+    table = read_transcripts(result.table)
+    listed = pd.concat([pd.read_csv(p, dtype=str) for p in tiny_dataset.glob("*_split.csv")])["Filename"]
+    assert sorted(table["id"]) == sorted(listed) and table["id"].is_unique
+    assert result.n_clips == result.n_done_now == 12
+    assert (table["status"] == "ok").sum() >= 10
+    ok = table[table["status"] == "ok"]
+    assert (ok["text"].str.len() > 0).all() and (ok["avg_logprob"] <= 0).all()
+    assert ok["duration_s"].between(2.5, 4.0).all()
+    facts = result.report.facts
+    assert result.report.passed
+    assert facts["wer"] is not None and facts["wer"] < 0.35, facts.get("worst_wer")
+    assert facts["sentence_match_rate"] >= 0.5
+    assert (out / "reports" / "transcribe.json").is_file()
+    assert "wer" in (out / "reports" / "transcribe.md").read_text()
+    assert "tiny.en" in result.asr
+
+
+def test_finished_run_resumes_without_loading_the_model(tiny_run, tiny_dataset):
+    result, out = tiny_run
+    before = result.table.read_bytes()
+    again = transcribe(params(), tiny_dataset, out / "transcripts", None, show_progress=False)
+    assert again.n_done_now == 0 and again.table.read_bytes() == before
+
+
+def test_missing_silent_and_corrupt_audio_get_a_status_not_a_crash(dataset_copy, tmp_path):
+    keep_only(dataset_copy, ["00001", "00002", "00004", "00006"])
+    replace_clip(dataset_copy, "00001", None)  # no audio track
+    replace_clip(dataset_copy, "00002", np.zeros(3 * SR, np.float32))  # a track of silence
+    (dataset_copy / "raw" / "00004.mp4").write_bytes(b"not a video")
+    out, reports = tmp_path / "transcripts", tmp_path / "reports"
+
+    with pytest.raises(DataValidationError) as failed:
+        transcribe(params(), dataset_copy, out, reports, show_progress=False)
+    assert "00004" in str(failed.value) and "00004.mp4" in str(failed.value)
+    assert "00001.mp4" not in str(failed.value)  # a clip without audio is a warning, not an error
+    assert (out / "transcripts.csv").is_file() and "FAILED" in (reports / "transcribe.md").read_text()
+
+    result = transcribe(params("data.max_error_fraction=0.5"), dataset_copy, out, reports,
+                        show_progress=False)
+    assert result.n_done_now == 0  # the tolerance is not an ASR setting: the parts are reused
+    table = read_transcripts(result.table).set_index("id")
+    assert table.loc[["00001", "00002", "00004", "00006"], "status"].tolist() == ["no_audio", "silent", "error",
+                                                                                 "ok"]
+    assert (table.loc[["00001", "00002", "00004"], "text"] == "").all()
+    assert table.loc[["00001", "00002", "00004"], "avg_logprob"].isna().all()
+    assert "00004.mp4" in table.loc["00004", "detail"]
+    report = result.report
+    assert report.passed and [p.Filename for p in report.problems] == ["00004"]
+    assert any("00001" in w for w in report.warnings) and any("00002" in w for w in report.warnings)
+    assert report.facts["status_counts"] == {"ok": 1, "empty": 0, "no_audio": 1, "silent": 1, "error": 1}
+
+
+def test_resume_recomputes_only_unfinished_or_changed_parts(dataset_copy, tmp_path):
+    keep_only(dataset_copy, ["00001", "00002", "00004", "00006"])
+    out = tmp_path / "transcripts"
+    parts = out / "parts"
+    first = transcribe(params("transcribe.shard_size=2"), dataset_copy, out, None, show_progress=False)
+    assert first.n_done_now == 4
+    assert sorted(p.name for p in parts.iterdir()) == ["part-00000.csv", "part-00000.json",
+                                                       "part-00001.csv", "part-00001.json"]
+    table = first.table.read_bytes()
+    kept = parts / "part-00000.csv"
+    mtime = kept.stat().st_mtime_ns
+
+    # a killed run leaves a part half done; a stale part from a larger run lies beside it
+    damaged = parts / "part-00001.csv"
+    damaged.write_text(damaged.read_text().replace(",ok,", ",error,"))
+    (parts / "part-00007.csv").write_text("stale")
+    (parts / "part-00007.json").write_text("{}")
+    resumed = transcribe(params("transcribe.shard_size=2"), dataset_copy, out, None, show_progress=False)
+    assert resumed.n_done_now == 2
+    assert kept.stat().st_mtime_ns == mtime
+    assert resumed.table.read_bytes() == table
+    assert not (parts / "part-00007.csv").exists() and not (parts / "part-00007.json").exists()
+
+    replace_clip(dataset_copy, "00001", None)  # a clip's content changed: its part (00001, 00002) is redone
+    edited = transcribe(params("transcribe.shard_size=2"), dataset_copy, out, None, show_progress=False)
+    assert edited.n_done_now == 2
+    assert read_transcripts(edited.table).set_index("id").loc["00001", "status"] == "no_audio"
+
+    changed = transcribe(params("transcribe.shard_size=2", "transcribe.beam_size=1"), dataset_copy, out, None,
+                         show_progress=False)
+    assert changed.n_done_now == 4

@@ -1,0 +1,86 @@
+"""The `emi` command line: every stage is a command, configuration is inspectable, and user errors are one
+readable message with a non-zero exit code, never a traceback."""
+
+import subprocess
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from emi.cli import app
+from emi.config import load_params
+from tests.conftest import EMI
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("download", "transcribe", "extract", "stage1", "stage2", "ablate", "evaluate")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), terminal_width=200)
+
+
+def error_lines(output: str) -> list[str]:
+    return [ln for ln in output.splitlines() if ln.strip()]
+
+
+def test_params_show_prints_the_resolved_configuration():
+    done = invoke("params", "show", "--profile", "tiny", "--set", "stage2.width=64")
+    assert done.exit_code == 0, done.output
+    shown = yaml.safe_load(done.stdout)
+    want = load_params(None, ["stage2.width=64"], profile="tiny").model_dump(mode="json")
+    assert shown == want and shown["stage2"]["width"] == 64
+    section = invoke("params", "show", "--profile", "tiny", "data")
+    assert section.exit_code == 0 and yaml.safe_load(section.stdout) == {"data": want["data"]}
+    missing = invoke("params", "show", "--profile", "tiny", "nope")
+    assert missing.exit_code == 2 and "no section 'nope'" in missing.output
+
+
+def test_bad_set_key_exits_2_with_a_one_line_error():
+    done = invoke("params", "show", "--profile", "tiny", "--set", "stage2.widht=64")
+    assert done.exit_code == 2 and "Traceback" not in done.output
+    head, problem = error_lines(done.output)  # the header, then one line per problem
+    assert head == "error: invalid configuration:"
+    assert "stage2.widht: unknown key (did you mean stage2.width?)" in problem
+
+
+def test_old_config_keys_are_rejected_by_name():
+    """download.validation.* and extract.silence_dbfs moved to the data section."""
+    for key, named in (("download.validation.max_error_fraction=0.5", "download.validation: unknown key"),
+                       ("extract.silence_dbfs=-50", "extract.silence_dbfs: unknown key")):
+        done = invoke("params", "show", "--profile", "tiny", "--set", key)
+        assert done.exit_code == 2 and named in done.output, done.output
+    assert invoke("params", "show", "--profile", "tiny", "--set", "data.silence_dbfs=-50").exit_code == 0
+
+
+def test_help_lists_every_stage_and_every_dvc_stage_is_a_command():
+    done = invoke("--help")
+    assert done.exit_code == 0
+    for command in (*STAGES, "predict", "params", "validate", "registry", "bench"):
+        assert f" {command} " in done.output, command
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        command = stage["cmd"].split()[1]
+        assert invoke(command, "--help").exit_code == 0, (name, command)
+
+
+def test_evaluate_takes_the_layout_root():
+    done = invoke("evaluate", "--help")
+    assert done.exit_code == 0 and "--root" in done.output and "--no-register" in done.output
+    assert "--raw" not in done.output and "--models" not in done.output
+
+
+def test_evaluate_without_the_earlier_stages_is_a_one_line_error(tmp_path):
+    done = invoke("evaluate", "--profile", "tiny", "--root", str(tmp_path), "--no-register", "--no-progress")
+    assert done.exit_code == 1 and "Traceback" not in done.output
+    (line,) = [ln for ln in error_lines(done.output) if ln.startswith("error:")]
+    assert "models/stage2/model.pt: not found (run the earlier stages first)" in line
+
+
+def test_indivisible_transformer_width_is_a_one_line_message_from_the_console_script(tmp_path):
+    """The installed `emi`, as a user runs it (not a terminal: 80 columns), prints the problem on one line."""
+    done = subprocess.run([EMI, "params", "show", "--profile", "tiny", "--set", "stage2.width=130"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and done.stdout == ""
+    head, problem = error_lines(done.stderr)
+    assert head == "error: invalid configuration:"
+    assert "stage2" in problem and "width 130 must be divisible by transformer_heads 4" in problem

@@ -1,0 +1,43 @@
+"""Shared mechanics: atomic writes, hashing, fingerprints, the CPU allocator setting."""
+
+import hashlib
+import platform
+
+import pytest
+
+from emi.utils import atomic_path, fingerprint, keep_freed_memory, sha256_file, write_json, write_text
+
+
+def test_atomic_write_leaves_no_temp_file_and_the_old_content_on_exception(tmp_path):
+    target = tmp_path / "out" / "table.csv"
+    write_text(target, "old\n")
+    with pytest.raises(RuntimeError, match="killed"), atomic_path(target) as tmp:
+        tmp.write_text("half written")
+        assert tmp.parent == target.parent and tmp != target
+        raise RuntimeError("killed")
+    assert target.read_text() == "old\n", "a failed write must leave the previous file intact"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"], "temporary file left behind"
+
+
+def test_atomic_write_replaces_the_file_with_the_usual_mode(tmp_path):
+    target = write_json(tmp_path / "a" / "x.json", {"k": 1})
+    assert target.read_text() == '{\n  "k": 1\n}\n'
+    assert target.stat().st_mode & 0o777 != 0o600, "finished files must not keep mkstemp's private mode"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.json"]
+
+
+def test_sha256_and_fingerprint_are_stable(tmp_path):
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"abc" * 1000)
+    assert sha256_file(f, chunk=7) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2}) and len(fingerprint(1)) == 16
+
+
+def test_allocator_tuning_applies_on_glibc_and_is_idempotent():
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    # the cached wrapper answers once per process; the function itself must succeed on every call
+    assert keep_freed_memory.__wrapped__() is True
+    assert keep_freed_memory.__wrapped__() is True
+    assert keep_freed_memory() is True and keep_freed_memory() is True

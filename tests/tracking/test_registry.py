@@ -1,0 +1,149 @@
+"""The MLflow model registry on a real sqlite store: aliases by the promotion policy, the logged pyfunc model,
+comparing versions."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+from mlflow.models import Model
+
+from emi.config import EMOTIONS, load_params
+from emi.model import AlignmentModel, EMIFusionModel
+from emi.tracking import registry, runs
+from emi.train.projection import load_alignment
+from emi.train.fusion import load_model, save_model
+from emi.train.loop import save_checkpoint
+
+DIMS = {"V": 12, "A": 10, "T": 8}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store per module: creating its tables takes seconds; tests isolate by experiment/model name."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(runs.PARENT_ENV, raising=False)
+    yield
+    while mlflow.active_run():  # a failing test must not leave a run active for the next one
+        mlflow.end_run()
+
+
+def params_for(store: str, name: str, *overrides: str):
+    return load_params(None, profile="tiny", overrides=[
+        f"tracking.uri={store}", f"tracking.experiment={name}", f"tracking.registered_model={name}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Real Stage-I and Stage-II files in the formats emi/train/alignment.py and emi/train/fusion.py write."""
+    root = tmp_path_factory.mktemp("weights")
+    p = load_params(None, profile="tiny")
+    alignment = AlignmentModel.from_params(p.stage1, DIMS)
+    save_checkpoint(root / "alignment.pt", {
+        "model": alignment.state_dict(), "dims": DIMS, "params": p.stage1.model_dump(mode="json"),
+        "norm": {m: [torch.zeros(d), torch.ones(d)] for m, d in DIMS.items()}})
+    save_model(root / "model.pt", EMIFusionModel.from_params(p.stage2, DIMS), p.stage2, DIMS)
+    return root / "alignment.pt", root / "model.pt"
+
+
+def register(params, weights, metric: float, data: str = "data-1") -> dict:
+    with runs.stage_run(params, "stage2", data):
+        return registry.register_model(params, *weights, {"valid_pearson_mean": metric, "valid_mse": 0.1,
+                                                          "fusion": "quality"}, data)
+
+
+@pytest.mark.slow  # a real MLflow store
+def test_champion_moves_only_as_the_policy_says(store, weights):
+    name = "policy"
+    client = MlflowClient(store)
+    alias = lambda a: str(client.get_model_version_by_alias(name, a).version)
+
+    first = register(params_for(store, name), weights, 0.5)
+    assert first == {"version": "1", "promoted": True, "champion_version": "1", "metric": 0.5,
+                     "champion_metric_before": None, "reason": "no champion yet"}
+    assert alias("champion") == alias("challenger") == "1"
+
+    worse = register(params_for(store, name), weights, 0.4)
+    assert (worse["promoted"], worse["champion_version"], worse["champion_metric_before"]) == (False, "1", 0.5)
+    assert (alias("champion"), alias("challenger")) == ("1", "2")
+
+    better = register(params_for(store, name), weights, 0.6)
+    assert better["promoted"] and alias("champion") == "3"
+
+    always = register(params_for(store, name, "tracking.promote=always"), weights, 0.1)
+    assert always["promoted"] and alias("champion") == "4"
+    never = register(params_for(store, name, "tracking.promote=never"), weights, 0.9)
+    assert not never["promoted"] and (alias("champion"), alias("challenger")) == ("4", "5")
+    within_delta = register(params_for(store, name, "tracking.min_delta=0.2"), weights, 0.25)
+    assert not within_delta["promoted"] and alias("champion") == "4"
+
+    tags = client.get_model_version(name, "3").tags
+    assert tags["emi.data_fingerprint"] == "data-1" and float(tags["emi.metric.valid_pearson_mean"]) == 0.6
+
+
+@pytest.mark.slow  # a real MLflow store
+def test_registered_model_is_code_plus_weights_with_a_video_signature(store, weights):
+    params = params_for(store, "signature")
+    register(params, weights, 0.5)
+    uri = "models:/signature@champion"
+
+    sig = mlflow.models.get_model_info(uri).signature
+    assert sig.inputs.input_names() == ["video"]
+    assert sig.outputs.input_names() == [*EMOTIONS, "weight_V", "weight_A", "weight_T"]
+
+    files = registry.load_registered(params, uri)
+    assert set(files) == {"alignment", "fusion", "params"}
+    load_alignment(files["alignment"])  # torch weights_only loads, as `emi predict` will do
+    assert isinstance(load_model(files["fusion"]), EMIFusionModel)
+    model_dir = files["params"].parent.parent
+    flavor = Model.load(model_dir / "MLmodel").flavors["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert (model_dir / "pyfunc.py").is_file()  # the code file (emi/tracking/pyfunc.py, was emi/mlflow_model.py)
+    assert not [p for p in model_dir.rglob("*.pkl")]  # models-from-code: nothing to unpickle
+
+    loaded = mlflow.pyfunc.load_model(uri).unwrap_python_model()  # runs load_context, not the encoders
+    assert loaded.params == params
+
+
+@pytest.mark.slow  # a real MLflow store
+def test_compare_shows_versions_side_by_side_with_only_the_params_that_differ(store, weights):
+    register(params_for(store, "compare", "stage2.width=16"), weights, 0.5, data="data-a")
+    register(params_for(store, "compare", "stage2.width=32"), weights, 0.4, data="data-b")
+    table = registry.compare_versions(params_for(store, "compare"))
+    assert table.index("v2") < table.index("v1")  # newest first
+    for text in ("champion", "challenger", "valid_pearson_mean", "0.5000", "0.4000", "data-a", "data-b",
+                 "stage2.width"):
+        assert text in table
+    assert "stage1.embed_dim" not in table and "seed" not in table
+    assert "v2" not in registry.compare_versions(params_for(store, "compare"), ["1"])
+
+
+@pytest.mark.slow  # a real MLflow store
+def test_registering_into_a_finished_run_leaves_it_finished(store, weights):
+    params = params_for(store, "later")
+    metrics = {"valid_pearson_mean": 0.3}
+    with pytest.raises(registry.TrackingError, match="needs a run"):
+        registry.register_model(params, *weights, metrics, "data-1")
+    with runs.stage_run(params, "stage2") as run:
+        pass
+    result = registry.register_model(params, *weights, metrics, "data-1", run_id=run.info.run_id)
+    assert result["version"] == "1"
+    finished = MlflowClient(store).get_run(run.info.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.metrics["valid_pearson_mean"] == 0.3
+
+
+def test_promotion_policy():
+    assert registry.promotion("always", 0.1, 0.9, True, 0.0) == (True, "promote=always")
+    assert registry.promotion("never", 0.9, 0.1, True, 0.0) == (False, "promote=never")
+    assert registry.promotion("better", None, None, False, 0.0) == (True, "no champion yet")
+    assert not registry.promotion("better", None, 0.5, True, 0.0)[0], "no finite metric: keep the champion"
+    assert registry.promotion("better", 0.4, None, True, 0.0)[0], "a champion without the metric is replaced"
+    assert registry.promotion("better", 0.6, 0.5, True, 0.0)[0]
+    assert not registry.promotion("better", 0.6, 0.5, True, 0.2)[0], "within min_delta: no promotion"
+    assert not registry.promotion("better", 0.5, 0.5, True, 0.0)[0], "a tie keeps the champion"

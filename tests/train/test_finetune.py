@@ -1,0 +1,112 @@
+"""Stage I with encoder fine-tuning (stage1.finetune.last_k_blocks > 0) on the tiny dataset, real encoders."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from emi.config import MODALITIES, load_params
+from emi.data.dataset import list_clips, transcript_texts
+from emi.data.store import load_features
+from emi.encoders.base import EncoderError
+from emi.encoders.registry import load_encoders
+from emi.featurize import Featurizer
+from emi.stages.extract import extract
+from emi.stages.stage1 import stage1
+from emi.train.alignment import Stage1Error
+from emi.train.projection import aligned_inputs, load_aligned, load_alignment, load_tuned_encoders
+from emi.train.loop import SequenceData
+from tests.conftest import transcripts_from_script
+
+pytestmark = pytest.mark.slow  # real encoders, extract and Stage I training in every test
+
+CPU = torch.device("cpu")
+# a small random-init wav2vec2 (2 transformer layers) stands in for the hub model: the same code path
+W2V = ["extract.audio.kind=wav2vec2", "extract.audio.name=w2v-test", "extract.audio.pretrained=random",
+       "extract.audio.allow_random_init=true", "extract.audio.dim=32", "extract.audio.window_s=4.0"]
+TUNE = ["stage1.finetune.last_k_blocks=1", "stage1.finetune.modalities=[visual,audio]",
+        "stage1.finetune.frames_per_clip=4", "stage1.finetune.audio_seconds=2.0"]
+
+
+def params(*overrides: str):
+    return load_params(None, overrides=[*W2V, *overrides], profile="tiny")
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    tr = transcripts_from_script(tiny_dataset, root / "tr.csv")
+    extract(params(), tiny_dataset, tr, root / "features", None, show_progress=False)
+    return tiny_dataset, tr, root / "features"
+
+
+@pytest.fixture(scope="module")
+def tuned_run(inputs, tmp_path_factory):
+    raw, _, features = inputs
+    root = tmp_path_factory.mktemp("tuned")
+    return stage1(params(*TUNE), features, root / "model", root / "aligned", raw, show_progress=False)
+
+
+def test_only_the_last_k_blocks_change_and_the_model_carries_them(tuned_run):
+    tuned = load_tuned_encoders(tuned_run.model_path)
+    assert tuned["visual"]["blocks"] == ["blocks.3", "classifier"]  # FER: 4 Xception blocks + the classifier
+    assert tuned["audio"]["blocks"] == ["encoder.layers.1"]  # the last of 2 transformer layers
+    p = params()
+    fresh = load_encoders(p.extract, CPU, torch.float32, {"visual", "audio"})
+    again = load_encoders(p.extract, CPU, torch.float32, {"visual", "audio"}, tuned)
+    for m, module in (("visual", "model"), ("audio", "model")):
+        before = getattr(fresh[m], module).state_dict()
+        after = getattr(again[m], module).state_dict()
+        changed = {k for k in before if not torch.equal(before[k], after[k])}
+        assert changed, f"{m}: fine-tuning changed nothing"
+        assert changed <= set(tuned[m]["state"]), f"{m}: frozen weights changed: {sorted(changed - set(tuned[m]['state']))}"
+    history = pd.read_csv(tuned_run.model_path.parent / "history.csv")
+    assert len(history) == 2 and np.isfinite(history[["train_loss", "valid_loss"]].to_numpy()).all()
+
+
+def test_aligned_features_are_what_predict_computes_with_the_tuned_encoders(inputs, tuned_run):
+    raw, tr, features = inputs
+    p = params(*TUNE)
+    stored, _ = load_aligned(tuned_run.aligned_path, "both")
+    # the encoder view is not the extract features: every clip went through the tuned blocks again
+    before, (_, norm) = load_features(features), load_alignment(tuned_run.model_path)
+    encoder_view = load_aligned(tuned_run.aligned_path, "encoder")[0]
+    for m, seqs, tuned_seqs in (("V", before.visual, encoder_view.visual), ("A", before.audio, encoder_view.audio)):
+        untuned = (seqs[0] - norm[m][0]) / norm[m][1]
+        assert untuned.shape == tuned_seqs[0].shape and not np.allclose(untuned, tuned_seqs[0], atol=1e-3)
+    clips = [c for c in list_clips(raw) if c.id in stored.ids[:3]]
+    encoders = load_encoders(p.extract, CPU, torch.float32, set(MODALITIES), load_tuned_encoders(tuned_run.model_path))
+    f = Featurizer(p.extract, p.data, encoders)(clips, transcript_texts(tr), rng=np.random.default_rng(p.seed))
+    data = SequenceData(f.ids, f.visual, f.audio, f.text, f.mask(), None)
+    fresh = aligned_inputs(data, tuned_run.model_path, "both")
+    for i, clip in enumerate(clips):
+        j = stored.ids.index(clip.id)
+        np.testing.assert_allclose(fresh.visual[i], stored.visual[j], atol=1e-4)
+        np.testing.assert_allclose(fresh.audio[i], stored.audio[j], atol=1e-4)
+
+
+def test_same_seed_same_tuned_weights(inputs, tuned_run, tmp_path):
+    raw, _, features = inputs
+    again = stage1(params(*TUNE), features, tmp_path / "model", tmp_path / "aligned", raw, show_progress=False)
+    a, b = load_tuned_encoders(tuned_run.model_path), load_tuned_encoders(again.model_path)
+    for m in ("visual", "audio"):
+        assert all(torch.equal(a[m]["state"][k], b[m]["state"][k]) for k in a[m]["state"])
+
+
+def test_refuses_encoders_it_cannot_train_and_k_beyond_the_depth(inputs, tmp_path):
+    raw, tr, _ = inputs
+    whisper = load_params(None, profile="tiny", overrides=["stage1.finetune.last_k_blocks=1",
+                                                          "stage1.finetune.modalities=[visual,audio]"])
+    features = tmp_path / "features"
+    extract(whisper, raw, tr, features, None, show_progress=False)
+    with pytest.raises(Stage1Error, match="whisper-encoder runs in CTranslate2"):
+        stage1(whisper, features, tmp_path / "m", tmp_path / "a", raw, show_progress=False)
+    deep = load_params(None, profile="tiny", overrides=["stage1.finetune.last_k_blocks=9"])
+    with pytest.raises(Stage1Error, match="last 9 blocks of an encoder with 4"):
+        stage1(deep, features, tmp_path / "m", tmp_path / "a", raw, show_progress=False)
+
+
+def test_a_model_tuned_for_one_encoder_refuses_another(tuned_run):
+    other = params("extract.audio.dim=48")
+    with pytest.raises(EncoderError, match="fine-tuned"):
+        load_encoders(other.extract, CPU, torch.float32, {"audio"}, load_tuned_encoders(tuned_run.model_path))

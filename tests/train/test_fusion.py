@@ -1,0 +1,114 @@
+"""Stage II: training with EMA, predicting, scoring, saving and loading, the labelled splits."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from emi.config import EMOTIONS
+from emi.metrics import scores
+from emi.model import AlignmentModel
+from emi.train.alignment import feature_norm
+from emi.train.projection import write_aligned
+from emi.train.fusion import (dims_of, evaluate, fusion_inputs, load_model, predict, prediction_frame,
+                              prediction_table, save_model, split_data, train_model)
+from emi.train.loop import SequenceData
+from tests.conftest import tiny
+
+DIMS = {"V": 12, "A": 10, "T": 8}
+
+
+
+
+def clips(n: int, seed: int, labels: bool = True) -> SequenceData:
+    """Stage-II inputs of ``n`` clips whose labels follow their features (something to learn)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 7, n)
+    visual = [rng.standard_normal((L, DIMS["V"])).astype(np.float32) for L in lengths]
+    audio = [rng.standard_normal((L, DIMS["A"])).astype(np.float32) for L in lengths]
+    text = rng.standard_normal((n, DIMS["T"])).astype(np.float32)
+    y = 1 / (1 + np.exp(-np.stack([v.mean(0)[:6] for v in visual]) - text[:, :6]))
+    mask = np.ones((n, 3), bool)
+    mask[0, 1] = False  # one clip without audio
+    return SequenceData([f"{seed}{i:04d}" for i in range(n)], visual, audio, text, mask,
+                        y.astype(np.float32) if labels else None)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    train, valid = clips(16, 1), clips(6, 2)
+    model, history, ran = train_model(tiny().stage2, 1, train, valid, None, log_epochs=False)
+    return model, history, ran, train, valid
+
+
+def test_ema_weights_differ_from_raw_and_are_what_is_evaluated(trained):
+    ema_model, history, _, train, valid = trained
+    p = tiny().stage2
+    raw_model, _, _ = train_model(p.model_copy(update={"ema_decay": 1e-6}), 1, train, valid, None,
+                                  log_epochs=False)  # decay ~0: the EMA equals the raw weights
+    a = torch.nn.utils.parameters_to_vector(ema_model.parameters())
+    b = torch.nn.utils.parameters_to_vector(raw_model.parameters())
+    assert not torch.allclose(a, b)
+    last = evaluate(ema_model, valid, 4)["pearson_mean"]
+    assert history[-1]["valid_pearson_mean"] == pytest.approx(last)
+
+
+def test_training_is_seeded_and_reports_every_epoch(trained):
+    _, history, ran, train, valid = trained
+    assert ran == tiny().stage2.schedule.epochs == len(history)
+    assert [h["epoch"] for h in history] == list(range(1, ran + 1))
+    assert all(np.isfinite(h["train_loss"]) for h in history)
+    one_epoch = tiny("stage2.schedule.epochs=1").stage2
+    first, second, other = (train_model(one_epoch, seed, train.subset(range(8)), valid, None, log_epochs=False)[0]
+                            for seed in (1, 1, 2))
+    vec = torch.nn.utils.parameters_to_vector
+    assert torch.equal(vec(first.parameters()), vec(second.parameters())), "same seed, same model"
+    assert not torch.equal(vec(first.parameters()), vec(other.parameters()))
+
+
+def test_predictions_are_intensities_with_fusion_weights_and_score_like_metrics(trained):
+    model, _, _, _, valid = trained
+    pred, weights = predict(model, valid, 4)
+    assert pred.shape == (6, 6) and weights.shape == (6, 3)
+    assert ((pred >= 0) & (pred <= 1)).all()
+    np.testing.assert_allclose(weights.sum(1), 1, atol=1e-5)
+    assert weights[0, 1] == 0, "the clip without audio must give audio no weight"
+    assert evaluate(model, valid, 4) == scores(pred, valid.labels)
+    assert predict(model, valid.subset([]), 4)[0].shape == (0, 6)
+    frame = prediction_frame(model, valid, 2)
+    assert list(frame.columns) == ["id", *EMOTIONS, "weight_V", "weight_A", "weight_T"]
+    np.testing.assert_allclose(frame[list(EMOTIONS)].to_numpy(), pred, atol=1e-6)
+
+
+def test_saved_model_reloads_to_the_same_predictions(trained, tmp_path):
+    model, _, _, train, valid = trained
+    p = tiny().stage2
+    save_model(tmp_path / "model.pt", model, p, dims_of(train))
+    assert dims_of(train) == DIMS
+    loaded = load_model(tmp_path / "model.pt")
+    assert not loaded.training
+    np.testing.assert_allclose(predict(loaded, valid, 4)[0], predict(model, valid, 4)[0], atol=1e-6)
+    assert fusion_inputs(tmp_path / "model.pt") == p.inputs
+    table = prediction_table(loaded, {"train": train, "valid": valid}, 4)
+    assert len(table) == 22 and set(table["split"]) == {"train", "valid"}
+    assert {f"true_{e}" for e in EMOTIONS} <= set(table.columns)
+
+
+def test_split_data_labels_train_and_valid_and_keeps_an_unlabelled_test(tmp_path):
+    data = clips(6, 3, labels=False)
+    splits = ["train", "train", "train", "valid", "test", "test"]
+    torch.manual_seed(0)
+    aligned = write_aligned(AlignmentModel(DIMS, 4, 0.07), feature_norm(data, range(3)), data, splits,
+                            tmp_path / "aligned.npz")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = [[i, *np.round(np.linspace(0, 1, 6), 2)] for i in data.ids[:4]]
+    rows[1][2] = "nan"  # an unusable label: that clip is left out of training
+    pd.DataFrame(rows[:3], columns=["Filename", *EMOTIONS]).to_csv(raw / "train_split.csv", index=False)
+    pd.DataFrame(rows[3:], columns=["Filename", *EMOTIONS]).to_csv(raw / "valid_split.csv", index=False)
+    pd.DataFrame({"Filename": data.ids[4:]}).to_csv(raw / "test_split.csv", index=False)
+    parts = split_data(aligned, raw, "both")
+    assert parts["train"].ids == [data.ids[0], data.ids[2]] and parts["valid"].ids == [data.ids[3]]
+    assert parts["train"].labels.shape == (2, 6) and parts["train"].labels[0, 5] == pytest.approx(1.0)
+    assert parts["test"].ids == data.ids[4:] and parts["test"].labels is None
+    assert parts["train"].visual[0].shape[1] == 4 + DIMS["V"]
