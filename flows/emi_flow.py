@@ -75,11 +75,16 @@ def extract_flow(params: Params, paths: Layout) -> dict:
 
 
 def dask_runner(params: Params):
+    import dask
     from prefect_dask import DaskTaskRunner
 
     d = params.orchestration.dask
     if d.address:
         return DaskTaskRunner(address=d.address)
+    # Dask's nanny pins OMP/MKL/OpenBLAS to one thread in each worker it spawns; CTranslate2's (whisper) kernels
+    # then round differently (audio features moved by up to 3e-5), so fanned-out shards would not equal a
+    # single-process `emi extract`. Local workers keep this process's thread environment instead.
+    dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536}})
     return DaskTaskRunner(cluster_kwargs={"n_workers": d.n_workers, "threads_per_worker": d.threads_per_worker,
                                           "processes": True, "dashboard_address": None})
 
