@@ -18,6 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from emi.config import Params, load_params
 from emi.contracts.report import render_markdown
 from emi.paths import Layout
+from emi.report.markdown import md_table
 
 
 def _params(params_path: str, profile: str | None, overrides: list[str]) -> Params:
@@ -127,12 +128,6 @@ def evaluate_task(params: Params, paths: Layout) -> dict:
             "registry": result.registry}
 
 
-def _metrics_markdown(metrics: dict) -> str:
-    lines = ["| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
-    return "\n".join(lines) + "\n"
-
-
 @flow(name="emi")
 def emi(params_path: str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None,
         root: str = ".", ablate: bool = False) -> dict:
@@ -161,8 +156,8 @@ def emi(params_path: str = "params.yaml", profile: str | None = None, overrides:
         raise
     finally:
         os.environ.pop(tracking.PARENT_ENV, None)
-    create_markdown_artifact(key="metrics", markdown=_metrics_markdown(out["evaluate"]["metrics"]),
-                             description="evaluation")
+    metrics = [{"metric": k, "value": v} for k, v in out["evaluate"]["metrics"].items()]
+    create_markdown_artifact(key="metrics", markdown=md_table(metrics) + "\n", description="evaluation")
     log.info("pipeline finished in %s (pid %d)", root, os.getpid())
     return out
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from emi.config import EMOTIONS
-from emi.utils import atomic_path
+from emi.utils import atomic_path, write_text
 
 
 def _figure(width: float, height: float, ncols: int = 1, nrows: int = 1):
@@ -72,3 +72,19 @@ def plot_weights(table: pd.DataFrame, path: Path) -> Path:
     axes[0, 1].set(ylabel="mean Pearson (valid)", title="Quality vs average fusion under damage")
     axes[0, 1].legend(fontsize=8)
     return _save(fig, path)
+
+
+def write_plots(reports_dir: Path, per_dim: pd.DataFrame, scatter: pd.DataFrame, robustness: pd.DataFrame) -> dict:
+    """The DVC plot data (``plots/*.csv``) and the report's figures (``figures/*.png``); their paths by name."""
+    weights = robustness.melt(id_vars=["condition", "fusion"], value_vars=[f"weight_{m}" for m in "VAT"],
+                              var_name="modality", value_name="weight")
+    weights["modality"] = weights["modality"].str.removeprefix("weight_")
+    data, figures = Path(reports_dir) / "plots", Path(reports_dir) / "figures"
+    return {
+        "per_dimension": write_text(data / "per_dimension.csv", per_dim.to_csv(index=False, float_format="%.6f")),
+        "scatter": write_text(data / "scatter.csv", scatter.to_csv(index=False, float_format="%.6f")),
+        "weights": write_text(data / "weights.csv", weights.to_csv(index=False, float_format="%.6f")),
+        "per_dimension_png": plot_per_dimension(per_dim, figures / "per_dimension.png"),
+        "scatter_png": plot_scatter(scatter, figures / "scatter.png"),
+        "weights_png": plot_weights(robustness, figures / "weights.png"),
+    }

@@ -80,6 +80,20 @@ def scored_splits(params: Params, parts: dict[str, SequenceData]) -> list[str]:
     return [s for s in params.evaluate.splits if parts[s].labels is not None and len(parts[s]) >= 2]
 
 
+def _plot_tables(metrics: dict, ceil: dict | None, parts: dict[str, SequenceData], preds: dict[str, np.ndarray],
+                 splits: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-dimension Pearson (model and ceiling per split) and one predicted-vs-true row per clip and emotion."""
+    per_dim = pd.DataFrame({"emotion": list(EMOTIONS)})
+    for s in splits:
+        per_dim[f"pearson_{s}"] = [metrics[s][f"pearson_{e}"] for e in EMOTIONS]
+    for s in (ceil or {}):
+        per_dim[f"ceiling_{s}"] = [ceil[s][f"pearson_{e}"] for e in EMOTIONS]
+    scatter = pd.DataFrame([{"id": clip, "split": s, "emotion": e, "true": float(parts[s].labels[i, j]),
+                             "predicted": float(preds[s][i, j])}
+                            for s in splits for i, clip in enumerate(parts[s].ids) for j, e in enumerate(EMOTIONS)])
+    return per_dim, scatter
+
+
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -156,24 +170,8 @@ def evaluate(params: Params, layout: Layout, register: bool = True, show_progres
     # ---- files
     reports_dir.mkdir(parents=True, exist_ok=True)
     paths["metrics"] = write_json(reports_dir / "metrics.json", metrics)
-    per_dim = pd.DataFrame({"emotion": list(EMOTIONS)})
-    for s in splits:
-        per_dim[f"pearson_{s}"] = [metrics[s][f"pearson_{e}"] for e in EMOTIONS]
-    for s in (ceil or {}):
-        per_dim[f"ceiling_{s}"] = [ceil[s][f"pearson_{e}"] for e in EMOTIONS]
-    scatter = pd.DataFrame([{"id": clip, "split": s, "emotion": e, "true": float(parts[s].labels[i, j]),
-                             "predicted": float(preds[s][i, j])}
-                            for s in splits for i, clip in enumerate(parts[s].ids) for j, e in enumerate(EMOTIONS)])
-    weights = rob.melt(id_vars=["condition", "fusion"], value_vars=[f"weight_{m}" for m in "VAT"],
-                       var_name="modality", value_name="weight")
-    weights["modality"] = weights["modality"].str.removeprefix("weight_")
-    plot_dir, figures = reports_dir / "plots", reports_dir / "figures"
-    paths["per_dimension"] = write_text(plot_dir / "per_dimension.csv", per_dim.to_csv(index=False, float_format="%.6f"))
-    paths["scatter"] = write_text(plot_dir / "scatter.csv", scatter.to_csv(index=False, float_format="%.6f"))
-    paths["weights"] = write_text(plot_dir / "weights.csv", weights.to_csv(index=False, float_format="%.6f"))
-    paths["per_dimension_png"] = plots.plot_per_dimension(per_dim, figures / "per_dimension.png")
-    paths["scatter_png"] = plots.plot_scatter(scatter, figures / "scatter.png")
-    paths["weights_png"] = plots.plot_weights(rob, figures / "weights.png")
+    per_dim, scatter = _plot_tables(metrics, ceil, parts, preds, splits)
+    paths.update(plots.write_plots(reports_dir, per_dim, scatter, rob))
     paths["robustness_csv"] = write_text(reports_dir / "robustness.csv", rob.to_csv(index=False, float_format="%.6f"))
     paths["robustness_md"] = write_text(reports_dir / "robustness.md", robustness_markdown(rob, DAMAGED_MODALITY))
     rob_json = {f"{r['condition']}/{r['fusion']}": {k: v for k, v in r.items() if k not in ("condition", "fusion")}

@@ -12,31 +12,12 @@ from mlflow.models import Model
 from emi.config import EMOTIONS, load_params
 from emi.model import AlignmentModel, EMIFusionModel
 from emi.tracking import registry, runs
+from tests.tracking.conftest import params_for
 from emi.train.projection import load_alignment
 from emi.train.fusion import load_model, save_model
 from emi.train.loop import save_checkpoint
 
 DIMS = {"V": 12, "A": 10, "T": 8}
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One sqlite store per module: creating its tables takes seconds; tests isolate by experiment/model name."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv(runs.PARENT_ENV, raising=False)
-    yield
-    while mlflow.active_run():  # a failing test must not leave a run active for the next one
-        mlflow.end_run()
-
-
-def params_for(store: str, name: str, *overrides: str):
-    return load_params(None, profile="tiny", overrides=[
-        f"tracking.uri={store}", f"tracking.experiment={name}", f"tracking.registered_model={name}", *overrides])
 
 
 @pytest.fixture(scope="module")
