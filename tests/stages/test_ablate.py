@@ -22,6 +22,6 @@ def test_ablation_grid_writes_one_table_and_reuses_the_stage2_model(tiny_aligned
     base = table[(table.modalities == "V+A+T") & (table.fusion == "quality") & (table.inputs == "both")]
     # the same model, scored in a 1-thread worker: equal up to float rounding
     assert base["pearson_mean"].item() == pytest.approx(trained.metrics["valid_pearson_mean"], abs=1e-5)
-    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["VAT-average-both.pt", "VAT-quality-tiny_aligned.pt"]
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["VAT-average-both.pt", "VAT-quality-aligned.pt"]
     assert (tmp_path / "ablation.md").read_text().count("\n") >= 6
     assert pd.read_csv(tmp_path / "ablation.csv")["pearson_mean"].notna().all()
