@@ -73,6 +73,9 @@ def report_markdown(ctx: dict) -> str:
     out = ["# EMI evaluation report", "",
            (f"Profile `{params.profile}` · seed {params.seed} · params fingerprint `{ctx['params_fp']}` · "
             f"data fingerprint `{ctx['data_fp']}`"), "", "## Headline", "", *[f"- {h}" for h in head]]
+    unscored = [s for s in params.evaluate.splits if s not in ctx["splits"]]
+    if unscored:
+        out.append(f"- no labelled {' or '.join(unscored)} split (fewer than 2 labelled clips): not scored")
     if "ceiling" in m:
         out.append(f"- ceiling = oracle ridge regression (alpha {params.evaluate.ceiling_alpha:g}) on what the "
                    f"generator rendered ({ctx['ceiling_source']}), fit on train: the most a model reading these "
@@ -147,8 +150,8 @@ def report_markdown(ctx: dict) -> str:
         out.append("- no validation reports found")
     sub = ctx["submission"]
     out += ["", "## Submission", ""]
-    if sub is None:
-        out.append("No test split: no submission written.")
+    if not sub["rows"]:
+        out.append("No test split (`test_split.csv` absent or empty): `submission.csv` holds the ABAW header alone.")
     else:
         out.append(f"`submission.csv`: {sub['rows']} test rows in `test_split.csv` order, ABAW header.")
         if sub["filled"]:

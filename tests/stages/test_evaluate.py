@@ -117,3 +117,23 @@ def test_tracking_view_is_flat_and_numeric(run):
     assert "ceiling_valid_pearson_mean" in m and "robustness_missing_audio_quality_weight_A" in m
     assert all(isinstance(v, int | float) for v in m.values())
     assert all(p.exists() for p in run.result.tracking()["artifacts"])
+
+
+def test_labelled_data_as_it_ships_train_and_valid_only_evaluates_without_a_test_split(run, tmp_path):
+    """Hume-Vidmimic2's labelled release has no test_split.csv: valid is scored, nothing of test is claimed, and
+    every output dvc.yaml declares exists (the submission holds the ABAW header alone)."""
+    import shutil
+
+    src = run.layout
+    layout = link_layout(src, tmp_path / "root", "transcripts", "features", "aligned", "stage1", "stage2")
+    shutil.copytree(src.raw, layout.raw, ignore=shutil.ignore_patterns("test_split.csv"))
+    result = evaluate(run.params, layout, register=False, show_progress=False)
+    assert "valid" in result.metrics and "test" not in result.metrics
+    assert "test" not in result.metrics["ceiling"]
+    assert (layout.reports / "submission.csv").read_text().strip() == ",".join(
+        ["Filename", *EMOTIONS])
+    report = (layout.reports / "report.md").read_text()
+    assert "no labelled test split" in report and "holds the ABAW header alone" in report
+    for name in ("metrics.json", "robustness.json", "robustness.md", "robustness.csv", "report.md",
+                 "plots/per_dimension.csv", "plots/scatter.csv", "plots/weights.csv", "figures/weights.png"):
+        assert (layout.reports / name).is_file(), name
