@@ -273,9 +273,10 @@ def predict_cmd(
 
     A video with no audio, no speech or no face still gets a prediction: that modality's weight is 0."""
     from emi.predict import PredictError, predict_videos
+    from emi.tracking.registry import TrackingError
 
     params = _load(params_path, profile, overrides)
-    with _fails_with(PredictError, *_stage_errors()):
+    with _fails_with(PredictError, TrackingError, *_stage_errors()):
         alignment, fusion, params = _resolve_model(model, params)
         table = predict_videos(videos, params, alignment, fusion)
     if out is not None:
@@ -328,10 +329,11 @@ def registry_compare(
     overrides: SetOpt = None,
 ) -> None:
     """Registered versions side by side: aliases, metrics, data fingerprint and the params that differ."""
-    from emi.tracking.registry import compare_versions
+    from emi.tracking.registry import TrackingError, compare_versions
 
     params = _load(params_path, profile, overrides)
-    typer.echo(compare_versions(params, versions or None))
+    with _fails_with(TrackingError):
+        typer.echo(compare_versions(params, versions or None))
 
 
 @validate_app.command("raw")

@@ -84,3 +84,25 @@ def test_indivisible_transformer_width_is_a_one_line_message_from_the_console_sc
     head, problem = error_lines(done.stderr)
     assert head == "error: invalid configuration:"
     assert "stage2" in problem and "width 130 must be divisible by transformer_heads 4" in problem
+
+
+def test_unknown_registry_version_or_alias_is_one_line_not_an_mlflow_traceback(tmp_path, monkeypatch):
+    """A real (empty, then one-version) MLflow store: `registry compare 7` and `predict --model models:/…@prod`."""
+    import pytest
+
+    from emi.tracking import runs
+
+    pytest.importorskip("mlflow")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.delenv(runs.PARENT_ENV, raising=False)
+    done = invoke("registry", "compare", "7", "--profile", "tiny")
+    lines = [ln for ln in error_lines(done.output) if " INFO " not in ln]  # MLflow's own log of creating a store
+    assert done.exit_code == 1 and "Traceback" not in done.output and len(lines) == 1, done.output
+    assert "emi-fusion 7" in lines[0] and "no versions yet" in lines[0]
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not read: the model is resolved first")
+    done = invoke("predict", str(video), "--model", "models:/emi-fusion@prod", "--profile", "tiny")
+    lines = [ln for ln in error_lines(done.output) if " INFO " not in ln]
+    assert done.exit_code == 1 and "Traceback" not in done.output and len(lines) == 1, done.output
+    assert lines[0].startswith("error: models:/emi-fusion@prod:")

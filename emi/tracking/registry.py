@@ -168,6 +168,20 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _first_line(exc: MlflowException) -> str:
+    return str(exc.message).strip().splitlines()[0]
+
+
+def _version(client: MlflowClient, name: str, ref: str):
+    """A version by number or alias; an unknown one is a one-line TrackingError naming what exists."""
+    try:
+        return client.get_model_version(name, ref) if str(ref).isdigit() else client.get_model_version_by_alias(name, ref)
+    except MlflowException as exc:
+        listed = sorted((int(mv.version) for mv in client.search_model_versions(f"name = '{name}'")))
+        known = f"versions {', '.join(map(str, listed))}" if listed else "no versions yet"
+        raise TrackingError(f"{name} {ref}: {_first_line(exc)} ({known})") from None
+
+
 def compare_versions(params: Params, versions: list[str] | None = None) -> str:
     """Versions side by side (newest first): aliases, metrics, data, and only the params that differ."""
     from rich import box
@@ -177,8 +191,7 @@ def compare_versions(params: Params, versions: list[str] | None = None) -> str:
     name = params.tracking.registered_model
     client = configure(params)
     if versions:
-        found = [client.get_model_version(name, v) if str(v).isdigit() else
-                 client.get_model_version_by_alias(name, v) for v in versions]
+        found = [_version(client, name, v) for v in versions]
     else:
         listed = client.search_model_versions(f"name = '{name}'")
         found = sorted(listed, key=lambda mv: int(mv.version), reverse=True)[:COMPARE_LIMIT]
@@ -232,8 +245,11 @@ def load_registered(params: Params | None, model_uri: str, dst_path: Path | None
         configure(params)
     if ":/" not in model_uri:
         model_uri = f"models:/{model_uri}"
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
-                                                     dst_path=str(dst_path) if dst_path else None))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                         dst_path=str(dst_path) if dst_path else None))
+    except MlflowException as exc:
+        raise TrackingError(f"{model_uri}: {_first_line(exc)}") from None
     flavor = Model.load(local / "MLmodel").flavors["python_function"]
     return {name: local / spec["path"] for name, spec in flavor["artifacts"].items()}
 
