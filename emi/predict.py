@@ -19,7 +19,7 @@ from emi.encoders.base import resolve_device, resolve_dtype
 from emi.encoders.registry import load_encoders
 from emi.featurize import Featurizer
 from emi.train.projection import aligned_inputs, load_tuned_encoders
-from emi.train.fusion import fusion_inputs, load_model, prediction_frame
+from emi.train.fusion import load_fusion, prediction_frame
 from emi.train.loop import SequenceData
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ def predict_videos(paths: list[str | Path], params: Params, alignment_path: Path
     if broken:
         raise PredictError("; ".join(broken))
     data = SequenceData(feats.ids, feats.visual, feats.audio, feats.text, feats.mask(), None)
-    table = prediction_frame(load_model(fusion_path), aligned_inputs(data, alignment_path, fusion_inputs(fusion_path)),
-                             params.stage2.batch_size)
+    model, trained = load_fusion(fusion_path)
+    table = prediction_frame(model, aligned_inputs(data, alignment_path, trained.inputs), params.stage2.batch_size)
     table["transcript"] = [texts[c.id] or "" for c in clips]
     table["warning"] = feats.notes()
     for clip, note in zip(clips, table["warning"]):

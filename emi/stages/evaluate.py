@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from emi.config import EMOTIONS, Params, Stage2Params
 from emi.data.dataset import list_clips, split_ids, transcript_texts
@@ -34,7 +33,7 @@ from emi.submission import submission
 from emi.tracking.registry import publish
 from emi.tracking.runs import tracked
 from emi.train.projection import load_tuned_encoders
-from emi.train.fusion import fusion_inputs, load_model, predict, split_data, train_model, variant_name
+from emi.train.fusion import load_fusion, predict, split_data, train_model, variant_name
 from emi.train.loop import SequenceData
 from emi.utils import fingerprint, write_json, write_text
 
@@ -98,13 +97,14 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _average_model(params: Params, layout: Layout, saved: dict, parts: dict) -> tuple:
+def _average_model(params: Params, layout: Layout, saved: Stage2Params, parts: dict) -> tuple:
     """Average fusion for the robustness comparison: the ablation stage's V+A+T cell, else trained now with the
     saved model's settings (the two differ in fusion alone)."""
-    path = layout.ablation_models / f"{variant_name('VAT', 'average', saved['inputs'])}.pt"
+    path = layout.ablation_models / f"{variant_name('VAT', 'average', saved.inputs)}.pt"
     if path.is_file():
-        return load_model(path), fusion_inputs(path), f"`{path}`"
-    p_avg = Stage2Params.model_validate({**saved, "fusion": "average"})
+        avg, p = load_fusion(path)
+        return avg, p.inputs, f"`{path}`"
+    p_avg = saved.model_copy(update={"fusion": "average"})
     t0 = time.perf_counter()
     avg, _, _ = train_model(p_avg, params.seed, parts["train"], parts["valid"], None, log_epochs=False)
     log.info("evaluate: average-fusion model trained in %.1f s", time.perf_counter() - t0)
@@ -121,7 +121,8 @@ def evaluate(params: Params, layout: Layout, register: bool = True, show_progres
             raise EvaluateError(f"{path}: not found (run the earlier stages first)")
 
     # ---- metrics: the saved model, re-run
-    model, inputs = load_model(model_path), fusion_inputs(model_path)
+    model, saved = load_fusion(model_path)
+    inputs = saved.inputs
     parts = split_data(aligned, raw_dir, inputs)
     if len(parts["valid"]) < 2:
         raise EvaluateError(f"{aligned}: {len(parts['valid'])} labelled validation clip(s); evaluation needs 2 or more")
@@ -146,7 +147,6 @@ def evaluate(params: Params, layout: Layout, register: bool = True, show_progres
     sub_info = {"rows": len(table), "filled": filled}
 
     # ---- robustness: quality model as saved, average fusion from the ablation stage or trained now
-    saved = torch.load(model_path, map_location="cpu", weights_only=True)["params"]
     avg, avg_inputs, average_source = _average_model(params, layout, saved, parts)
     phases["average_model"] = time.perf_counter() - started - sum(phases.values())
     valid = parts["valid"]

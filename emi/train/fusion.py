@@ -132,11 +132,17 @@ def save_model(path: Path, model: EMIFusionModel, p: Stage2Params, dims: dict[st
     save_checkpoint(path, {"model": state, "dims": dims, "params": p.model_dump(mode="json")})
 
 
-def load_model(path: Path) -> EMIFusionModel:
+def load_fusion(path: Path) -> tuple[EMIFusionModel, Stage2Params]:
+    """A saved Stage-II model and the params it was trained with (e.g. which Stage-I view it reads), in one read."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model = EMIFusionModel.from_params(Stage2Params.model_validate(state["params"]), state["dims"])
+    p = Stage2Params.model_validate(state["params"])
+    model = EMIFusionModel.from_params(p, state["dims"])
     model.load_state_dict(state["model"])
-    return model.eval()
+    return model.eval(), p
+
+
+def load_model(path: Path) -> EMIFusionModel:
+    return load_fusion(path)[0]
 
 
 def prediction_table(model: EMIFusionModel, parts: dict[str, SequenceData], batch_size: int) -> pd.DataFrame:
@@ -154,11 +160,6 @@ def prediction_table(model: EMIFusionModel, parts: dict[str, SequenceData], batc
 
 def variant_name(modalities: str, fusion: str, inputs: str) -> str:
     return f"{modalities}-{fusion}-{inputs}"
-
-
-def fusion_inputs(path: Path) -> str:
-    """Which Stage-I view a saved Stage-II model reads (aligned | encoder | both)."""
-    return torch.load(path, map_location="cpu", weights_only=True)["params"]["inputs"]
 
 
 def prediction_frame(model: EMIFusionModel, data: SequenceData, batch_size: int) -> pd.DataFrame:

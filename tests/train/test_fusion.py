@@ -10,7 +10,7 @@ from emi.metrics import scores
 from emi.model import AlignmentModel
 from emi.train.alignment import feature_norm
 from emi.train.projection import write_aligned
-from emi.train.fusion import (dims_of, evaluate, fusion_inputs, load_model, predict, prediction_frame,
+from emi.train.fusion import (dims_of, evaluate, load_fusion, load_model, predict, prediction_frame,
                               prediction_table, save_model, split_data, train_model)
 from emi.train.loop import SequenceData
 from tests.conftest import tiny
@@ -88,7 +88,7 @@ def test_saved_model_reloads_to_the_same_predictions(trained, tmp_path):
     loaded = load_model(tmp_path / "model.pt")
     assert not loaded.training
     np.testing.assert_allclose(predict(loaded, valid, 4)[0], predict(model, valid, 4)[0], atol=1e-6)
-    assert fusion_inputs(tmp_path / "model.pt") == p.inputs
+    assert load_fusion(tmp_path / "model.pt")[1] == p
     table = prediction_table(loaded, {"train": train, "valid": valid}, 4)
     assert len(table) == 22 and set(table["split"]) == {"train", "valid"}
     assert {f"true_{e}" for e in EMOTIONS} <= set(table.columns)
