@@ -2,8 +2,10 @@
 
 MLflow stores this file beside the model's artifacts and executes it on load, so a registered version is
 the weights (torch ``weights_only`` files) plus readable source; nothing is ever unpickled.
-Input: a DataFrame with a ``video`` column of video file paths. Output: one row per video, the six emotion
-intensities and the mean fusion weights ``weight_V/A/T``.
+Input: a DataFrame with a ``video`` column of video file paths. Output: one row per video (``emi predict``'s
+table): ``id`` (the path), ``Filename`` (its stem), the six emotion intensities, the mean fusion weights
+``weight_V/A/T``, ``status`` (``error`` for an unreadable video, whose values are empty and whose reason is in
+``warning``), ``transcript`` and ``warning``.
 """
 
 from __future__ import annotations
