@@ -126,11 +126,27 @@ class UrlParams(Strict):
     retries: int = Field(default=3, ge=0)
 
 
+class TestClipsParams(Strict):
+    """Where the test clips come from. ``auto``: ``test_split.csv`` when the dataset has one, else the clips in
+    ``raw/`` that no split file lists (the ABAW release); ``folder``: the clips of ``folder``, brought into ``raw/``;
+    ``none``: no test set. download writes the result as ``test_split.csv`` (ids only when unlabelled)."""
+
+    clips: Literal["auto", "split", "unlisted", "folder", "none"] = "auto"
+    folder: Path | None = None
+
+    @model_validator(mode="after")
+    def _folder(self) -> TestClipsParams:
+        if self.clips == "folder" and self.folder is None:
+            raise ValueError("download.test.clips is 'folder' but download.test.folder is not set")
+        return self
+
+
 class DownloadParams(Strict):
     source: Literal["synthetic", "local", "url"]
     synthetic: SyntheticParams
     local: LocalParams = LocalParams()
     url: UrlParams = UrlParams()
+    test: TestClipsParams = TestClipsParams()
 
 
 class DataParams(Strict):
@@ -138,7 +154,7 @@ class DataParams(Strict):
 
     max_error_fraction: float = Field(ge=0, le=1)  # fail when more than this fraction of clips has a problem
     min_duration_s: float = Field(gt=0)
-    max_duration_s: float = Field(gt=0)
+    max_duration_s: float = Field(gt=0)  # longer clips are flagged in the raw-data report (never refused)
     silence_dbfs: float  # an audio track quieter than this (RMS, dBFS) counts as missing audio
 
     @model_validator(mode="after")
@@ -185,6 +201,10 @@ class ExtractParams(Strict):
     decode_workers: int = Field(ge=0)
     shard_size: int = Field(ge=1)
     frame_max_side: int = Field(ge=16)  # frames are downscaled to this at decode: a 4K clip cannot exhaust memory
+    # a clip with more grid steps is featurized on this many steps spread uniformly over it (frames and audio alike),
+    # so one 20-minute clip costs what a 10-minute one does and fits in memory; its index row says so
+    max_steps: int = Field(ge=1)
+    visual_source: Literal["frames", "face_images"]  # face_images: the organisers' crops, <dataset>/face_images/<id>/
     face_margin: float = Field(ge=0)  # face_crop: box grown by this fraction on each side
 
 
@@ -258,6 +278,9 @@ class EvaluateParams(Strict):
     splits: tuple[Literal["train", "valid", "test"], ...] = Field(min_length=1)
     robustness: RobustnessParams
     ceiling_alpha: float = Field(gt=0)  # ridge penalty of the oracle regressor on the rendered latents
+    # a test clip no prediction reached (unreadable): `mean` submits the mean training label, `drop` leaves its row
+    # out; either way the report lists it with the reason, and more than data.max_error_fraction of them fail
+    unreadable_test: Literal["mean", "drop"]
 
 
 class TrackingParams(Strict):

@@ -23,9 +23,9 @@ import av
 import numpy as np
 
 from emi.config import DataParams, ExtractParams, MODALITIES
-from emi.data.dataset import Clip
-from emi.data.media import (AUDIO_SAMPLE_RATE, MediaError, decode_audio, grid_steps, rms_dbfs, sample_frames,
-                            video_duration)
+from emi.data.dataset import Clip, face_image_dir
+from emi.data.media import (AUDIO_SAMPLE_RATE, MediaError, decode_audio, grid_steps, image_sequence, rms_dbfs,
+                            sample_frames, sample_images, step_times, video_duration)
 
 OK = "ok"
 
@@ -45,21 +45,32 @@ class Decoded:
 
 
 def decode_clip(clip: Clip, cfg: ExtractParams, data: DataParams, want_frames: bool, want_audio: bool) -> Decoded:
-    """A clip longer than ``data.max_duration_s`` is refused (its frames would not fit in memory at scale); an
-    unreadable clip gets status ``error`` with the reason, never an exception."""
+    """A clip with more than ``extract.max_steps`` grid steps is featurized on that many steps spread uniformly over
+    it (frames and audio alike; ``detail`` says so); an unreadable clip gets status ``error`` with the reason, never
+    an exception."""
     out = Decoded(clip)
     try:
         with av.open(str(clip.path)) as container:
             if not container.streams.video:
                 raise MediaError("no video stream")
             duration = video_duration(container)
-            if duration > data.max_duration_s:
-                raise MediaError(f"{duration:.1f} s is longer than data.max_duration_s = {data.max_duration_s:g} s")
-            out.n_steps = grid_steps(duration, cfg.fps)
-            if out.n_steps == 0:
+            n_grid = grid_steps(duration, cfg.fps)
+            if n_grid == 0:
                 raise MediaError(f"shorter than one {1 / cfg.fps:.2f} s step at {cfg.fps:g} fps")
-            if want_frames:
-                out.frames = sample_frames(container, out.n_steps, cfg.fps, cfg.frame_max_side)
+            steps = step_times(n_grid, cfg.fps, cfg.max_steps)
+            out.n_steps = len(steps)
+            if out.n_steps < n_grid:
+                out.detail = (f"{duration:.0f} s clip: featurized on {out.n_steps} of its {n_grid} steps "
+                              f"(extract.max_steps), spread uniformly over it")
+            centres = (steps + 0.5) / cfg.fps
+            if want_frames and cfg.visual_source == "frames":
+                out.frames = sample_frames(container, centres, cfg.frame_max_side)
+        if want_frames and cfg.visual_source == "face_images":
+            images = image_sequence(face_image_dir(clip))
+            if images:
+                out.frames = sample_images(images, centres, duration, cfg.frame_max_side)
+            else:
+                out.visual_status = "no_face_images"
         if want_audio:
             wave = decode_audio(clip.path, AUDIO_SAMPLE_RATE)
             if wave is None:
@@ -67,12 +78,25 @@ def decode_clip(clip: Clip, cfg: ExtractParams, data: DataParams, want_frames: b
             else:
                 if rms_dbfs(wave) < data.silence_dbfs:
                     out.audio_status = "silent"
-                n = int(round(out.n_steps / cfg.fps * AUDIO_SAMPLE_RATE))
-                out.wave = np.pad(wave[:n], (0, max(0, n - wave.size)))  # audio that ends early is silence
+                out.wave = grid_audio(wave, steps, n_grid, cfg.fps)
     except (MediaError, av.error.FFmpegError, OSError, ValueError, IndexError) as exc:
         out.visual_status = out.audio_status = "error"
         out.detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, MediaError) else str(exc)
         out.frames, out.wave, out.n_steps = [], None, 0
+    return out
+
+
+def grid_audio(wave: np.ndarray, steps: np.ndarray, n_grid: int, fps: float) -> np.ndarray:
+    """The waveform under the featurized steps: the whole grid's length (cut, or padded with silence where the audio
+    ends early), or for a subsampled clip each chosen step's 1/fps slice, back to back."""
+    if len(steps) == n_grid:
+        n = int(round(n_grid / fps * AUDIO_SAMPLE_RATE))
+        return np.pad(wave[:n], (0, max(0, n - wave.size)))
+    step_len = int(round(AUDIO_SAMPLE_RATE / fps))
+    out = np.zeros(len(steps) * step_len, np.float32)
+    for j, k in enumerate(steps):
+        piece = wave[int(round(k / fps * AUDIO_SAMPLE_RATE)):][:step_len]
+        out[j * step_len:j * step_len + piece.size] = piece
     return out
 
 

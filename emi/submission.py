@@ -17,14 +17,15 @@ class SubmissionError(RuntimeError):
 
 
 def submission(test_ids: list[str], predicted: pd.DataFrame, fill: np.ndarray,
-               max_error_fraction: float) -> tuple[pd.DataFrame, list[str]]:
-    """ABAW rows for every test id in the split file's order.
+               max_error_fraction: float, rule: str = "mean") -> tuple[pd.DataFrame, list[str]]:
+    """ABAW rows for every test id in the split file's order (``Filename`` = the clip's id, its file stem).
 
-    A test clip that reached no prediction (skipped as unreadable by an earlier stage) gets ``fill`` (the mean
-    training label: the constant with the lowest expected MSE, neutral for Pearson) when such clips are within
-    the dataset's error tolerance (``data.max_error_fraction``); beyond it, this is an error that
-    lists them, since a submission with guessed rows would misstate the model. An id listed twice is submitted
-    once (the raw-data report names the repeat)."""
+    A test clip that reached no prediction (skipped as unreadable by an earlier stage) is handled by ``rule``
+    (``evaluate.unreadable_test``) when such clips are within the dataset's error tolerance
+    (``data.max_error_fraction``): ``mean`` submits ``fill`` (the mean training label: the constant with the lowest
+    expected MSE, neutral for Pearson), ``drop`` leaves its row out. Beyond the tolerance this is an error that
+    lists them, since a submission with guessed rows would misstate the model. Returns the table and the ids
+    without a prediction. An id listed twice is submitted once (the raw-data report names the repeat)."""
     repeated = sorted({i for i in test_ids if test_ids.count(i) > 1})
     if repeated:
         log.warning("submission: test ids listed more than once, submitted once: %s", ", ".join(repeated))
@@ -34,8 +35,12 @@ def submission(test_ids: list[str], predicted: pd.DataFrame, fill: np.ndarray,
         raise SubmissionError(f"{len(missing)} of {len(test_ids)} test clip(s) have no prediction (over the "
                             f"tolerated {max_error_fraction:.1%}): {', '.join(missing)}")
     if missing:
-        log.warning("submission: %d test clip(s) without a prediction get the mean training label: %s",
-                    len(missing), ", ".join(missing))
+        log.warning("submission: %d test clip(s) without a prediction %s: %s", len(missing),
+                    "get the mean training label" if rule == "mean" else "are left out", ", ".join(missing))
+    if rule == "drop":
+        test_ids = [i for i in test_ids if i in predicted.index]
+    elif rule != "mean":
+        raise ValueError(f"unknown rule {rule!r} for test clips without a prediction (mean | drop)")
     values = np.stack([predicted.loc[i, list(EMOTIONS)].to_numpy(float) if i in predicted.index else fill
                        for i in test_ids]) if test_ids else np.zeros((0, len(EMOTIONS)))
     table = pd.DataFrame(np.clip(values, 0, 1), columns=list(EMOTIONS))

@@ -126,3 +126,36 @@ def link_layout(src, dst_root: Path, *parts: str):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(getattr(src, part).resolve(), target_is_directory=getattr(src, part).is_dir())
     return dst
+
+
+def remux_with_nominal_rate(src: Path, dst: Path, rate: int = 1000) -> Path:
+    """``src``'s packets, untouched, in a Matroska container (named as ``dst``) whose video stream declares a
+    nominal rate of ``rate`` fps, as some real clips do; the frames' timestamps are the original ones."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="matroska") as out:
+        vin = inp.streams.video[0]
+        vout = out.add_stream_from_template(vin)
+        vout.codec_context.framerate = Fraction(rate)  # the muxer writes it as the track's default frame duration
+        vout.time_base = Fraction(1, 1000)
+        streams = {vin.index: vout, **{a.index: out.add_stream_from_template(a) for a in inp.streams.audio}}
+        for packet in inp.demux():
+            if packet.dts is None:
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    return dst
+
+
+def concat_clip(src: Path, dst: Path, times: int) -> Path:
+    """``src`` played ``times`` times in a row (stream copy with FFmpeg's concat demuxer): a longer real clip."""
+    import subprocess
+
+    listing = dst.with_suffix(".txt")
+    listing.write_text("".join(f"file '{Path(src).resolve()}'\n" for _ in range(times)))
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
+                    "-c", "copy", str(dst)], check=True)
+    listing.unlink()
+    return dst

@@ -85,3 +85,67 @@ def test_predict_features_equal_stored_training_features_with_face_crop(tiny_dat
                                                                                            ("visual",))
     assert whole.visual[0].shape == feats.visual[0].shape
     assert not np.allclose(whole.visual[0], feats.visual[0], atol=1e-3)
+
+
+def _decode(clip, params, **extract):
+    cfg = params.extract.model_copy(update=extract)
+    return decode_clip(clip, cfg, params.data, want_frames=True, want_audio=True)
+
+
+def test_a_container_declaring_1000_fps_is_sampled_by_its_timestamps(tiny_dataset, tmp_path):
+    from tests.conftest import remux_with_nominal_rate
+
+    params = load_params(None, profile="tiny")
+    clip = list_clips(tiny_dataset)[0]
+    bogus = remux_with_nominal_rate(clip.path, tmp_path / clip.path.name)
+    import av
+
+    with av.open(str(bogus)) as c:
+        assert float(c.streams.video[0].average_rate) == 1000.0
+        assert c.streams.video[0].start_time > 0  # Matroska shifted the video past the audio's priming samples
+    a, b = _decode(clip, params), _decode(Clip(clip.id, clip.split, bogus), params)
+    assert b.visual_status == "ok" and b.n_steps == a.n_steps > 0
+    assert all(np.array_equal(x, y) for x, y in zip(a.frames, b.frames, strict=True))
+    # the audio track keeps its length on the grid (Matroska keeps the AAC priming samples MP4's edit list trims)
+    assert b.audio_status == "ok" and b.wave.shape == a.wave.shape
+
+
+def test_a_clip_over_max_steps_is_featurized_on_steps_spread_over_it(tiny_dataset, tmp_path):
+    from emi.data.media import AUDIO_SAMPLE_RATE, step_times
+    from emi.featurize import grid_audio
+    from tests.conftest import concat_clip
+
+    params = load_params(None, profile="tiny")
+    clip = list_clips(tiny_dataset)[0]
+    long = Clip(clip.id, clip.split, concat_clip(clip.path, tmp_path / clip.path.name, times=3))
+    full = _decode(long, params)
+    assert full.n_steps > 40 and full.detail == ""
+    short = _decode(long, params, max_steps=12)
+    assert short.n_steps == 12 and "featurized on 12 of its" in short.detail and short.visual_status == "ok"
+    steps = step_times(full.n_steps, params.extract.fps, 12)
+    assert all(np.array_equal(short.frames[j], full.frames[k]) for j, k in enumerate(steps))
+    step_len = AUDIO_SAMPLE_RATE // int(params.extract.fps)
+    assert short.wave.size == 12 * step_len
+    for j, k in enumerate(steps):  # each chosen step's own audio, back to back
+        np.testing.assert_array_equal(short.wave[j * step_len:(j + 1) * step_len],
+                                      full.wave[k * step_len:(k + 1) * step_len])
+    np.testing.assert_array_equal(grid_audio(full.wave, np.arange(full.n_steps), full.n_steps, 5.0), full.wave)
+
+
+def test_organiser_face_images_can_be_the_visual_source(dataset_copy):
+    import cv2
+
+    params = load_params(None, profile="tiny")
+    clip = list_clips(dataset_copy)[0]
+    faces = dataset_copy / "face_images" / clip.id
+    faces.mkdir(parents=True)
+    for k in range(4):
+        cv2.imwrite(str(faces / f"{k}.jpg"), np.full((40, 30, 3), 50 * k, np.uint8))
+    (faces / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    d = _decode(clip, params, visual_source="face_images")
+    assert d.visual_status == "ok" and len(d.frames) == d.n_steps == _decode(clip, params).n_steps
+    assert d.frames[0].shape == (40, 30, 3) and int(d.frames[-1][0, 0, 0]) == 150
+    assert d.wave is not None and d.audio_status == "ok"  # audio still comes from the clip
+    other = list_clips(dataset_copy)[1]  # no face_images folder: the visual modality is masked, not an error
+    d = _decode(other, params, visual_source="face_images")
+    assert d.visual_status == "no_face_images" and d.frames == [] and d.audio_status == "ok"

@@ -34,6 +34,15 @@ def test_test_clip_without_prediction_fails_beyond_tolerance_and_is_filled_withi
     np.testing.assert_allclose(table.iloc[3][list(EMOTIONS)].to_numpy(float), fill)
 
 
+def test_drop_rule_leaves_the_unpredicted_row_out_and_still_names_it():
+    ids = ["001", "002", "003", "004"]
+    predicted = pd.DataFrame(np.full((3, 6), 0.25), index=["001", "002", "004"], columns=list(EMOTIONS))
+    table, missing = submission(ids, predicted, np.full(6, 0.5), max_error_fraction=0.25, rule="drop")
+    assert missing == ["003"] and table["Filename"].tolist() == ["001", "002", "004"]
+    with pytest.raises(SubmissionError, match="003"):  # the tolerance holds whatever the rule
+        submission(ids, predicted, np.full(6, 0.5), max_error_fraction=0.0, rule="drop")
+
+
 @pytest.mark.slow
 def test_submission_is_abaw_format_in_test_split_order(tiny_pipeline):
     """The file evaluate writes for the tiny pipeline."""
@@ -46,4 +55,4 @@ def test_submission_is_abaw_format_in_test_split_order(tiny_pipeline):
     values = sub[list(EMOTIONS)].to_numpy()
     assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
     assert all(len(cell.split(".")[1]) == 6 for cell in text.splitlines()[1].split(",")[1:])
-    assert run.result.submission_filled == []
+    assert run.result.submission_unpredicted == []

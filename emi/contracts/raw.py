@@ -12,7 +12,7 @@ import pandas as pd
 from emi.config import EMOTIONS, SPLIT_HEADER, DataParams
 from emi.contracts.report import (Problem, ValidationReport, expectation_row, num, problem_order, run_suite,
                                   write_report)
-from emi.data.dataset import (CLIP_DIR, CLIP_SUFFIX, REQUIRED_SPLITS, SPLITS, DatasetError, clip_path, has_labels,
+from emi.data.dataset import (CLIP_DIR, REQUIRED_SPLITS, SPLITS, ClipIds, DatasetError, clip_path, has_labels,
                               label_values, read_split, split_path)
 from emi.data.media import probe
 
@@ -60,6 +60,7 @@ def validate_raw(raw_dir: Path, params: DataParams, report_dir: Path | None) -> 
     warnings: list[str] = []
     frames: list[pd.DataFrame] = []
     raw_labels: dict[tuple[str, int], dict[str, str]] = {}
+    clip_ids = ClipIds(raw_dir)
     for split in SPLITS:
         path = split_path(raw_dir, split)
         if not path.is_file():
@@ -76,7 +77,10 @@ def validate_raw(raw_dir: Path, params: DataParams, report_dir: Path | None) -> 
             fatal.append(header_error)
             if "Filename" not in frame.columns:
                 continue
-        part = pd.DataFrame({"split": split, "row": np.arange(len(frame)) + 2, "Filename": frame["Filename"]})
+        resolved = [clip_ids.resolve(f) if f else ("", None) for f in frame["Filename"]]
+        part = pd.DataFrame({"split": split, "row": np.arange(len(frame)) + 2,
+                             "Filename": [clip_id for clip_id, _ in resolved],
+                             "id_problem": [problem for _, problem in resolved]})
         labelled = has_labels(frame)
         part["labelled"] = labelled
         if labelled:
@@ -88,7 +92,7 @@ def validate_raw(raw_dir: Path, params: DataParams, report_dir: Path | None) -> 
         frames.append(part)
 
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["split", "row", "Filename", "labelled", *EMOTIONS])
+        columns=["split", "row", "Filename", "id_problem", "labelled", *EMOTIONS])
     table["Filename"] = table["Filename"].replace("", None)
 
     # media facts for every listed id (each file probed once)
@@ -111,8 +115,7 @@ def validate_raw(raw_dir: Path, params: DataParams, report_dir: Path | None) -> 
             E.ExpectColumnValuesToBeUnique(column="Filename"),
             E.ExpectColumnValuesToBeInSet(column="exists", value_set=[True]),
             E.ExpectColumnValuesToBeInSet(column="readable", value_set=[True]),
-            E.ExpectColumnValuesToBeBetween(column="duration_s", min_value=params.min_duration_s,
-                                            max_value=params.max_duration_s),
+            E.ExpectColumnValuesToBeBetween(column="duration_s", min_value=params.min_duration_s),
         ]
         results += run_suite("raw_clips", table, contract, INDEX_COLUMNS)
         labelled = table[table["labelled"]].reset_index(drop=True)
@@ -126,9 +129,14 @@ def validate_raw(raw_dir: Path, params: DataParams, report_dir: Path | None) -> 
 
     listed = set(ids)
     clip_dir = raw_dir / CLIP_DIR
-    orphans = sorted(p.stem for p in clip_dir.glob(f"*{CLIP_SUFFIX}") if p.stem not in listed) if clip_dir.is_dir() else []
+    orphans = [s for s in clip_ids.stems if s not in listed]
     if not clip_dir.is_dir():
         fatal.append(f"{clip_dir}: clip folder missing")
+    long = table[table["duration_s"] > params.max_duration_s]
+    if len(long):
+        warnings.append(f"{len(long)} clip(s) longer than data.max_duration_s = {params.max_duration_s:g} s, "
+                        "featurized on at most extract.max_steps steps spread over the clip: "
+                        + ", ".join(f"{f} ({d:.0f} s)" for f, d in zip(long["Filename"][:20], long["duration_s"][:20])))
     if orphans:
         warnings.append(f"{len(orphans)} video file(s) in raw/ are not listed in any split: "
                         + ", ".join(orphans[:20]) + (" ..." if len(orphans) > 20 else ""))
@@ -157,7 +165,9 @@ def validate_raw(raw_dir: Path, params: DataParams, report_dir: Path | None) -> 
 def problems_from_results(results: list[dict], table: pd.DataFrame,
                            raw_labels: dict[tuple[str, int], dict[str, str]]) -> list[Problem]:
     errors = {(s, r): e for s, r, e in zip(table["split"], table["row"], table["error"])}
-    problems = []
+    ambiguous = {(s, int(r)): (f, p) for s, r, f, p in zip(table["split"], table["row"], table["Filename"],
+                                                          table["id_problem"]) if isinstance(p, str)}
+    problems = [Problem(s, r, f, "ambiguous_id", p) for (s, r), (f, p) in ambiguous.items()]
     for res in results:
         if res["success"]:
             continue
@@ -165,6 +175,8 @@ def problems_from_results(results: list[dict], table: pd.DataFrame,
         column = res["expectation_config"]["kwargs"].get("column")
         for hit in res["result"].get("unexpected_index_list") or []:
             split, row, clip = hit.get("split"), int(hit["row"]), hit.get("Filename")
+            if (split, row) in ambiguous and column in ("exists", "readable", "duration_s"):
+                continue  # reported once, as the ambiguous id it is
             if column in EMOTIONS:
                 check, detail = "label", label_detail(raw_labels.get((split, row), {}).get(column, ""), column)
             elif column == "Filename" and kind.endswith("unique"):
@@ -178,7 +190,8 @@ def problems_from_results(results: list[dict], table: pd.DataFrame,
                     continue  # already reported as missing_file
                 check, detail = "unreadable_file", f"raw/{clip}.mp4 unreadable: {errors.get((split, row))}"
             elif column == "duration_s":
-                check, detail = "duration", f"raw/{clip}.mp4 duration {hit.get('duration_s')} s is out of range"
+                check, detail = "duration", (f"raw/{clip}.mp4 duration {hit.get('duration_s')} s is shorter than "
+                                             "data.min_duration_s")
             else:
                 check, detail = kind, f"{column} failed {kind}"
             problems.append(Problem(split, row, clip, check, detail))

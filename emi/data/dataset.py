@@ -8,6 +8,8 @@ space stripped (header and cells), then numbers parsed where a number is expecte
 from __future__ import annotations
 
 import logging
+import os
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ SPLITS = ("train", "valid", "test")
 REQUIRED_SPLITS = ("train", "valid")
 CLIP_DIR = "raw"  # <dataset>/raw/<id>.mp4
 CLIP_SUFFIX = ".mp4"
+FACE_IMAGES_DIR = "face_images"  # <dataset>/face_images/<id>/<k>.jpg: the organisers' face crops
 GENERATOR_DIR = "_generator"  # the embedded dataset's ground truth: what the generator rendered
 LATENTS_FILE = "latents.csv"
 TRANSCRIPT_COLUMNS = ["id", "split", "text", "language", "avg_logprob", "no_speech_prob", "duration_s", "status",
@@ -47,6 +50,53 @@ def clip_path(raw_dir: Path, clip_id: str) -> Path:
     return Path(raw_dir) / CLIP_DIR / f"{clip_id}{CLIP_SUFFIX}"
 
 
+class ClipIds:
+    """Matches split-file ids to the clip files in ``raw/``, as Hume-Vidmimic2 readers do.
+
+    An id names the file with that stem; failing that, a number matches the one file whose stem is the same
+    number zero-padded (``12`` -> ``raw/00012.mp4``; some copies of the split files hold unpadded ids). A trailing
+    ``.mp4`` in the cell is ignored. A clip's id everywhere downstream (features, predictions, the submission's
+    ``Filename``) is its file stem."""
+
+    def __init__(self, raw_dir: Path):
+        self.stems = clip_stems(raw_dir)
+        self._exact = set(self.stems)
+        self._by_number: dict[int, list[str]] = defaultdict(list)
+        for stem in self.stems:
+            if stem.isdigit():
+                self._by_number[int(stem)].append(stem)
+
+    def resolve(self, listed: str) -> tuple[str, str | None]:
+        """(clip id, problem): the matching file's stem, else the id as listed and, when several files match,
+        why it is ambiguous (a missing file is reported where files are checked)."""
+        clip_id = listed[:-len(CLIP_SUFFIX)] if listed.endswith(CLIP_SUFFIX) else listed
+        if clip_id in self._exact or not clip_id.isdigit():
+            return clip_id, None
+        matches = self._by_number.get(int(clip_id), [])
+        if len(matches) == 1:
+            return matches[0], None
+        if len(matches) > 1:
+            return clip_id, (f"id {listed} is ambiguous: it matches " +
+                             ", ".join(f"{CLIP_DIR}/{m}{CLIP_SUFFIX}" for m in sorted(matches)))
+        return clip_id, None
+
+
+def clip_stems(raw_dir: Path) -> list[str]:
+    """Stems of the clip files in ``raw/`` (sorted by id)."""
+    folder = Path(raw_dir) / CLIP_DIR
+    if not folder.is_dir():
+        return []
+    with os.scandir(folder) as entries:
+        stems = [e.name[:-len(CLIP_SUFFIX)] for e in entries
+                 if e.name.endswith(CLIP_SUFFIX) and not e.name.startswith(".") and e.is_file()]
+    return sorted(stems, key=_id_key)
+
+
+def face_image_dir(clip: Clip) -> Path:
+    """``<dataset>/face_images/<id>/``: the organisers' face crops of a clip in ``raw/``."""
+    return clip.path.parent.parent / FACE_IMAGES_DIR / clip.id
+
+
 def read_split(path: Path) -> pd.DataFrame:
     """A split CSV as text cells, header and cells stripped; ``DatasetError`` names the file if it is unreadable."""
     path = Path(path)
@@ -63,8 +113,9 @@ def read_split(path: Path) -> pd.DataFrame:
 
 
 def split_ids(raw_dir: Path) -> dict[str, list[str]]:
-    """Each present split's ids in CSV order (empty cells left out)."""
+    """Each present split's clip ids in CSV order (empty cells left out), matched to files by ``ClipIds``."""
     out: dict[str, list[str]] = {}
+    ids = ClipIds(raw_dir)
     for split in SPLITS:
         path = split_path(raw_dir, split)
         if not path.is_file():
@@ -72,7 +123,7 @@ def split_ids(raw_dir: Path) -> dict[str, list[str]]:
         frame = read_split(path)
         if "Filename" not in frame.columns:
             raise DatasetError(f"{path}: no Filename column (header {list(frame.columns)})")
-        out[split] = [f for f in frame["Filename"] if f]
+        out[split] = [ids.resolve(f)[0] for f in frame["Filename"] if f]
     if not out:
         raise DatasetError(f"{raw_dir}: no train/valid/test split CSV; run the download stage first")
     return out
@@ -80,6 +131,12 @@ def split_ids(raw_dir: Path) -> dict[str, list[str]]:
 
 def _id_key(clip_id: str) -> tuple[int, str]:
     return (int(clip_id), clip_id) if clip_id.isdigit() else (1 << 62, clip_id)
+
+
+def unlisted_ids(raw_dir: Path) -> list[str]:
+    """Clip files in ``raw/`` that no split file lists (in the ABAW release: the unlabelled test clips)."""
+    listed = {i for ids in split_ids(raw_dir).values() for i in ids}
+    return [s for s in clip_stems(raw_dir) if s not in listed]
 
 
 def list_clips(raw_dir: Path) -> list[Clip]:
@@ -110,6 +167,7 @@ def read_labels(raw_dir: Path) -> pd.DataFrame:
     """Usable labels of every labelled split file, indexed by id. Rows the raw validation reported (NaN,
     outside [0, 1], not a number, a repeated id) are left out here with a warning, never trained on."""
     frames = []
+    ids = ClipIds(raw_dir)
     for split in SPLITS:
         path = split_path(raw_dir, split)
         if not path.is_file():
@@ -118,7 +176,7 @@ def read_labels(raw_dir: Path) -> pd.DataFrame:
         if not has_labels(table):
             continue
         values = label_values(table)
-        values.index = table["Filename"]
+        values.index = [ids.resolve(f)[0] for f in table["Filename"]]
         bad = values.isna().any(axis=1) | ((values < 0) | (values > 1)).any(axis=1)
         if bad.any():
             log.warning("%s: %d row(s) with unusable labels left out: %s", path.name, int(bad.sum()),

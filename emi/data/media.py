@@ -60,14 +60,22 @@ def grid_steps(duration_s: float, fps: float) -> int:
 
 
 def video_duration(container: av.container.InputContainer) -> float:
+    """From the stream's or the container's timestamps, never from the nominal frame rate (some containers report
+    1000 fps)."""
     stream = container.streams.video[0]
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
-    if stream.frames and stream.average_rate:
-        return stream.frames / float(stream.average_rate)
     if container.duration is not None:
         return container.duration / av.time_base
     raise MediaError("video stream has no duration")
+
+
+def step_times(n_grid: int, fps: float, max_steps: int) -> np.ndarray:
+    """Indices of the grid steps to featurize: every step, or ``max_steps`` of them spread uniformly over a longer
+    clip (the middle step of each of ``max_steps`` equal parts)."""
+    if n_grid <= max_steps:
+        return np.arange(n_grid)
+    return np.floor((np.arange(max_steps) + 0.5) * n_grid / max_steps).astype(int)
 
 
 def _scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -75,11 +83,16 @@ def _scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
-def sample_frames(container, n_steps: int, fps: float, max_side: int) -> list[np.ndarray]:
-    """The decoded frame nearest to each step centre (k + 0.5) / fps, downscaled to ``max_side``."""
+def sample_frames(container, centres: np.ndarray, max_side: int) -> list[np.ndarray]:
+    """The decoded frame nearest to each time in ``centres`` (seconds from the video stream's start, ascending),
+    downscaled to ``max_side``. Frames are placed by their presentation timestamps, never by the container's
+    nominal rate."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    centres = (np.arange(n_steps) + 0.5) / fps
+    # a stream may start after 0 (e.g. shifted past an audio track's priming samples when remuxed)
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    centres = np.asarray(centres) + start
+    n_steps = len(centres)
     picked: list[np.ndarray] = []
     previous = None
     for frame in container.decode(stream):
@@ -88,7 +101,10 @@ def sample_frames(container, n_steps: int, fps: float, max_side: int) -> list[np
         while len(picked) < n_steps and frame.time >= centres[len(picked)]:
             k = len(picked)
             use = frame
-            if previous is not None and abs(previous.time - centres[k]) < abs(frame.time - centres[k]):
+            # nearest frame; a tie (25 fps on a 5 fps grid ties at every step) goes to the earlier frame, the one on
+            # screen at the centre, decided in whole microseconds so that float noise never picks the frame
+            if previous is not None and (round((centres[k] - previous.time) * 1e6)
+                                         <= round((frame.time - centres[k]) * 1e6)):
                 use = previous
             picked.append(_to_rgb(use, max_side))
         if len(picked) == n_steps:
@@ -100,6 +116,39 @@ def sample_frames(container, n_steps: int, fps: float, max_side: int) -> list[np
     if not picked:
         raise MediaError("video stream has no decodable frame")
     return picked
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def image_sequence(folder: Path) -> list[Path]:
+    """The images of a frame folder in frame order (numeric stems by number); other files (``Thumbs.db``) skipped."""
+    files = [p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+             and not p.name.startswith(".")] if Path(folder).is_dir() else []
+    return sorted(files, key=lambda p: (0, int(p.stem), p.name) if p.stem.isdigit() else (1, 0, p.name))
+
+
+def sample_images(images: list[Path], centres: np.ndarray, duration_s: float, max_side: int) -> list[np.ndarray]:
+    """For each time in ``centres``, the image of a sequence spread evenly over ``duration_s`` that covers it
+    (image k stands for [k, k + 1) * duration / n), as RGB downscaled to ``max_side``."""
+    import cv2
+
+    n = len(images)
+    picks = np.clip(np.floor(np.asarray(centres) / duration_s * n).astype(int), 0, n - 1)
+    loaded: dict[int, np.ndarray] = {}
+    out = []
+    for k in picks:
+        if k not in loaded:
+            bgr = cv2.imread(str(images[k]), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise MediaError(f"{images[k]}: not a readable image")
+            h, w = bgr.shape[:2]
+            size = _scaled_size(w, h, max_side)
+            if size != (w, h):
+                bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+            loaded[k] = np.ascontiguousarray(bgr[..., ::-1])
+        out.append(loaded[k])
+    return out
 
 
 def _to_rgb(frame: av.VideoFrame, max_side: int) -> np.ndarray:

@@ -150,13 +150,18 @@ def report_markdown(ctx: dict) -> str:
         out.append("- no validation reports found")
     sub = ctx["submission"]
     out += ["", "## Submission", ""]
-    if not sub["rows"]:
+    if sub.get("test_source"):
+        out.append(f"Test clips: {sub['test_source']}.")
+    if not sub["test_clips"]:
         out.append("No test split (`test_split.csv` absent or empty): `submission.csv` holds the ABAW header alone.")
     else:
-        out.append(f"`submission.csv`: {sub['rows']} test rows in `test_split.csv` order, ABAW header.")
-        if sub["filled"]:
-            out.append(f"{len(sub['filled'])} test clip(s) had no prediction (skipped upstream, within tolerance) "
-                       f"and carry the mean training label: {', '.join(sub['filled'])}.")
+        out.append(f"`submission.csv`: {sub['rows']} rows for {sub['test_clips']} test clips in `test_split.csv` "
+                   "order, ABAW header, `Filename` = the clip's file stem.")
+        if sub["unpredicted"]:
+            rule = ("carry the mean training label" if sub["rule"] == "mean" else "are left out of the file")
+            out += [f"{len(sub['unpredicted'])} test clip(s) could not be read (within `data.max_error_fraction`) "
+                    f"and {rule} (`evaluate.unreadable_test: {sub['rule']}`):", ""]
+            out += [f"- `{i}`: {reason}" for i, reason in sub["unpredicted"].items()]
     out += ["", "## Provenance", "", f"- params fingerprint `{ctx['params_fp']}` (profile `{params.profile}`)",
             f"- data fingerprint `{ctx['data_fp']}` over " + ", ".join(f"{k} `{v[:12]}`" for k, v in
                                                                        ctx["data_files"].items()),

@@ -20,10 +20,11 @@ from pathlib import Path
 import requests
 from rich.progress import Progress
 
-from emi.config import DownloadParams, Params
+from emi.config import DownloadParams, Params, TestClipsParams
 from emi.contracts.raw import validate_raw
 from emi.contracts.report import ValidationReport, write_report
-from emi.data.dataset import GENERATOR_DIR, SPLITS
+from emi.data.dataset import (CLIP_DIR, CLIP_SUFFIX, FACE_IMAGES_DIR, GENERATOR_DIR, SPLITS, DatasetError,
+                              split_path, unlisted_ids)
 from emi.synth.generate import generate
 from emi.tracking.runs import tracked
 from emi.utils import replace_dir, sha256_file, write_json
@@ -63,11 +64,13 @@ def download(params: Params, out_dir: Path, report_dir: Path | None, show_progre
         provenance = _from_local(cfg, staging)
     else:
         provenance = _from_url(cfg, staging, show_progress)
+    provenance["test"] = test_split(staging, cfg.test, cfg.local.mode)
     write_json(staging / SOURCE_FILE, provenance)
     replace_dir(staging, out_dir)
 
     report = validate_raw(out_dir, params.data, report_dir=None)
     report.facts["source"] = provenance
+    report.facts["test_clips"] = provenance["test"]["description"]
     report.facts["size_on_disk_mb"] = round(_du(out_dir) / 1e6, 2)
     if report_dir is not None:
         write_report(report, Path(report_dir))
@@ -112,7 +115,68 @@ def _link_tree(root: Path, staging: Path, mode: str) -> int:
         n += 1
     if (root / GENERATOR_DIR).is_dir():  # a generated dataset keeps its ground truth for the ceiling
         shutil.copytree(root / GENERATOR_DIR, staging / GENERATOR_DIR)
+    if (root / FACE_IMAGES_DIR).is_dir():  # the organisers' face crops (extract.visual_source: face_images)
+        if mode == "symlink":
+            (staging / FACE_IMAGES_DIR).symlink_to((root / FACE_IMAGES_DIR).resolve())
+        else:
+            shutil.copytree(root / FACE_IMAGES_DIR, staging / FACE_IMAGES_DIR)
     return n
+
+
+# ----------------------------------------------------------------------------- the test split
+def test_split(staging: Path, cfg: TestClipsParams, mode: str) -> dict:
+    """Settle which clips are the test set and write them as ``test_split.csv`` (ids only when unlabelled), so
+    every later stage reads one split file per split. Returns what was done, for the provenance and the report."""
+    path = split_path(staging, "test")
+    has_split = path.is_file()
+    clips = cfg.clips
+    if clips == "auto":
+        clips = "split" if has_split else "unlisted"
+    if clips == "split":
+        if not has_split:
+            raise DownloadError(f"download.test.clips is 'split' but the dataset has no {path.name}")
+        return {"clips": "split", "description": f"{path.name} as shipped"}
+    if clips == "none":
+        if has_split:
+            path.unlink()
+        return {"clips": "none", "description": "none (download.test.clips: none)"}
+    if has_split:
+        raise DownloadError(f"download.test.clips is {clips!r} but the dataset ships a {path.name}: set "
+                            "download.test.clips to 'split' (or 'auto') to use it")
+    if clips == "folder":
+        ids = _bring_test_folder(Path(cfg.folder).expanduser(), staging, mode)
+        description = f"test (unlabelled): {len(ids)} clip(s) from {cfg.folder}"
+    else:
+        try:
+            ids = unlisted_ids(staging)
+        except DatasetError as exc:
+            raise DownloadError(str(exc)) from None
+        description = f"test (unlabelled): {len(ids)} clip(s) in raw/ that no split file lists"
+    if ids:
+        path.write_text("Filename\n" + "".join(f"{i}\n" for i in ids), encoding="utf-8")
+    else:
+        description = "none: no unlisted clip in raw/" if clips == "unlisted" else description
+    return {"clips": clips, "n": len(ids), "description": description}
+
+
+def _bring_test_folder(folder: Path, staging: Path, mode: str) -> list[str]:
+    if not folder.is_dir():
+        raise DownloadError(f"download.test.folder {folder} is not a folder")
+    videos = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(CLIP_SUFFIX))
+    if not videos:
+        raise DownloadError(f"download.test.folder {folder}: no {CLIP_SUFFIX} file in it")
+    ids = []
+    for video in videos:
+        target = staging / CLIP_DIR / video.name
+        if target.exists():
+            raise DownloadError(f"download.test.folder: {video} has the id of a clip already in the dataset "
+                                f"({CLIP_DIR}/{video.name})")
+        if mode == "symlink":
+            target.symlink_to(video.resolve())
+        else:
+            shutil.copy2(video, target)
+        ids.append(video.stem)
+    return ids
 
 
 def _from_local(cfg: DownloadParams, staging: Path) -> dict:

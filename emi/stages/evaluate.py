@@ -20,7 +20,7 @@ import pandas as pd
 
 from emi.config import EMOTIONS, Params, Stage2Params
 from emi.data.dataset import list_clips, split_ids, transcript_texts
-from emi.data.store import data_fingerprint
+from emi.data.store import data_fingerprint, skipped_clips
 from emi.encoders.base import resolve_device, resolve_dtype
 from emi.encoders.registry import load_encoders
 from emi.featurize import Featurizer
@@ -52,7 +52,7 @@ class EvaluateResult:
     data_fingerprint: str
     params_fingerprint: str
     robustness: pd.DataFrame = field(default_factory=pd.DataFrame)
-    submission_filled: list[str] = field(default_factory=list)
+    submission_unpredicted: list[str] = field(default_factory=list)
     registry: dict | None = None
 
     def tracking(self) -> dict:
@@ -142,9 +142,14 @@ def evaluate(params: Params, layout: Layout, register: bool = True, show_progres
     # `dvc repro` finds every declared output and the report says why it is empty
     test_ids = split_ids(raw_dir).get("test", [])
     predicted = pd.DataFrame(preds["test"], index=parts["test"].ids, columns=list(EMOTIONS))
-    table, filled = submission(test_ids, predicted, parts["train"].labels.mean(0), params.data.max_error_fraction)
+    table, unpredicted = submission(test_ids, predicted, parts["train"].labels.mean(0),
+                                    params.data.max_error_fraction, params.evaluate.unreadable_test)
     paths = {"submission": write_text(reports_dir / "submission.csv", table.to_csv(index=False, float_format="%.6f"))}
-    sub_info = {"rows": len(table), "filled": filled}
+    reasons = skipped_clips(layout.features)
+    sub_info = {"rows": len(table), "test_clips": len(set(test_ids)), "rule": params.evaluate.unreadable_test,
+                "unpredicted": {i: reasons.get(i, "not in the feature index") for i in unpredicted},
+                "test_source": (_read_json(layout.validation / "download.json") or {}).get("facts", {}).get(
+                    "test_clips")}
 
     # ---- robustness: quality model as saved, average fusion from the ablation stage or trained now
     avg, avg_inputs, average_source = _average_model(params, layout, saved, parts)
@@ -194,7 +199,7 @@ def evaluate(params: Params, layout: Layout, register: bool = True, show_progres
     seconds = time.perf_counter() - started
     log.info("evaluate done in %.1f s (%s): %s", seconds, ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()),
              ", ".join(f"{s} mean Pearson {metrics[s]['pearson_mean']:.4f}" for s in splits))
-    result = EvaluateResult(metrics, paths, seconds, data_fp, params_fp, rob, filled)
+    result = EvaluateResult(metrics, paths, seconds, data_fp, params_fp, rob, unpredicted)
 
     # ---- the registry, last: a version is registered only once every output above is written
     if register:

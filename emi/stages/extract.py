@@ -18,7 +18,8 @@ from rich.progress import Progress
 from emi.config import MODALITIES, Params
 from emi.contracts.features import validate_features
 from emi.contracts.report import ValidationReport
-from emi.data.dataset import Clip, list_clips, transcript_texts
+from emi.data.dataset import Clip, face_image_dir, list_clips, transcript_texts
+from emi.data.media import image_sequence
 from emi.data.store import (INDEX_FILE, MANIFEST_FILE, build_index, pack, remove_leftovers, save_shard,
                             shard_done, shard_path)
 from emi.encoders.base import Resolved, resolve, resolve_device, resolve_dtype
@@ -78,13 +79,16 @@ def plan_extract(params: Params, raw_dir: Path, transcripts: Path, out_dir: Path
     texts = transcript_texts(transcripts)
     shards = [clips[i:i + cfg.shard_size] for i in range(0, len(clips), cfg.shard_size)]
     hashes = {c.id: (sha256_file(c.path) if c.path.is_file() else "missing") for c in clips}
-    common = {"fps": cfg.fps, "frame_max_side": cfg.frame_max_side, "max_duration_s": params.data.max_duration_s}
+    common = {"fps": cfg.fps, "frame_max_side": cfg.frame_max_side, "max_steps": cfg.max_steps}
     keys = []
     for shard in shards:
         ids = [(c.id, hashes[c.id]) for c in shard]
+        images = ({"face_images": [(c.id, [(p.name, p.stat().st_size) for p in image_sequence(face_image_dir(c))])
+                                   for c in shard]} if cfg.visual_source == "face_images" else {})
         keys.append({
             "visual": fingerprint({**encoder_key(cfg, "visual"), "face_crop": cfg.face_crop,
-                                   "face_margin": cfg.face_margin if cfg.face_crop else None, **common, "clips": ids}),
+                                   "face_margin": cfg.face_margin if cfg.face_crop else None, **common, "clips": ids,
+                                   **images}),
             "audio": fingerprint({**encoder_key(cfg, "audio"), "silence_dbfs": params.data.silence_dbfs, **common,
                                   "clips": ids}),
             "text": fingerprint({**encoder_key(cfg, "text"), "per_clip": True, "threads": 1,

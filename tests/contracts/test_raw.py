@@ -98,9 +98,32 @@ def test_test_split_without_labels_is_accepted_and_orphans_warned(dataset_copy):
     assert any(ids[-1] in w for w in report.warnings)
 
 
-def test_clip_durations_outside_the_contract_are_named(tiny_dataset):
-    short_only = STRICT.model_copy(update={"max_duration_s": 1.0})
-    report = validate_raw(tiny_dataset, short_only, None)
+def test_too_short_clips_are_problems_and_long_clips_are_flagged_not_refused(tiny_dataset):
+    long_min = STRICT.model_copy(update={"min_duration_s": 10.0, "max_duration_s": 20.0})
+    report = validate_raw(tiny_dataset, long_min, None)
     assert not report.passed
     assert {p.check for p in report.problems} == {"duration"} and report.n_bad_rows == 12
-    assert "duration" in report.problems[0].detail and "out of range" in report.problems[0].detail
+    assert "shorter than data.min_duration_s" in report.problems[0].detail
+    # a clip longer than max_duration_s is processed (on extract.max_steps steps): a warning, not a problem row
+    short_max = STRICT.model_copy(update={"min_duration_s": 0.2, "max_duration_s": 1.0})
+    report = validate_raw(tiny_dataset, short_max, None)
+    assert report.passed and report.n_bad_rows == 0
+    assert any("12 clip(s) longer than data.max_duration_s = 1 s" in w for w in report.warnings), report.warnings
+
+
+def test_an_ambiguous_unpadded_id_is_one_named_problem_row(dataset_copy):
+    import shutil
+
+    train = dataset_copy / "train_split.csv"
+    ids = [r.split(",")[0] for r in train.read_text().splitlines()[1:]]
+    number = str(int(ids[0]))
+    shutil.copy2(dataset_copy / "raw" / f"{ids[0]}.mp4", dataset_copy / "raw" / f"0{number}.mp4")
+    edit_lines(train, lambda lines: lines.__setitem__(1, ",".join([number] + lines[1].split(",")[1:])))
+    edit_lines(train, lambda lines: lines.__setitem__(2, ",".join([str(int(ids[1]))] + lines[2].split(",")[1:])))
+    report = validate_raw(dataset_copy, STRICT, None)
+    assert not report.passed and report.n_bad_rows == 1, report.problems
+    (problem,) = report.problems
+    assert (problem.split, problem.row, problem.check) == ("train", 2, "ambiguous_id")
+    assert problem.detail == f"id {number} is ambiguous: it matches raw/{ids[0]}.mp4, raw/0{number}.mp4"
+    # the unpadded id of line 3 matched its file; the extra copy is an unlisted clip
+    assert any(f"0{number}" in w for w in report.warnings)

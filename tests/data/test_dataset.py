@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from emi.config import EMOTIONS, SPLIT_HEADER
-from emi.data.dataset import (DatasetError, clip_path, list_clips, read_labels, read_split, read_transcripts,
-                              split_ids, split_path, transcript_texts)
+from emi.data.dataset import (ClipIds, DatasetError, clip_path, clip_stems, list_clips, read_labels, read_split,
+                              read_transcripts, split_ids, split_path, transcript_texts, unlisted_ids)
 
 HEADER = ",".join(SPLIT_HEADER)
 
@@ -98,3 +98,33 @@ def test_transcripts_table_reads_as_written_and_gives_usable_texts(tmp_path):
     pd.DataFrame({"id": ["1"], "text": ["x"]}).to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(DatasetError, match=r"short\.csv.*lacks column\(s\) status"):
         transcript_texts(tmp_path / "short.csv")
+
+
+def touch_clips(root: Path, *stems: str) -> None:
+    (root / "raw").mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        (root / "raw" / f"{stem}.mp4").write_bytes(b"")
+
+
+def test_unpadded_csv_ids_match_zero_padded_files(tmp_path):
+    root = write_splits(tmp_path / "ds", train=[f"12,{labels(*[0.5] * 6)}", f"00013,{labels(*[0.25] * 6)}"],
+                        valid=[f"7.mp4,{labels(*[0.0] * 6)}"])
+    touch_clips(root, "00012", "00013", "00007", "00020", "readme")
+    (root / "raw" / "Thumbs.db").write_bytes(b"x")
+    assert clip_stems(root) == ["00007", "00012", "00013", "00020", "readme"]
+    assert split_ids(root) == {"train": ["00012", "00013"], "valid": ["00007"]}
+    assert [c.path for c in list_clips(root)][0] == root / "raw" / "00012.mp4"
+    assert read_labels(root).index.tolist() == ["00012", "00013", "00007"]
+    assert unlisted_ids(root) == ["00020", "readme"]
+
+
+def test_an_exact_name_wins_and_two_padded_matches_are_ambiguous(tmp_path):
+    touch_clips(tmp_path, "12", "00012", "013", "0013")
+    ids = ClipIds(tmp_path)
+    assert ids.resolve("12") == ("12", None)
+    assert ids.resolve("0012")[1] == "id 0012 is ambiguous: it matches raw/00012.mp4, raw/12.mp4"
+    assert ids.resolve("00012") == ("00012", None)
+    clip, problem = ids.resolve("13")
+    assert clip == "13" and problem == "id 13 is ambiguous: it matches raw/0013.mp4, raw/013.mp4"
+    assert ids.resolve("14") == ("14", None)  # no file: reported where files are checked
+    assert ids.resolve("abc") == ("abc", None)

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emi.data.media import MediaError, decode_audio, grid_steps, probe, rms_dbfs, write_mp4
+from emi.data.media import (MediaError, decode_audio, grid_steps, image_sequence, probe, rms_dbfs, sample_images,
+                            step_times, write_mp4)
 
 FPS, SIDE, SR = 25, 96, 22050
 
@@ -73,3 +74,27 @@ def test_grid_steps_counts_whole_steps():
     assert grid_steps(3.99, 5) == 19
     assert grid_steps(3.2, 2.5) == 8, "float rounding of 3.2 * 2.5 must not lose the last step"
     assert grid_steps(0.1, 5) == 0
+
+
+def test_step_times_keep_every_step_or_spread_max_steps_over_the_clip():
+    np.testing.assert_array_equal(step_times(20, 5, 20), np.arange(20))
+    picked = step_times(6250, 5, 3000)  # a 1,250 s clip
+    assert len(picked) == 3000 and picked[0] == 1 and picked[-1] == 6248
+    assert np.all(np.diff(picked) >= 2) and np.all(np.diff(picked) <= 3)  # uniform, never the same step twice
+
+
+def test_image_sequence_orders_frames_by_number_and_skips_other_files(tmp_path):
+    import cv2
+
+    for k in (10, 2, 1):
+        cv2.imwrite(str(tmp_path / f"{k}.jpg"), np.full((8, 8, 3), k * 20, np.uint8))
+    (tmp_path / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (tmp_path / ".DS_Store").write_bytes(b"x")
+    assert [p.name for p in image_sequence(tmp_path)] == ["1.jpg", "2.jpg", "10.jpg"]
+    assert image_sequence(tmp_path / "absent") == []
+    # three images over a 3 s clip: each stands for one second; 5 fps step centres pick by time
+    frames = sample_images(image_sequence(tmp_path), (np.arange(15) + 0.5) / 5, 3.0, 256)
+    assert [int(f[0, 0, 0]) // 20 for f in frames] == [1] * 5 + [2] * 5 + [10] * 5
+    (tmp_path / "2.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(MediaError, match="2.jpg: not a readable image"):
+        sample_images(image_sequence(tmp_path), np.array([1.5]), 3.0, 256)

@@ -144,11 +144,14 @@ def test_each_bad_clip_gets_the_documented_treatment(runs):
         assert index.loc[clip, "status"] == "ok" and not index.loc[clip, "has_audio"] and index.loc[clip, "has_visual"]
     assert index.loc["00105", "status"] == "ok" and index.loc["00105", "n_steps"] == 5  # huge: downscaled
     fs = load_features(runs.dirty.layout.features)
-    assert all(np.isfinite(v).all() for v in fs.visual + fs.audio) and np.isfinite(fs.text).all()
+    assert all(np.isfinite(v).all() for v in [*fs.visual, *fs.audio]) and np.isfinite(fs.text).all()
     assert "00199" not in fs.ids
     sub = pd.read_csv(runs.dirty.layout.reports / "submission.csv", dtype={"Filename": str})
     assert list(sub.columns) == list(SPLIT_HEADER)
-    assert sub["Filename"].is_unique and set(runs.dirty.evaluate.submission_filled) >= {"00100", "00104"}
+    assert sub["Filename"].is_unique and set(runs.dirty.evaluate.submission_unpredicted) >= {"00100", "00104"}
+    report = (runs.dirty.layout.reports / "report.md").read_text()
+    for clip in ("00100", "00104"):  # each unreadable test clip named in the report with the reason
+        assert f"- `{clip}`: {index.loc[clip, 'detail']}" in report, clip
 
 
 @pytest.mark.slow

@@ -25,6 +25,67 @@ def params_for(**overrides):
     return load_params(None, [f"{k}={v}" for k, v in overrides.items()], profile="tiny")
 
 
+def shipped_copy(tiny_dataset: Path, dst: Path) -> list[str]:
+    """The dataset as Hume-Vidmimic2 ships: train + valid split files, the test clips in raw/ without a row."""
+    import shutil
+
+    shutil.copytree(tiny_dataset, dst, ignore=shutil.ignore_patterns("test_split.csv", "_generator"))
+    return [line.split(",")[0] for line in (tiny_dataset / "test_split.csv").read_text().splitlines()[1:]]
+
+
+@pytest.mark.slow  # the stage end to end
+def test_unlisted_clips_become_the_unlabelled_test_split(tiny_dataset, tmp_path):
+    test_ids = shipped_copy(tiny_dataset, tmp_path / "hume")
+    params = params_for(**{"download.source": "local", "download.local.path": str(tmp_path / "hume")})
+    result = download(params, tmp_path / "raw", tmp_path / "reports", show_progress=False)
+    assert (tmp_path / "raw" / "test_split.csv").read_text() == "Filename\n" + "".join(f"{i}\n" for i in test_ids)
+    assert result.report.passed and result.report.warnings == []  # no unlisted clip left
+    assert result.report.facts["test_clips"] == f"test (unlabelled): {len(test_ids)} clip(s) in raw/ that no split file lists"
+    assert "test (unlabelled)" in (tmp_path / "reports" / "download.md").read_text()
+    assert not (tmp_path / "hume" / "test_split.csv").exists()  # the user's folder is never written to
+
+
+@pytest.mark.slow
+def test_test_clips_from_a_folder_or_none(tiny_dataset, tmp_path):
+    import shutil
+
+    test_ids = shipped_copy(tiny_dataset, tmp_path / "hume")
+    (tmp_path / "testset").mkdir()
+    for i in test_ids:  # the test clips in a folder of their own
+        shutil.move(tmp_path / "hume" / "raw" / f"{i}.mp4", tmp_path / "testset" / f"{i}.mp4")
+    (tmp_path / "testset" / "Thumbs.db").write_bytes(b"x")
+    local = {"download.source": "local", "download.local.path": str(tmp_path / "hume")}
+    result = download(params_for(**local, **{"download.test.clips": "folder",
+                                             "download.test.folder": str(tmp_path / "testset")}),
+                      tmp_path / "raw", None, show_progress=False)
+    assert (tmp_path / "raw" / "test_split.csv").read_text().split() == ["Filename", *test_ids]
+    assert all((tmp_path / "raw" / "raw" / f"{i}.mp4").is_file() for i in test_ids)
+    assert result.report.facts["rows_per_split"]["test"] == len(test_ids)
+
+    result = download(params_for(**local, **{"download.test.clips": "none"}), tmp_path / "raw2", None,
+                      show_progress=False)
+    assert not (tmp_path / "raw2" / "test_split.csv").exists() and result.report.facts["test_clips"].startswith("none")
+
+
+def test_test_clip_settings_that_contradict_the_data_are_refused(tiny_dataset, tmp_path):
+    shipped_copy(tiny_dataset, tmp_path / "hume")
+    local = {"download.source": "local", "download.local.path": str(tmp_path / "hume")}
+    with pytest.raises(DownloadError, match="download.test.clips is 'split' but the dataset has no test_split.csv"):
+        download(params_for(**local, **{"download.test.clips": "split"}), tmp_path / "raw", None, show_progress=False)
+    labelled = {"download.source": "local", "download.local.path": str(tiny_dataset)}
+    with pytest.raises(DownloadError, match="ships a test_split.csv"):
+        download(params_for(**labelled, **{"download.test.clips": "unlisted"}), tmp_path / "raw", None,
+                 show_progress=False)
+    (tmp_path / "clash").mkdir()
+    shutil_copy = __import__("shutil").copy2
+    shutil_copy(tiny_dataset / "raw" / "00000.mp4", tmp_path / "clash" / "00000.mp4")
+    with pytest.raises(DownloadError, match="00000.mp4 has the id of a clip already in the dataset"):
+        download(params_for(**local, **{"download.test.clips": "folder", "download.test.folder": str(tmp_path / "clash")}),
+                 tmp_path / "raw", None, show_progress=False)
+    with pytest.raises(Exception, match="download.test.folder is not set"):
+        params_for(**local, **{"download.test.clips": "folder"})
+
+
 @pytest.mark.slow  # the stage end to end
 @pytest.mark.parametrize("mode", ["copy", "symlink"])
 def test_local_source_links_or_copies_and_never_touches_the_source(tiny_dataset, tmp_path, mode):
