@@ -69,3 +69,122 @@ def bench_extract(params: Params, raw_dir: Path, n_clips: int, repeats: int) -> 
     slow = statistics.median(n for _, n in pairs)
     ratio = statistics.median(b / n for b, n in pairs)
     return ExtractBench(len(decoded), len(frames), fast, slow, ratio, peak_rss_mb(), encoder.resolved.describe())
+
+
+# ----------------------------------------------------------------------------- scale
+SCALE_STAGES = ("download", "transcribe", "extract", "stage1", "stage2", "evaluate")
+
+
+@dataclass
+class StageRun:
+    clips: int
+    stage: str
+    seconds: float
+    peak_rss_mb: float
+
+
+def stage_commands(dvc_yaml: Path, stages: tuple[str, ...]) -> dict[str, list[str]]:
+    """Each stage's command as dvc.yaml runs it (the one place the commands are written)."""
+    import shlex
+
+    import yaml
+
+    declared = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
+    missing = [s for s in stages if s not in declared]
+    if missing:
+        raise ValueError(f"{dvc_yaml}: no stage {', '.join(missing)}")
+    return {s: shlex.split(" ".join(declared[s]["cmd"].split())) for s in stages}
+
+
+# A small interpreter between us and the measured command: a child's peak RSS (wait4's ru_maxrss) includes the
+# memory of the process it was forked from at exec time, so a stage forked straight from this (torch-laden) process
+# would report at least our size. The launcher is forked fresh, stays tiny and reports its one child's peak.
+_LAUNCHER = """
+import json, resource, subprocess, sys
+try:
+    code = subprocess.call(sys.argv[2:])
+except OSError as exc:
+    print(f"cannot run {sys.argv[2]}: {exc}", file=sys.stderr)
+    code = 127
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+open(sys.argv[1], "w").write(json.dumps({"code": code, "peak_kib": peak}))
+"""
+
+
+def run_measured(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS (MB) of that process alone and its exit status; its output goes to ``log_path``."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "rusage.json"
+        start = time.perf_counter()
+        with open(log_path, "w") as log:
+            subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, str(report), *argv], cwd=cwd, env=env or None,
+                           stdout=log, stderr=subprocess.STDOUT, check=False)
+        seconds = time.perf_counter() - start
+        measured = json.loads(report.read_text())
+    return seconds, measured["peak_kib"] / 1024, int(measured["code"])
+
+
+def bench_scale(params: Params, sizes: list[int], work: Path, dvc_yaml: Path,
+                stages: tuple[str, ...] = SCALE_STAGES, echo=print) -> list[StageRun]:
+    """Generate ``n`` clips for each size and run every stage on them as its own process, as DVC would: wall time
+    and peak RSS per stage. Each size runs in ``work/n<size>`` with its own params.yaml and MLflow store."""
+    import os
+    import sys
+
+    import yaml
+
+    commands = stage_commands(dvc_yaml, stages)
+    emi = str(Path(sys.executable).parent / "emi")
+    runs: list[StageRun] = []
+    for n in sizes:
+        root = Path(work) / f"n{n}"
+        root.mkdir(parents=True, exist_ok=True)
+        store = f"sqlite:///{(root / 'mlflow.db').resolve()}"
+        config = params.model_dump(mode="json")
+        config["download"]["source"] = "synthetic"
+        config["download"]["synthetic"]["n_clips"] = n
+        config["tracking"]["uri"] = store
+        (root / "params.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+        env.pop("EMI_MLFLOW_PARENT_RUN_ID", None)
+        for stage, argv in commands.items():
+            seconds, rss, code = run_measured([emi, *argv[1:]], root, env, root / f"{stage}.log")
+            if code != 0:
+                raise RuntimeError(f"{stage} failed on {n} clips (exit {code}); see {root / f'{stage}.log'}")
+            runs.append(StageRun(n, stage, seconds, rss))
+            echo(f"{n:>6} clips  {stage:<10} {seconds:8.1f} s  {rss:8.0f} MB")
+    return runs
+
+
+def scale_summary(runs: list[StageRun], target_clips: int) -> list[str]:
+    """Per stage: time and RSS at each size, time per clip, growth of time and RSS between the two largest sizes,
+    and a linear fit (a + b * clips) of both extrapolated to ``target_clips``."""
+    sizes = sorted({r.clips for r in runs})
+    stages = list(dict.fromkeys(r.stage for r in runs))
+    by = {(r.stage, r.clips): r for r in runs}
+    head = (["stage"] + [f"{n} clips: s / MB" for n in sizes] +
+            ([f"time x ({sizes[-2]}->{sizes[-1]})", f"RSS growth ({sizes[-2]}->{sizes[-1]})"] if len(sizes) > 1
+             else []) + [f"fit at {target_clips}: s / MB"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for stage in stages:
+        cells = [stage] + [f"{by[(stage, n)].seconds:.1f} / {by[(stage, n)].peak_rss_mb:.0f}" for n in sizes]
+        if len(sizes) > 1:
+            a, b = by[(stage, sizes[-2])], by[(stage, sizes[-1])]
+            cells += [f"{b.seconds / a.seconds:.2f} (clips x{sizes[-1] / sizes[-2]:.2f})",
+                      f"{100 * (b.peak_rss_mb / a.peak_rss_mb - 1):+.0f} %"]
+        x = np.array(sizes, float)
+        t = np.array([by[(stage, n)].seconds for n in sizes])
+        m = np.array([by[(stage, n)].peak_rss_mb for n in sizes])
+        if len(sizes) > 1:
+            tb, ta = np.polyfit(x, t, 1)
+            mb, ma = np.polyfit(x, m, 1)
+            cells.append(f"{ta + tb * target_clips:.0f} / {ma + mb * target_clips:.0f}")
+        else:
+            cells.append("n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

@@ -260,30 +260,56 @@ def evaluate_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    videos: Annotated[list[Path], typer.Argument(help="video files (any container/codec FFmpeg reads).")],
+    videos: Annotated[list[Path], typer.Argument(help="video files (any container/codec FFmpeg reads) or folders: "
+                                                      "every .mp4 .mkv .webm .mov .avi .m4v file directly inside.")],
     model: Annotated[str, typer.Option(help="a registry URI (models:/NAME@ALIAS or models:/NAME/VERSION) or a "
                                             "folder with stage1/alignment.pt and stage2/model.pt.")] = (
         "models:/emi-fusion@champion"),
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="also write the table as CSV here.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="also write the table here: .csv, or .json (a list of "
+                                                     "records).")] = None,
+    submission: Annotated[Optional[Path], typer.Option(help="also write an ABAW submission here (.csv): Filename "
+                                                            "= the file stem, one row per predicted clip.")] = None,
 ) -> None:
     """Six intensities and the per-modality fusion weights for new videos (transcribe + extract + both stages).
 
-    A video with no audio, no speech or no face still gets a prediction: that modality's weight is 0."""
-    from emi.predict import PredictError, predict_videos
+    A video with no audio, no speech or no face still gets a prediction: that modality's weight is 0. An
+    unreadable video is named and skipped (a row with status error); the others are still predicted."""
+    from emi.predict import PredictError, predict_videos, submission_table, table_format, video_inputs, write_table
+    from emi.utils import write_text
+
+    with _fails_with(PredictError, code=2):  # before any work: a wrong name must not cost a model load
+        if out is not None:
+            table_format(out)
+        if submission is not None and submission.suffix.lower() != ".csv":
+            raise PredictError(f"--submission {submission}: an ABAW submission is a .csv file")
+    params = _load(params_path, profile, overrides)
+    with _fails_with(PredictError):
+        paths = video_inputs(videos)
     from emi.tracking.registry import TrackingError
 
-    params = _load(params_path, profile, overrides)
     with _fails_with(PredictError, TrackingError, *_stage_errors()):
         alignment, fusion, params = _resolve_model(model, params)
-        table = predict_videos(videos, params, alignment, fusion)
+        table = predict_videos(paths, params, alignment, fusion)
+        abaw = submission_table(table) if submission is not None else None
+    failed = table[table["status"] != "ok"]
+    typer.echo(table.drop(columns=["Filename", "transcript"]).to_string(
+        index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
     if out is not None:
-        from emi.utils import write_text
-
-        write_text(out, table.to_csv(index=False, float_format="%.6f"))
-    typer.echo(table.drop(columns=["transcript"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        write_table(table, out)
+    summary = f"predicted {len(table) - len(failed)} of {len(table)} video(s)"
+    if len(failed):
+        summary += f"; unreadable, skipped: {', '.join(failed['id'])}"
+    if out is not None:
+        summary += f"; table: {out}"
+    if abaw is not None:
+        rows, left_out = abaw
+        write_text(submission, rows.to_csv(index=False, float_format="%.6f"))
+        summary += f"; submission: {submission} ({len(rows)} clip(s)" + (
+            f", {len(left_out)} unreadable left out)" if left_out else ")")
+    console.print(summary, highlight=False, soft_wrap=True)
 
 
 def _resolve_model(model: str, params: Params) -> tuple[Path, Path, Params]:
@@ -319,6 +345,43 @@ def bench_extract_cmd(
     params = _load(params_path, profile, overrides)
     result = bench_extract(params, raw, clips, repeats)
     typer.echo("\n".join(result.lines()))
+
+
+@bench_app.command("scale")
+def bench_scale_cmd(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    clips: Annotated[str, typer.Option(help="dataset sizes to generate, comma-separated.")] = "100,300,1000",
+    work: Annotated[Path, typer.Option(help="where each size's data, models and logs go (kept).")] = Path(
+        "data/bench-scale"),
+    dvc_yaml: Annotated[Path, typer.Option(help="the stage commands are taken from here.")] = Path("dvc.yaml"),
+    target: Annotated[int, typer.Option(help="extrapolate the linear fits to this many clips.")] = 12_660,
+    out: Annotated[Optional[Path], typer.Option(help="also write the runs as JSON here.")] = None,
+    stages: Annotated[str, typer.Option(help="comma-separated dvc.yaml stages to run, in order (all: download, "
+                                             "transcribe, extract, stage1, stage2, evaluate).")] = "all",
+) -> None:
+    """Generated datasets of growing size through every stage, each stage its own process as DVC runs it: wall time
+    and peak RSS per stage, growth between sizes and a linear extrapolation (`--profile tiny` for a quick run)."""
+    from dataclasses import asdict
+
+    from emi.bench import SCALE_STAGES, bench_scale, scale_summary
+    from emi.utils import write_json
+
+    params = _load(params_path, profile, overrides)
+    try:
+        sizes = sorted({int(x) for x in clips.split(",") if x.strip()})
+    except ValueError:
+        raise typer.BadParameter(f"--clips {clips!r}: comma-separated numbers of clips") from None
+    chosen = SCALE_STAGES if stages == "all" else tuple(x.strip() for x in stages.split(",") if x.strip())
+    try:
+        runs = bench_scale(params, sizes, work, dvc_yaml, chosen, echo=typer.echo)
+    except (ValueError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    typer.echo("\n".join(scale_summary(runs, target)))
+    if out is not None:
+        write_json(out, {"profile": params.profile, "runs": [asdict(r) for r in runs]})
 
 
 @registry_app.command("compare")

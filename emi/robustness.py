@@ -4,6 +4,7 @@ less than average fusion?"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from emi.data.dataset import Clip
 from emi.featurize import OK, Damage, Featurizer
 from emi.metrics import scores
 from emi.model import EMIFusionModel
-from emi.train.projection import aligned_inputs
+from emi.train.projection import aligned_inputs, load_alignment
 from emi.train.fusion import prediction_frame
 from emi.train.loop import SequenceData
 
@@ -40,18 +41,18 @@ def damaged_rows(n: int, rate: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)) if k else np.zeros(0, int)
 
 
-def condition_features(featurizer: Featurizer, clips: list[Clip], texts: dict[str, str | None],
-                       damages: dict[str, Damage | None], rows: np.ndarray, seed: int, chunk_size: int,
-                       progress: Progress | None = None) -> dict[str, SequenceData]:
-    """Encoder features of ``clips`` under each damage (applied to ``rows`` only), by the one featurize path.
+def condition_chunks(featurizer: Featurizer, clips: list[Clip], texts: dict[str, str | None],
+                     damages: dict[str, Damage | None], rows: np.ndarray, seed: int, chunk_size: int,
+                     progress: Progress | None = None) -> Iterator[dict[str, SequenceData]]:
+    """Encoder features of ``clips`` under each damage (applied to ``rows`` only), by the one featurize path, one
+    chunk of ``chunk_size`` clips at a time (memory holds a chunk, whatever the size of the validation split).
 
     Each clip is decoded once and only the modalities a damage touches are encoded again: the same numbers as
-    ``featurizer(damaged clips, texts, damage=damage)`` at a fraction of the cost. Chunks of ``chunk_size`` clips
-    keep memory bounded on a full-size validation split."""
+    ``featurizer(damaged clips, texts, damage=damage)`` at a fraction of the cost."""
     rngs = {name: np.random.default_rng(seed) for name in damages}  # one stream per condition, in clip order
     chosen = set(rows.tolist())
-    out = {name: {"cols": {m: [] for m in MODALITIES}, "ok": {m: [] for m in MODALITIES}} for name in damages}
     task = progress.add_task("robustness features", total=len(clips)) if progress else None
+    text_dim = featurizer.cfg.text.dim
     for start in range(0, len(clips), chunk_size):
         chunk = clips[start:start + chunk_size]
         decoded = featurizer.decode(chunk, MODALITIES)
@@ -59,6 +60,7 @@ def condition_features(featurizer: Featurizer, clips: list[Clip], texts: dict[st
         if broken:
             raise RobustnessError(f"validation clip(s) cannot be decoded again: {', '.join(broken)}")
         clean = featurizer.encode(decoded, texts, MODALITIES)
+        out = {}
         for name, damage in damages.items():
             cols = {m: list(getattr(clean, m)) for m in MODALITIES}
             status = {m: list(clean.status[m]) for m in MODALITIES}
@@ -69,17 +71,24 @@ def condition_features(featurizer: Featurizer, clips: list[Clip], texts: dict[st
                 for m in touched:
                     for k, j in enumerate(idx):
                         cols[m][j], status[m][j] = getattr(redone, m)[k], redone.status[m][k]
-            for m in MODALITIES:
-                out[name]["cols"][m] += cols[m]
-                out[name]["ok"][m] += [s == OK for s in status[m]]
+            out[name] = SequenceData(
+                [c.id for c in chunk], cols["visual"], cols["audio"],
+                np.stack(cols["text"]).astype(np.float32) if cols["text"] else np.zeros((0, text_dim), np.float32),
+                np.array([[s == OK for s in status[m]] for m in MODALITIES], bool).T.reshape(-1, 3), None)
         if progress:
             progress.advance(task, len(chunk))
-    ids = [c.id for c in clips]
-    text_dim = featurizer.cfg.text.dim
-    return {name: SequenceData(
-        ids, f["cols"]["visual"], f["cols"]["audio"],
-        np.stack(f["cols"]["text"]).astype(np.float32) if f["cols"]["text"] else np.zeros((0, text_dim), np.float32),
-        np.array([f["ok"][m] for m in MODALITIES], bool).T.reshape(-1, 3), None) for name, f in out.items()}
+        yield out
+
+
+def condition_features(featurizer: Featurizer, clips: list[Clip], texts: dict[str, str | None],
+                       damages: dict[str, Damage | None], rows: np.ndarray, seed: int,
+                       chunk_size: int) -> dict[str, SequenceData]:
+    """``condition_chunks`` joined: every clip's features per condition (for checks on a few clips)."""
+    parts = list(condition_chunks(featurizer, clips, texts, damages, rows, seed, chunk_size))
+    return {name: SequenceData([i for p in parts for i in p[name].ids],
+                               [x for p in parts for x in p[name].visual], [x for p in parts for x in p[name].audio],
+                               np.concatenate([p[name].text for p in parts]),
+                               np.concatenate([p[name].mask for p in parts]), None) for name in damages}
 
 
 def robustness(featurizer: Featurizer, r: RobustnessParams, seed: int, valid: SequenceData, clips: list[Clip],
@@ -88,14 +97,20 @@ def robustness(featurizer: Featurizer, r: RobustnessParams, seed: int, valid: Se
     """Condition x fusion: mean Pearson and MSE over all validation clips (the damaged ones included) and the mean
     fusion weight per modality over the damaged clips (the same clips under ``clean``, for comparison)."""
     rows = damaged_rows(len(clips), r.rate, seed)
+    alignment = load_alignment(alignment_path)
+    parts: dict[str, list[pd.DataFrame]] = {f"{name}/{fusion}": [] for name in CONDITIONS for fusion in models}
     with Progress(disable=not show_progress) as progress:
-        feats = condition_features(featurizer, clips, texts, conditions(r), rows, seed,
-                                   featurizer.cfg.shard_size, progress)
-    table, predictions = [], {}
+        for chunk in condition_chunks(featurizer, clips, texts, conditions(r), rows, seed,
+                                      featurizer.cfg.shard_size, progress):
+            for name in CONDITIONS:
+                for fusion, (model, inputs) in models.items():
+                    parts[f"{name}/{fusion}"].append(
+                        prediction_frame(model, aligned_inputs(chunk[name], alignment, inputs), batch_size))
+    predictions = {key: pd.concat(frames, ignore_index=True) for key, frames in parts.items()}
+    table = []
     for name in CONDITIONS:
-        for fusion, (model, inputs) in models.items():
-            out = prediction_frame(model, aligned_inputs(feats[name], alignment_path, inputs), batch_size)
-            predictions[f"{name}/{fusion}"] = out
+        for fusion in models:
+            out = predictions[f"{name}/{fusion}"]
             pred = out[list(EMOTIONS)].to_numpy(float)
             s = scores(pred, valid.labels)
             w = out.iloc[rows][[f"weight_{m}" for m in "VAT"]].mean()  # NaN when no clip is damaged

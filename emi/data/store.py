@@ -8,6 +8,9 @@ offset, steps, per-modality status) and ``manifest.json``. A shard is complete o
 from __future__ import annotations
 
 import json
+import struct
+import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,14 +110,103 @@ def data_fingerprint(raw_dir: Path, features_dir: Path) -> tuple[str, dict[str, 
 
 
 # ----------------------------------------------------------------------------- reading features back
+def skipped_clips(out_dir: Path) -> dict[str, str]:
+    """Clips extraction could not process (status error): id -> the reason."""
+    index = pd.read_csv(Path(out_dir) / INDEX_FILE, dtype={"id": str, "detail": str}, keep_default_na=False)
+    bad = index[index["status"] != "ok"]
+    return dict(zip(bad["id"], bad["detail"]))
+
+
+def npz_arrays(path: Path) -> dict[str, tuple[int, np.dtype, tuple[int, ...], bool]]:
+    """Where each array of an uncompressed ``.npz`` (``np.savez``) lies in the file: the byte offset of its data,
+    its dtype, shape and whether it is in Fortran order; so that one clip's rows can be read without loading it."""
+    out = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as fh:
+        for info in zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{path}: {info.filename} is compressed; arrays are read in place from np.savez files")
+            fh.seek(info.header_offset + 26)  # the local header's name and extra-field lengths
+            name_len, extra_len = struct.unpack("<HH", fh.read(4))
+            fh.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(fh)
+            out[info.filename.removesuffix(".npy")] = (fh.tell(), dtype, shape, fortran)
+    return out
+
+
+class Ragged(Sequence):
+    """Per-clip ``(steps, dim)`` arrays that stay on disk: item ``i`` is read from its file when asked for, so a
+    training run over 12,660 clips holds one batch of features, not the dataset. ``take`` selects clips (a view)."""
+
+    def __init__(self, sources: list[tuple[Path, int, np.dtype, int]], rows: list[tuple[int, int, int]]):
+        self.sources = sources  # (file, byte offset of the (total steps, dim) array, dtype, dim)
+        self.rows = rows  # per clip: (source, first row, steps)
+
+    @classmethod
+    def from_npz(cls, files: list[Path], name: str, rows: list[tuple[int, int, int]]) -> Ragged:
+        sources = []
+        for path in files:
+            offset, dtype, shape, fortran = npz_arrays(path)[name]
+            if fortran or len(shape) != 2:
+                raise ValueError(f"{path}: {name} is not a C-order (steps, dim) array")
+            sources.append((Path(path), offset, dtype, int(shape[1])))
+        return cls(sources, rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        source, start, n = self.rows[i]
+        path, offset, dtype, dim = self.sources[source]
+        with open(path, "rb") as fh:
+            fh.seek(offset + start * dim * dtype.itemsize)
+            return np.fromfile(fh, dtype=dtype, count=n * dim).reshape(n, dim)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+    def take(self, idx: Sequence[int]) -> Ragged:
+        return Ragged(self.sources, [self.rows[i] for i in idx])
+
+    def lengths(self) -> list[int]:
+        return [n for _, _, n in self.rows]
+
+
+class Joined(Sequence):
+    """Per-clip arrays of several ragged sequences side by side along features (Stage II's ``both`` inputs)."""
+
+    def __init__(self, parts: list[Sequence[np.ndarray]]):
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return np.concatenate([p[i] for p in self.parts], axis=-1)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+    def take(self, idx: Sequence[int]) -> Joined:
+        return Joined([take(p, idx) for p in self.parts])
+
+
+def take(seq: Sequence[np.ndarray], idx: Sequence[int]) -> Sequence[np.ndarray]:
+    """Clips ``idx`` of a per-clip sequence: a view for on-disk sequences, a list otherwise."""
+    return seq.take(idx) if isinstance(seq, Ragged | Joined) else [seq[i] for i in idx]
+
+
 @dataclass
 class FeatureSet:
-    """Features of a set of clips, ready for the models: per-clip sequences plus modality masks (V, A, T)."""
+    """Features of a set of clips, ready for the models: per-clip sequences (read from the shards on access) plus
+    modality masks (V, A, T)."""
 
     ids: list[str]
     splits: list[str]
-    visual: list[np.ndarray]
-    audio: list[np.ndarray]
+    visual: Ragged
+    audio: Ragged
     text: np.ndarray
     mask: np.ndarray  # (N, 3) bool: modality usable
     dims: dict[str, int]
@@ -122,26 +214,30 @@ class FeatureSet:
 
 
 def load_features(out_dir: Path, splits: tuple[str, ...] | None = None) -> FeatureSet:
-    """Features of every clip that was processed (status ok), optionally only some splits."""
+    """Features of every clip that was processed (status ok), optionally only some splits. Visual and audio
+    sequences stay in the shard files until a clip is read; text (one vector per clip) is loaded."""
     out_dir = Path(out_dir)
     index = pd.read_csv(out_dir / INDEX_FILE, dtype={"id": str})
     manifest = json.loads((out_dir / MANIFEST_FILE).read_text())
     index = index[index["status"] == "ok"]
     if splits is not None:
         index = index[index["split"].isin(splits)]
-    cache: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+    shards = sorted(set(index["shard"].astype(int)))
+    slot = {s: k for k, s in enumerate(shards)}
+    visual = Ragged.from_npz([shard_path(out_dir, "visual", s) for s in shards], "data",
+                             [(slot[r.shard], r.offset, r.n_steps) for r in index.itertuples()])
+    audio = Ragged.from_npz([shard_path(out_dir, "audio", s) for s in shards], "data",
+                            [(slot[r.shard], r.audio_offset, r.n_audio_steps) for r in index.itertuples()])
+    parts: dict[int, tuple[dict[str, int], np.ndarray]] = {}
 
-    def shard(m: str, i: int) -> dict[str, np.ndarray]:
-        if (m, i) not in cache:
-            cache[(m, i)] = load_shard(shard_path(out_dir, m, i))
-        return cache[(m, i)]
+    def text_of(shard: int, clip: str) -> np.ndarray:
+        if shard not in parts:  # one vector per clip: small enough to hold
+            part = load_shard(shard_path(out_dir, "text", shard))
+            parts[shard] = ({c: j for j, c in enumerate(part["ids"].tolist())}, part["data"])
+        rows, data = parts[shard]
+        return data[rows[clip]]
 
-    visual, audio, text = [], [], []
-    for row in index.itertuples():
-        v, a, t = shard("visual", row.shard), shard("audio", row.shard), shard("text", row.shard)
-        visual.append(v["data"][row.offset:row.offset + row.n_steps])
-        audio.append(a["data"][row.audio_offset:row.audio_offset + row.n_audio_steps])
-        text.append(t["data"][list(t["ids"]).index(row.id)])
+    text = [text_of(r.shard, r.id) for r in index.itertuples()]
     dims = manifest["dims"]
     return FeatureSet(
         ids=index["id"].tolist(), splits=index["split"].tolist(), visual=visual, audio=audio,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from emi.config import Params
 from emi.data.store import features_fingerprint
 from emi.paths import ALIGNED_FILE, ALIGNMENT_FILE
 from emi.tracking.runs import tracked
-from emi.train.alignment import save_alignment, train_alignment
+from emi.train.alignment import REENCODED_DIR, save_alignment, train_alignment
 from emi.train.projection import write_aligned
 from emi.utils import write_json, write_text
 
@@ -50,6 +51,7 @@ def stage1(params: Params, features_dir: Path, model_dir: Path, aligned_dir: Pat
     write_text(model_dir / "history.csv", pd.DataFrame(result.history).to_csv(index=False))
     aligned_path = write_aligned(result.model, result.norm, result.data, result.splits,
                                  Path(aligned_dir) / ALIGNED_FILE)
+    shutil.rmtree(model_dir / REENCODED_DIR, ignore_errors=True)  # fine-tuned features: now in the aligned file
     seconds = time.perf_counter() - started
     log.info("stage I done in %.1f s: %s", seconds, result.metrics)
     return Stage1Result(model_path, aligned_path, result.metrics, result.epochs_run, seconds)

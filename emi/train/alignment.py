@@ -23,6 +23,7 @@ from emi.utils import fingerprint
 
 log = logging.getLogger(__name__)
 KS = (1, 5)
+REENCODED_DIR = "reencoded"  # beside the checkpoint: the fine-tuned encoders' features, read back per clip
 NORM_EPS = 1e-6  # keeps constant feature dimensions finite after standardization
 
 
@@ -62,18 +63,31 @@ def _pair_masks(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def retrieval(model: AlignmentModel, data: SequenceData) -> dict[str, float]:
+def pooled(data: SequenceData, batch_size: int) -> dict[str, torch.Tensor] | None:
+    """Clip vectors of every clip (time-pooled V and A, T, modality masks), built batch by batch: the contrastive
+    validation metrics compare all clips with all, but never hold all sequences at once."""
+    if not len(data):
+        return None
+    parts = {"v": [], "a": [], "t": [], "modality_mask": []}
+    for batch in data.chunks(batch_size):
+        v, a = _clip_vectors(batch)
+        for key, value in (("v", v), ("a", a), ("t", batch["t"]), ("modality_mask", batch["modality_mask"])):
+            parts[key].append(value)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def retrieval(model: AlignmentModel, data: SequenceData, batch_size: int) -> dict[str, float]:
     """Recall@k of the clip's own transcript among all validation transcripts, v->t and a->t."""
     model.eval()
-    batch = data.batch(list(range(len(data)))) if len(data) else None
+    clips = pooled(data, batch_size)
     out: dict[str, float] = {}
     for name, col in (("v2t", 0), ("a2t", 1)):
-        if batch is None:
+        if clips is None:
             continue
-        keep = batch["modality_mask"][:, col] & batch["modality_mask"][:, 2]
-        v, a = _clip_vectors(batch)
-        x = model.project("V" if col == 0 else "A", (v if col == 0 else a)[keep])
-        t = model.project("T", batch["t"][keep])
+        keep = clips["modality_mask"][:, col] & clips["modality_mask"][:, 2]
+        x = model.project("V" if col == 0 else "A", clips["v" if col == 0 else "a"][keep])
+        t = model.project("T", clips["t"][keep])
         n = int(keep.sum())
         out[f"{name}_pairs"] = n
         if n < 2:
@@ -141,7 +155,8 @@ def train_alignment(params: Params, features_dir: Path, features_key: str, ckpt_
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses))}
-        row.update(tuner.valid_loss(model, valid_rows, p.batch_size) if tuner else _valid_loss(model, valid))
+        row.update(tuner.valid_loss(model, valid_rows, p.batch_size) if tuner else
+                   _valid_loss(model, valid, p.batch_size))
         history.append(row)
         save_checkpoint(ckpt_path, {"run_key": run_key, "epoch": epoch + 1, "model": model.state_dict(),
                                     "tuned": tuner.tuned() if tuner else None,
@@ -154,11 +169,13 @@ def train_alignment(params: Params, features_dir: Path, features_key: str, ckpt_
     tuned = None
     if tuner is not None:
         tuned = tuner.tuned()
-        data = tuner.reencode(data)  # every clip through the tuned blocks, as `emi predict` will encode new ones
+        # every clip through the tuned blocks, as `emi predict` will encode new ones (kept on disk until stage1 has
+        # written the aligned file, see REENCODED_DIR)
+        data = tuner.reencode(data, Path(ckpt_path).parent / REENCODED_DIR)
         valid = data.subset(valid_rows)
         model.cpu()
     metrics = {"train_loss": history[-1]["train_loss"], **{k: v for k, v in history[-1].items() if k.startswith(
-        "valid")}, **retrieval(model, valid), "temperature": round(1 / model.logit_scale.detach().item(), 5)}
+        "valid")}, **retrieval(model, valid, p.batch_size), "temperature": round(1 / model.logit_scale.detach().item(), 5)}
     return Alignment(model, feature_norm(data, train_rows), data, splits, dims, history, metrics, tuned,
                      p.schedule.epochs - start_epoch)
 
@@ -187,23 +204,28 @@ def _train_epoch(model: AlignmentModel, optimizer: torch.optim.Optimizer, train:
 
 
 @torch.no_grad()
-def _valid_loss(model: AlignmentModel, valid: SequenceData) -> dict[str, float]:
+def _valid_loss(model: AlignmentModel, valid: SequenceData, batch_size: int) -> dict[str, float]:
     if len(valid) < 2:
         return {}
     model.eval()
-    batch = valid.batch(list(range(len(valid))))
-    vt, at = _pair_masks(batch)
-    v, a = _clip_vectors(batch)
-    out = model(v, a, batch["t"], vt_mask=vt, at_mask=at)
+    clips = pooled(valid, batch_size)
+    vt, at = _pair_masks(clips)
+    out = model(clips["v"], clips["a"], clips["t"], vt_mask=vt, at_mask=at)
     return {"valid_loss": float(out["loss"]), "valid_loss_vt": float(out["loss_vt"]),
             "valid_loss_at": float(out["loss_at"])}
 
 
 def feature_norm(data: SequenceData, rows: list[int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-dimension mean/std of the encoder features over the training clips (frames for V/A, clips for T)."""
-    def stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return x.mean(0).astype(np.float32), (x.std(0) + NORM_EPS).astype(np.float32)
+    """Per-dimension mean/std of the encoder features over the training clips (frames for V/A, clips for T),
+    accumulated clip by clip in float64 (the training features are never all in memory)."""
+    def stats(seqs) -> tuple[np.ndarray, np.ndarray]:
+        n, total, squares = 0, 0.0, 0.0
+        for x in seqs:
+            x = x.astype(np.float64)
+            n, total, squares = n + x.shape[0], total + x.sum(0), squares + np.square(x).sum(0)
+        mean = total / max(n, 1)
+        std = np.sqrt(np.maximum(squares / max(n, 1) - np.square(mean), 0.0))
+        return mean.astype(np.float32), (std + NORM_EPS).astype(np.float32)
 
-    return {"V": stats(np.concatenate([data.visual[i] for i in rows])),
-            "A": stats(np.concatenate([data.audio[i] for i in rows])),
-            "T": stats(data.text[rows])}
+    return {"V": stats(data.visual[i] for i in rows), "A": stats(data.audio[i] for i in rows),
+            "T": stats([data.text[rows]])}

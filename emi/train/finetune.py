@@ -19,6 +19,7 @@ import torch
 from emi.config import Params
 from emi.data.dataset import list_clips
 from emi.data.media import AUDIO_SAMPLE_RATE
+from emi.data.store import Ragged
 from emi.encoders.base import resolve_device, resolve_dtype
 from emi.encoders.registry import encoder_spec, load_encoders
 from emi.encoders.tuning import block_state, load_block_state, tunable_blocks, under
@@ -191,22 +192,38 @@ class Finetuner:
                 "valid_loss_at": float(out["loss_at"])}
 
     # ------------------------------------------------------------------ afterwards
-    def reencode(self, data: SequenceData) -> SequenceData:
-        """Every clip's tuned modalities encoded again by the one featurize path (extract.dtype, batched)."""
+    def reencode(self, data: SequenceData, work_dir: Path) -> SequenceData:
+        """Every clip's tuned modalities encoded again by the one featurize path (extract.dtype, batched), written
+        chunk by chunk to ``work_dir/<modality>.bin`` and read back from there per clip (``Ragged``): memory holds a
+        chunk, not the dataset. The caller removes ``work_dir`` once the aligned file is written."""
         tuned = self.tuned()
         encoders = load_encoders(self.cfg, self.device, resolve_dtype(self.cfg.dtype, self.device), set(tuned), tuned)
         featurizer = Featurizer(self.cfg, self.params.data, encoders)
-        visual, audio = list(data.visual), list(data.audio)
-        step = self.cfg.shard_size
-        for start in range(0, len(data), step):
-            rows = list(range(start, min(start + step, len(data))))
-            feats = featurizer.encode(self._decode(rows), {}, set(tuned))
-            for k, i in enumerate(rows):
-                if feats.visual is not None:
-                    visual[i] = self._same_length(feats.visual[k], visual[i], data.ids[i])
-                if feats.audio is not None:
-                    audio[i] = self._same_length(feats.audio[k], audio[i], data.ids[i])
-        return SequenceData(data.ids, visual, audio, data.text, data.mask, data.labels)
+        work_dir = Path(work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        out = {"visual": data.visual, "audio": data.audio}
+        sinks = {m: open(work_dir / f"{m}.bin", "wb") for m in tuned}
+        rows: dict[str, list[tuple[int, int, int]]] = {m: [] for m in tuned}
+        dims: dict[str, int] = {}
+        written = dict.fromkeys(tuned, 0)
+        try:
+            step = self.cfg.shard_size
+            for start in range(0, len(data), step):
+                chunk = list(range(start, min(start + step, len(data))))
+                feats = featurizer.encode(self._decode(chunk), {}, set(tuned))
+                for m in tuned:
+                    for k, i in enumerate(chunk):
+                        new = self._same_length(getattr(feats, m)[k], out[m][i], data.ids[i])
+                        dims[m] = new.shape[1]
+                        sinks[m].write(np.ascontiguousarray(new).tobytes())
+                        rows[m].append((0, written[m], new.shape[0]))
+                        written[m] += new.shape[0]
+        finally:
+            for fh in sinks.values():
+                fh.close()
+        for m in tuned:
+            out[m] = Ragged([(work_dir / f"{m}.bin", 0, np.dtype(np.float32), dims.get(m, 1))], rows[m])
+        return SequenceData(data.ids, out["visual"], out["audio"], data.text, data.mask, data.labels)
 
     @staticmethod
     def _same_length(new: np.ndarray, old: np.ndarray, clip_id: str) -> np.ndarray:

@@ -60,8 +60,7 @@ def predict(model: EMIFusionModel, data: SequenceData, batch_size: int) -> tuple
     model.eval()
     device = next(model.parameters()).device
     preds, weights = [], []
-    for start in range(0, len(data), batch_size):
-        b = data.batch(list(range(start, min(start + batch_size, len(data)))), device)
+    for b in data.chunks(batch_size, device):
         out = model(b["v"], b["a"], b["t"], b["time_mask"], b["modality_mask"])
         preds.append(out["pred"].float().cpu().numpy())
         weights.append(out["clip_weights"].float().cpu().numpy())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from emi.config import ScheduleParams
+from emi.data.store import take
 from emi.utils import atomic_path
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -61,11 +62,12 @@ def restore_rng(state: dict) -> None:
 # ----------------------------------------------------------------------------- data
 @dataclass
 class SequenceData:
-    """Per-clip sequences and masks, padded per batch."""
+    """Per-clip sequences and masks, padded per batch. ``visual``/``audio`` are lists of arrays or on-disk
+    sequences (``emi.data.store.Ragged``): a clip's rows are read when its batch is built."""
 
     ids: list[str]
-    visual: list[np.ndarray]
-    audio: list[np.ndarray]
+    visual: Sequence[np.ndarray]
+    audio: Sequence[np.ndarray]
     text: np.ndarray
     mask: np.ndarray  # (N, 3) V, A, T usable
     labels: np.ndarray | None  # (N, 6) or None
@@ -75,24 +77,28 @@ class SequenceData:
 
     def subset(self, rows: list[int] | np.ndarray) -> SequenceData:
         rows = list(rows)
-        return SequenceData([self.ids[i] for i in rows], [self.visual[i] for i in rows],
-                            [self.audio[i] for i in rows], self.text[rows], self.mask[rows],
-                            None if self.labels is None else self.labels[rows])
+        return SequenceData([self.ids[i] for i in rows], take(self.visual, rows), take(self.audio, rows),
+                            self.text[rows], self.mask[rows], None if self.labels is None else self.labels[rows])
 
     def batch(self, rows: list[int], device: torch.device | str = "cpu") -> dict[str, Tensor]:
-        lengths = [self.visual[i].shape[0] for i in rows]
+        vs, as_ = [self.visual[i] for i in rows], [self.audio[i] for i in rows]
+        lengths = [x.shape[0] for x in vs]
         T = max(lengths)
-        v = np.zeros((len(rows), T, self.visual[rows[0]].shape[1]), np.float32)
-        a = np.zeros((len(rows), T, self.audio[rows[0]].shape[1]), np.float32)
+        v = np.zeros((len(rows), T, vs[0].shape[1]), np.float32)
+        a = np.zeros((len(rows), T, as_[0].shape[1]), np.float32)
         time_mask = np.zeros((len(rows), T), bool)
-        for j, i in enumerate(rows):
-            n = lengths[j]
-            v[j, :n], a[j, :n], time_mask[j, :n] = self.visual[i], self.audio[i][:n], True
+        for j, n in enumerate(lengths):
+            v[j, :n], a[j, :n], time_mask[j, :n] = vs[j], as_[j][:n], True
         out = {"v": torch.from_numpy(v), "a": torch.from_numpy(a), "t": torch.from_numpy(self.text[rows]),
                "time_mask": torch.from_numpy(time_mask), "modality_mask": torch.from_numpy(self.mask[rows])}
         if self.labels is not None:
             out["y"] = torch.from_numpy(self.labels[rows].astype(np.float32))
         return {k: v.to(device) for k, v in out.items()}
+
+    def chunks(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
+        """Batches in clip order (inference): memory is one batch, whatever the number of clips."""
+        for start in range(0, len(self), batch_size):
+            yield self.batch(list(range(start, min(start + batch_size, len(self)))), device)
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None,
                 device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:

@@ -4,12 +4,17 @@ the aligned sequences on disk (``aligned.npz``). Training is ``emi.train.alignme
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import zipfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from emi.config import MODALITIES, MODALITY_KEYS, Stage1Params
+from emi.data.store import Joined, Ragged
 from emi.model import AlignmentModel
 from emi.train.loop import SequenceData
 from emi.utils import atomic_path
@@ -26,20 +31,65 @@ def project_clip(model: AlignmentModel, norm: dict, v: np.ndarray, a: np.ndarray
     return {"aligned": aligned, "encoder": encoder}
 
 
+VIEWS = ("aligned", "encoder")
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same inputs give the same bytes
+
+
 def write_aligned(model: AlignmentModel, norm: dict, data: SequenceData, splits: list[str], path: Path) -> Path:
-    views = [project_clip(model, norm, data.visual[i], data.audio[i], data.text[i]) for i in range(len(data))]
-    arrays = {"ids": np.array(data.ids), "splits": np.array(splits), "mask": data.mask,
-              "lengths": np.array([data.visual[i].shape[0] for i in range(len(data))], np.int64)}
-    for view in ("aligned", "encoder"):
-        arrays[f"{view}_visual"] = np.concatenate([c[view]["V"] for c in views]).astype(np.float32)
-        arrays[f"{view}_audio"] = np.concatenate([c[view]["A"] for c in views]).astype(np.float32)
-        arrays[f"{view}_text"] = np.stack([c[view]["T"] for c in views]).astype(np.float32)
+    """Both views of every clip into one ``.npz`` (np.load reads it), written clip by clip: the sequences go to
+    temporary ``.npy`` files first and are then copied into the archive, so memory holds one clip, not the set."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    n = len(data)
+    if n == 0:
+        raise ValueError(f"{path}: no clip to project")
+    lengths = np.zeros(n, np.int64)
+    texts: dict[str, list[np.ndarray]] = {view: [] for view in VIEWS}
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".aligned-") as tmp, ExitStack() as files:
+        sinks: dict[str, tuple[Path, object, int]] = {}
+        for i in range(n):
+            v, a = data.visual[i], data.audio[i]
+            if v.shape[0] != a.shape[0]:
+                raise ValueError(f"{data.ids[i]}: {v.shape[0]} visual but {a.shape[0]} audio steps")
+            lengths[i] = v.shape[0]
+            views = project_clip(model, norm, v, a, data.text[i])
+            for view in VIEWS:
+                texts[view].append(views[view]["T"].astype(np.float32))
+                for m, key in (("visual", "V"), ("audio", "A")):
+                    x = np.ascontiguousarray(views[view][key], dtype=np.float32)
+                    name = f"{view}_{m}"
+                    if name not in sinks:
+                        file = Path(tmp) / f"{name}.bin"
+                        sinks[name] = (file, files.enter_context(open(file, "wb")), x.shape[1])
+                    sinks[name][1].write(x.tobytes())
+        for _, fh, _ in sinks.values():
+            fh.close()
+        total = int(lengths.sum())
+        small = {"ids": np.array(data.ids), "splits": np.array(splits), "mask": np.ascontiguousarray(data.mask),
+                 "lengths": lengths}
+        with atomic_path(path) as out, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+            for name, array in small.items():
+                _write_member(zf, name, array)
+            for view in VIEWS:
+                for m in ("visual", "audio"):
+                    file, _, dim = sinks[f"{view}_{m}"]
+                    _write_member(zf, f"{view}_{m}", file, shape=(total, dim))
+                _write_member(zf, f"{view}_text", np.stack(texts[view]))
     return path
+
+
+def _write_member(zf: zipfile.ZipFile, name: str, source: np.ndarray | Path,
+                  shape: tuple[int, ...] | None = None) -> None:
+    """One ``.npy`` member: an array, or float32 rows of ``shape`` streamed from a raw file."""
+    info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+    with zf.open(info, "w", force_zip64=True) as dst:
+        if isinstance(source, np.ndarray):
+            np.lib.format.write_array(dst, source, allow_pickle=False)
+            return
+        np.lib.format.write_array_header_2_0(dst, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                   "fortran_order": False, "shape": shape})
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def compose(view: dict[str, np.ndarray], inputs: str) -> dict[str, np.ndarray]:
@@ -50,12 +100,16 @@ def compose(view: dict[str, np.ndarray], inputs: str) -> dict[str, np.ndarray]:
 
 
 def load_aligned(path: Path, inputs: str = "aligned") -> tuple[SequenceData, list[str]]:
+    """Stage II's inputs for every clip of the file; the sequences stay in the file until a batch reads them."""
+    views = VIEWS if inputs == "both" else (inputs,)
     with np.load(path, allow_pickle=False) as z:
-        ids, splits, lengths = [str(i) for i in z["ids"]], [str(s) for s in z["splits"]], z["lengths"]
-        x = compose({k: z[k] for k in z.files}, inputs)
-        cuts = np.cumsum(lengths)[:-1]
-        return SequenceData(ids, np.split(x["visual"], cuts), np.split(x["audio"], cuts), x["text"], z["mask"],
-                            None), splits
+        ids, splits, lengths, mask = [str(i) for i in z["ids"]], [str(s) for s in z["splits"]], z["lengths"], z["mask"]
+        text = np.concatenate([z[f"{view}_text"] for view in views], axis=-1)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    rows = [(0, int(s), int(n)) for s, n in zip(starts, lengths)]
+    seqs = {m: [Ragged.from_npz([path], f"{view}_{m}", rows) for view in views] for m in ("visual", "audio")}
+    visual, audio = ((Joined(seqs[m]) if len(views) > 1 else seqs[m][0]) for m in ("visual", "audio"))
+    return SequenceData(ids, visual, audio, text, mask, None), splits
 
 
 def load_tuned_encoders(path: Path) -> dict | None:
@@ -72,10 +126,12 @@ def load_alignment(path: Path) -> tuple[AlignmentModel, dict[str, tuple[np.ndarr
     return model.eval(), norm
 
 
-def aligned_inputs(raw: SequenceData, alignment_path: Path, inputs: str) -> SequenceData:
+def aligned_inputs(raw: SequenceData, alignment_path: Path | tuple[AlignmentModel, dict], inputs: str) -> SequenceData:
     """Stage II's inputs for clips encoded outside the feature store (predict, robustness): the Stage-I projections
-    and standardized encoder features, composed the way Stage II was trained."""
-    alignment, norm = load_alignment(alignment_path)
+    and standardized encoder features, composed the way Stage II was trained. ``alignment_path`` may also be what
+    ``load_alignment`` returned (callers that project chunk after chunk load it once)."""
+    alignment, norm = (load_alignment(alignment_path) if isinstance(alignment_path, str | Path)
+                       else alignment_path)
     vs, as_, ts = [], [], []
     for i in range(len(raw)):
         views = project_clip(alignment, norm, raw.visual[i], raw.audio[i], raw.text[i])

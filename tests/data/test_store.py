@@ -111,3 +111,26 @@ def test_fingerprints_follow_the_receipts_and_the_split_files(tmp_path):
     assert set(hashes) == {"train_split.csv", "features/index.csv"}
     (raw / "train_split.csv").write_text("Filename\n00002\n")
     assert data_fingerprint(raw, out)[0] != key
+
+
+def test_features_stay_in_the_shards_until_a_clip_is_read(tmp_path):
+    """What makes a 12,660-clip training run hold one batch: the loaded set keeps file positions, not arrays."""
+    from emi.data.store import Joined, Ragged, npz_arrays, take
+
+    expected = write_store(tmp_path, [[("00001", "train", 3, "ok"), ("00002", "train", 2, "ok")],
+                                      [("00003", "valid", 4, "ok")]])
+    fs = load_features(tmp_path)
+    assert isinstance(fs.visual, Ragged) and not any(isinstance(v, np.ndarray) for v in vars(fs.visual).values())
+    assert fs.visual.lengths() == [3, 2, 4]
+    offset, dtype, shape, fortran = npz_arrays(shard_path(tmp_path, "visual", 0))["data"]
+    assert (dtype, shape, fortran) == (np.dtype(np.float32), (5, DIMS["visual"]), False)
+    raw = shard_path(tmp_path, "visual", 0).read_bytes()  # the rows lie in the file where npz_arrays says
+    np.testing.assert_array_equal(np.frombuffer(raw, np.float32, 5 * 4, offset).reshape(5, 4)[3:],
+                                  expected["00002"][0])
+    picked = take(fs.visual, [2, 0])
+    assert isinstance(picked, Ragged) and [x.shape[0] for x in picked] == [4, 3]
+    np.testing.assert_array_equal(picked[0], expected["00003"][0])
+    both = Joined([fs.visual, fs.audio])
+    assert both[1].shape == (2, DIMS["visual"] + DIMS["audio"])
+    np.testing.assert_array_equal(take(both, [1])[0][:, 4:], expected["00002"][1])
+    assert take([np.ones(1), np.zeros(1)], [1])[0].tolist() == [0.0]  # plain lists stay lists

@@ -59,6 +59,6 @@ def test_dask_fanout_gives_the_same_features_as_one_process(tiny_dataset, tmp_pa
     assert out["shards_done_now"] == {"visual": 3, "audio": 3, "text": 3}
     a, b = load_features(single / "features"), load_features(fanned.features)
     assert a.ids == b.ids
-    for x, y in zip(a.visual + a.audio, b.visual + b.audio):
+    for x, y in zip([*a.visual, *a.audio], [*b.visual, *b.audio], strict=True):
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(a.text, b.text)

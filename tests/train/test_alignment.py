@@ -46,19 +46,19 @@ def test_stage1_excludes_clips_without_text_from_pairs():
 
     # what the masks are for: clip 2's text vector takes part in no loss and no retrieval
     model = heads()
-    loss, found = _valid_loss(model, data), retrieval(model, data)
+    loss, found = _valid_loss(model, data, 2), retrieval(model, data, 2)
     assert (found["v2t_pairs"], found["a2t_pairs"]) == (7, 6)
     junk = with_text(data, 2, np.full(DIMS["T"], 1e3, np.float32))
-    assert _valid_loss(model, junk) == loss, "a clip without text still formed a contrastive pair"
-    assert retrieval(model, junk) == found
+    assert _valid_loss(model, junk, 2) == loss, "a clip without text still formed a contrastive pair"
+    assert retrieval(model, junk, 2) == found
     moved = with_text(data, 0, np.full(DIMS["T"], 1e3, np.float32))
-    assert _valid_loss(model, moved)["valid_loss_vt"] != loss["valid_loss_vt"], "a clip with text must count"
+    assert _valid_loss(model, moved, 2)["valid_loss_vt"] != loss["valid_loss_vt"], "a clip with text must count"
 
     # every transcript unusable: no pairs, so nothing to learn, but no crash and no NaN
     data.mask[:, 2] = False
     vt, at = _pair_masks(data.batch(list(range(len(data)))))
     assert not vt.any() and not at.any()
-    assert all(np.isfinite(v) for v in _valid_loss(model, data).values())
+    assert all(np.isfinite(v) for v in _valid_loss(model, data, 2).values())
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = _train_epoch(model, optimizer, data, 3, torch.Generator().manual_seed(0))
@@ -67,7 +67,7 @@ def test_stage1_excludes_clips_without_text_from_pairs():
 
 
 def test_retrieval_reports_pairs_and_chance():
-    found = retrieval(heads(), features(n=5))
+    found = retrieval(heads(), features(n=5), 2)
     assert found["v2t_pairs"] == found["a2t_pairs"] == 5
     assert found["v2t_chance@1"] == 0.2 and found["v2t_chance@5"] == 1.0 and found["v2t_recall@5"] == 1.0
     assert 0 <= found["v2t_recall@1"] <= 1 and 0 <= found["a2t_recall@1"] <= 1
@@ -125,3 +125,28 @@ def test_load_aligned_splits_the_sequences_back_per_clip(tmp_path):
     back, _ = load_aligned(path, "aligned")
     assert [v.shape[0] for v in back.visual] == [v.shape[0] for v in data.visual]
     assert [a.shape for a in back.audio] == [v.shape for v in back.visual]
+
+
+def test_aligned_file_is_written_clip_by_clip_and_read_back_lazily(tmp_path):
+    """The streamed aligned.npz holds what projecting every clip gives, np.load reads it, the same inputs give
+    the same bytes, and load_aligned reads clips from the file on demand."""
+    from emi.data.store import Joined, Ragged
+    from emi.train.projection import load_aligned, project_clip
+
+    data = features(n=6)
+    model, norm = heads(), feature_norm(data, range(6))
+    splits = ["train"] * 4 + ["valid"] * 2
+    path = write_aligned(model, norm, data, splits, tmp_path / "a.npz")
+    again = write_aligned(model, norm, data, splits, tmp_path / "b.npz")
+    assert path.read_bytes() == again.read_bytes()
+    with np.load(path, allow_pickle=False) as z:
+        assert z["lengths"].tolist() == [v.shape[0] for v in data.visual] and z["ids"].tolist() == data.ids
+    for inputs in ("aligned", "encoder", "both"):
+        back, back_splits = load_aligned(path, inputs)
+        assert back_splits == splits and back.ids == data.ids
+        assert isinstance(back.visual, Joined if inputs == "both" else Ragged)
+        for i in (0, 5):
+            views = project_clip(model, norm, data.visual[i], data.audio[i], data.text[i])
+            want = [views[v]["V"] for v in (("aligned", "encoder") if inputs == "both" else (inputs,))]
+            np.testing.assert_allclose(back.visual[i], np.concatenate(want, axis=-1), rtol=0, atol=0)
+        assert back.subset([5, 1]).visual[0].shape == back.visual[5].shape
