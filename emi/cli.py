@@ -434,5 +434,28 @@ def params_show(
     typer.echo(yaml.safe_dump(data, sort_keys=False))
 
 
+PARAMS_HEADER = """\
+# Which named profile fills every key (emi/profiles/<name>.yaml): embedded (offline default) | paper | tiny
+# Below, every key of the configuration: null = the profile's value; a value set here wins over the profile.
+# `emi params show` prints the result. One experiment without editing: dvc exp run -S stage2.width=64
+# Licensed data: profile: paper, then download.local.path: /data/Hume-Vidmimic2
+# (this list is `emi params template`; dvc.yaml tracks each stage's section here)
+"""
+
+
+@params_app.command("template")
+def params_template_cmd(
+    profile: Annotated[str, typer.Option(help="the profile the file names.")] = "embedded",
+) -> None:
+    """A params.yaml listing every key with null (= the profile's value), so that `dvc exp run -S key=value` can set
+    any key in its plain form."""
+    from emi.config import available_profiles, params_template
+
+    if profile not in available_profiles():
+        console.print(f"[red]error:[/red] unknown profile {profile!r}; available: {', '.join(available_profiles())}")
+        raise typer.Exit(2)
+    typer.echo(PARAMS_HEADER + yaml.safe_dump(params_template() | {"profile": profile}, sort_keys=False), nl=False)
+
+
 if __name__ == "__main__":
     app()

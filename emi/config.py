@@ -441,6 +441,7 @@ def load_params(
     override_layer: dict[str, Any] = {}
     for item in overrides:
         override_layer = deep_merge(override_layer, parse_override(item))
+    user = inherit_nulls(user)  # null in params.yaml: the profile's value (every key is listed, for `dvc exp run -S`)
     chosen = profile or override_layer.get("profile") or user.get("profile") or "embedded"
     if not isinstance(chosen, str):
         raise ConfigError(f"{user_name}: profile must be a profile name, got {chosen!r}")
@@ -456,6 +457,32 @@ def load_params(
         return Params.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origins)) from None
+
+
+def inherit_nulls(layer: dict[str, Any]) -> dict[str, Any]:
+    """``layer`` without its null leaves (and the sections left empty): in params.yaml a null means "the profile's
+    value". params.yaml lists every key, so that DVC's plain ``dvc exp run -S stage2.width=64`` finds the key it
+    sets (Hydra refuses to set a key the file does not hold); a deliberate null over a profile's value goes through
+    ``--set`` instead."""
+    out: dict[str, Any] = {}
+    for key, value in layer.items():
+        if isinstance(value, dict):
+            inner = inherit_nulls(value)
+            if inner or not value:
+                out[key] = inner
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def params_template(model: type[BaseModel] = None) -> dict[str, Any]:  # type: ignore[assignment]
+    """Every key of the configuration with a null value (nested as the sections are), for params.yaml."""
+    model = model or Params
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        out[name] = params_template(kind) if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+    return out
 
 
 def flatten(params: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -25,6 +25,54 @@ def test_repo_params_yaml_parses():
     assert params.download.synthetic.n_clips >= 100
 
 
+def _keys(tree: dict, prefix: str = "") -> set[str]:
+    return {k for key, value in tree.items()
+            for k in (_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"})}
+
+
+def test_repo_params_yaml_lists_every_key_and_its_nulls_are_the_profile():
+    """`dvc exp run -S a.b=v` (Hydra) can only set a key the file holds: every key is listed, null = the profile."""
+    import yaml
+
+    from emi.config import params_template
+
+    repo = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    assert _keys(repo) == _keys(params_template())
+    assert load_params(Path(__file__).parents[1] / "params.yaml") == load_params(None, profile=repo["profile"])
+
+
+def test_dvc_exp_run_set_param_plain_form_reaches_the_params(tmp_path):
+    """What `dvc exp run -S` does to params.yaml (DVC's own Hydra override code), then what the stages read."""
+    import shutil
+
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    shutil.copy(Path(__file__).parents[1] / "params.yaml", path)
+    apply_overrides(path, ["stage2.width=64", "download.local.path=/data/hume", "stage2.schedule.epochs=3"])
+    params = load_params(path)
+    assert params.stage2.width == 64 and params.stage2.schedule.epochs == 3
+    assert str(params.download.local.path) == "/data/hume"
+    assert params.stage2.lstm_hidden == load_params(None).stage2.lstm_hidden  # still the profile's
+    assert "# Which named profile" in path.read_text()  # DVC keeps the file's comments
+
+
+def test_null_in_params_yaml_is_the_profile_value_and_set_can_still_null_a_key(tmp_path):
+    path = write(tmp_path, "profile: paper\nstage2: {width: null, batch_size: 8}\nextract: {visual: {pool_grid: null}}\n")
+    paper = load_params(None, profile="paper")
+    params = load_params(path)
+    assert params.stage2.width == paper.stage2.width and params.stage2.batch_size == 8
+    tiny = load_params(path, ["extract.visual.pool_grid=null"], profile="tiny")
+    assert tiny.extract.visual.pool_grid is None and load_params(None, profile="tiny").extract.visual.pool_grid == 2
+
+
+def test_params_template_command_prints_a_loadable_file(tmp_path):
+    out = CliRunner().invoke(app, ["params", "template", "--profile", "tiny"])
+    assert out.exit_code == 0, out.output
+    assert load_params(write(tmp_path, out.output)) == load_params(None, profile="tiny")
+    assert CliRunner().invoke(app, ["params", "template", "--profile", "nope"]).exit_code == 2
+
+
 def test_paper_profile_has_the_papers_settings(tmp_path):
     p = load_params(write(tmp_path, "profile: paper\n"))
     assert p.extract.fps == 5
