@@ -82,7 +82,7 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
     runs.log_artifacts([out_dir / "ablation.md", out_dir / "ablation.csv"])
     runs.log_metrics({f"{r['modalities']}/{r['fusion']}/{r['inputs']}/pearson_mean".replace("+", ""):
                           r["pearson_mean"] for r in rows})
+    # DVC metrics (a mapping, not a list): two numbers per cell; the per-dimension scores are in ablation.csv
     write_json(out_dir / "ablation.json", {f"{r['modalities']}/{r['fusion']}/{r['inputs']}": {
-        k: v for k, v in r.items() if k not in ("modalities", "fusion", "inputs", "reused")}
-        for r in table.to_dict(orient="records")})  # DVC metrics want a mapping, not a list
+        "pearson_mean": r["pearson_mean"], "mse": r["mse"]} for r in table.to_dict(orient="records")})
     return table

@@ -167,8 +167,8 @@ def test_good_clips_get_the_results_of_a_clean_run(runs):
     pb = runs.dirty.stage2.predictions.set_index("id")
     pd.testing.assert_frame_equal(pa.loc[a.ids, ["Joy", "Amusement", "weight_V"]],
                                   pb.loc[a.ids, ["Joy", "Amusement", "weight_V"]])
-    clean_metrics = json.loads((runs.clean.layout.reports / "metrics.json").read_text())
-    dirty_metrics = json.loads((runs.dirty.layout.reports / "metrics.json").read_text())
+    clean_metrics = json.loads((runs.clean.layout.reports / "scores.json").read_text())
+    dirty_metrics = json.loads((runs.dirty.layout.reports / "scores.json").read_text())
     assert clean_metrics["valid"] == dirty_metrics["valid"]
 
 

@@ -1,5 +1,7 @@
 """``emi ablate``: the Table 3 grid on real Stage-I features of the tiny dataset."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -25,3 +27,7 @@ def test_ablation_grid_writes_one_table_and_reuses_the_stage2_model(tiny_aligned
     assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["VAT-average-both.pt", "VAT-quality-aligned.pt"]
     assert (tmp_path / "ablation.md").read_text().count("\n") >= 6
     assert pd.read_csv(tmp_path / "ablation.csv")["pearson_mean"].notna().all()
+    metrics = json.loads((tmp_path / "ablation.json").read_text())  # DVC metrics: two numbers per cell
+    assert list(metrics) == ["V/quality/both", "V+A+T/quality/both", "V+A+T/average/both", "V+A+T/quality/aligned"]
+    assert all(set(cell) == {"pearson_mean", "mse"} for cell in metrics.values())
+    assert metrics["V/quality/both"]["pearson_mean"] == pytest.approx(table["pearson_mean"].iloc[0])

@@ -26,8 +26,22 @@ def run(tiny_pipeline):
     return tiny_pipeline
 
 
-def test_metrics_file_has_finite_scores_per_split_and_a_ceiling(run):
-    metrics = json.loads((run.reports / "metrics.json").read_text())
+def test_dvc_metrics_file_is_a_headline_and_the_scores_file_has_every_dimension(run):
+    """`dvc exp show` makes a column of every metric: metrics.json holds the few numbers runs are compared by."""
+    head = json.loads((run.reports / "metrics.json").read_text())
+    scores_ = run.result.metrics
+    assert set(head) == {"valid_pearson_mean", "valid_mse", "test_pearson_mean", "test_mse",
+                         "valid_fraction_of_ceiling", "test_fraction_of_ceiling",
+                         "robustness_quality_mean_delta_pearson", "robustness_average_mean_delta_pearson"}
+    assert head["valid_pearson_mean"] == scores_["valid"]["pearson_mean"] and head["test_mse"] == scores_["test"]["mse"]
+    rob = run.result.robustness
+    damaged = rob[(rob.condition != "clean") & (rob.fusion == "quality")]
+    assert head["robustness_quality_mean_delta_pearson"] == pytest.approx(damaged["delta_pearson"].mean())
+    assert len(damaged) == 4
+
+
+def test_scores_file_has_finite_scores_per_split_and_a_ceiling(run):
+    metrics = json.loads((run.reports / "scores.json").read_text())
     assert metrics == run.result.metrics
     for split in ("valid", "test"):  # tiny's test split is labelled
         assert {"pearson_mean", "mse", "n", *[f"pearson_{e}" for e in EMOTIONS]} <= set(metrics[split])
@@ -134,6 +148,6 @@ def test_labelled_data_as_it_ships_train_and_valid_only_evaluates_without_a_test
         ["Filename", *EMOTIONS])
     report = (layout.reports / "report.md").read_text()
     assert "no labelled test split" in report and "holds the ABAW header alone" in report
-    for name in ("metrics.json", "robustness.json", "robustness.md", "robustness.csv", "report.md",
+    for name in ("metrics.json", "scores.json", "robustness.json", "robustness.md", "robustness.csv", "report.md",
                  "plots/per_dimension.csv", "plots/scatter.csv", "plots/weights.csv", "figures/weights.png"):
         assert (layout.reports / name).is_file(), name
