@@ -10,6 +10,20 @@ TRANSCRIPTS_FILE = "transcripts.csv"
 ALIGNED_FILE = "aligned.npz"
 ALIGNMENT_FILE = "alignment.pt"  # the Stage-I model
 FUSION_FILE = "model.pt"  # the Stage-II model
+CHECKPOINT_FILE = "checkpoint.pt"
+WORK_DIR = "work"
+
+
+def work_dir(out_dir: Path) -> Path:
+    """Where the stage writing ``out_dir`` keeps its resumable work (finished transcript parts, feature shards,
+    training checkpoints): ``<parent>/work/<name>``, beside the output and outside every DVC output.
+
+    DVC deletes a stage's outputs before it runs the command and restores them from its run-cache instead of
+    running it; both need outputs that are not ``persist``. Work kept here survives either, so a killed or
+    changed run still redoes only what is unfinished or affected.
+    """
+    out_dir = Path(out_dir)
+    return out_dir.parent / WORK_DIR / out_dir.name
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes ``src``'s content: a hard link where the file system allows one, else a copy; atomically
+    either way, and a no-op when ``dst`` already is ``src``."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

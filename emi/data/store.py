@@ -19,7 +19,7 @@ import pandas as pd
 
 from emi.config import MODALITIES
 from emi.data.dataset import SPLITS, Clip, split_path
-from emi.utils import atomic_path, fingerprint, sha256_file, write_json
+from emi.utils import atomic_path, fingerprint, link_or_copy, sha256_file, write_json
 
 INDEX_FILE = "index.csv"
 MANIFEST_FILE = "manifest.json"
@@ -54,11 +54,28 @@ def load_shard(path: Path) -> dict[str, np.ndarray]:
 def remove_leftovers(out_dir: Path, keep: dict[str, list[Path]]) -> None:
     """Half-written files of a killed run, and shards of a previous, larger dataset."""
     for m in MODALITIES:
-        for leftover in (Path(out_dir) / m).glob(".shard-*.tmp*"):
-            leftover.unlink()
-        for stale in (Path(out_dir) / m).glob("shard-*"):
-            if stale.suffix in (".npz", ".json") and stale.with_suffix(".npz") not in keep[m]:
-                stale.unlink()
+        remove_leftovers_of(Path(out_dir) / m, set(keep[m]))
+
+
+def remove_leftovers_of(folder: Path, keep: set[Path]) -> None:
+    for leftover in folder.glob(".shard-*.tmp*"):
+        leftover.unlink()
+    for stale in folder.glob("shard-*"):
+        if stale.suffix in (".npz", ".json") and stale.with_suffix(".npz") not in keep:
+            stale.unlink()
+
+
+def publish_shards(work: dict[str, list[Path]], out_dir: Path) -> dict[str, list[Path]]:
+    """The finished shards (and receipts) of the work folder, hard-linked (copied across file systems) into
+    ``out_dir``, whose other shards are removed; returns their paths there."""
+    out: dict[str, list[Path]] = {}
+    for m, paths in work.items():
+        out[m] = [shard_path(out_dir, m, i) for i in range(len(paths))]
+        remove_leftovers_of(Path(out_dir) / m, set(out[m]))
+        for src, dst in zip(paths, out[m], strict=True):
+            for a, b in ((src, dst), (src.with_suffix(".json"), dst.with_suffix(".json"))):
+                link_or_copy(a, b)
+    return out
 
 
 def features_fingerprint(out_dir: Path) -> str:

@@ -1,9 +1,11 @@
 """``emi extract``: every listed clip through the one featurize path into the resumable feature store
 (``emi.data.store``); then the index, the manifest and the feature contract.
 
-A shard's receipt fingerprints exactly what its features depend on (encoder spec and code revision, the grid, the
-clips' bytes, for text the transcripts), so a killed run redoes only unfinished shards and changing e.g. the text
-encoder recomputes text shards alone. Shards are independent: the Prefect flow can run them as Dask tasks.
+Shards are computed in the work folder (``emi.paths.work_dir``), then linked into the output folder that DVC
+records. A shard's receipt fingerprints exactly what its features depend on (encoder spec and code revision, the
+grid, the clips' bytes, for text the transcripts), so a killed run redoes only unfinished shards and changing e.g.
+the text encoder recomputes text shards alone. Shards are independent: the Prefect flow runs them as Dask tasks
+before DVC runs this stage, which then finds every shard finished by its receipt.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from emi.contracts.features import validate_features
 from emi.contracts.report import ValidationReport
 from emi.data.dataset import Clip, face_image_dir, list_clips, transcript_texts
 from emi.data.media import image_sequence
-from emi.data.store import (INDEX_FILE, MANIFEST_FILE, build_index, pack, remove_leftovers, save_shard,
-                            shard_done, shard_path)
+from emi.data.store import (INDEX_FILE, MANIFEST_FILE, build_index, pack, publish_shards, remove_leftovers,
+                            save_shard, shard_done, shard_path)
 from emi.encoders.base import Resolved, resolve, resolve_device, resolve_dtype
 from emi.encoders.registry import encoder_key, load_encoders
 from emi.featurize import Featurizer
+from emi.paths import work_dir
 from emi.tracking.runs import tracked
 from emi.utils import fingerprint, sha256_file, write_json, write_text
 
@@ -55,7 +58,8 @@ class ExtractResult:
 
 @dataclass
 class ExtractPlan:
-    """What this run must compute: shards, their fingerprints and which modality of which shard is missing."""
+    """What this run must compute: shards, their fingerprints and which modality of which shard is missing.
+    ``paths`` are the shards in the work folder; ``finish_extract`` links them into ``out_dir``."""
 
     params: Params
     raw_dir: Path
@@ -94,9 +98,10 @@ def plan_extract(params: Params, raw_dir: Path, transcripts: Path, out_dir: Path
             "text": fingerprint({**encoder_key(cfg, "text"), "per_clip": True, "threads": 1,
                                  "clips": [(c.id, texts.get(c.id)) for c in shard]}),
         })
-    paths = {m: [shard_path(out_dir, m, i) for i in range(len(shards))] for m in MODALITIES}
+    work = work_dir(out_dir)
+    paths = {m: [shard_path(work, m, i) for i in range(len(shards))] for m in MODALITIES}
     todo = {m: [i for i in range(len(shards)) if not shard_done(paths[m][i], keys[i][m])] for m in MODALITIES}
-    remove_leftovers(out_dir, paths)
+    remove_leftovers(work, paths)
     return ExtractPlan(params, raw_dir, out_dir, clips, shards, keys, paths, todo, texts)
 
 
@@ -132,13 +137,14 @@ def run_shard(plan: ExtractPlan, i: int, featurizer: Featurizer | None = None) -
 
 
 def finish_extract(plan: ExtractPlan, seconds: float, n_frames: int, report_dir: Path | None) -> ExtractResult:
-    """Index, manifest and the feature contract, once every shard is complete."""
+    """Once every shard is complete: the shards linked into the output folder, index, manifest, feature contract."""
     cfg = plan.params.extract
     missing = [str(plan.paths[m][i]) for m in MODALITIES for i in range(len(plan.shards))
                if not shard_done(plan.paths[m][i], plan.keys[i][m])]
     if missing:
         raise ExtractError(f"{len(missing)} shard(s) are not complete: {', '.join(missing[:5])}")
-    index = build_index(plan.shards, plan.paths)
+    published = publish_shards(plan.paths, plan.out_dir)
+    index = build_index(plan.shards, published)
     write_text(plan.out_dir / INDEX_FILE, index.to_csv(index=False))
     resolved = [resolve(getattr(cfg, m), f"extract.{m}") for m in MODALITIES]
     manifest = {

@@ -12,7 +12,7 @@ import pandas as pd
 
 from emi.config import Params
 from emi.data.store import features_fingerprint
-from emi.paths import ALIGNED_FILE, ALIGNMENT_FILE
+from emi.paths import ALIGNED_FILE, ALIGNMENT_FILE, CHECKPOINT_FILE, work_dir
 from emi.tracking.runs import tracked
 from emi.train.alignment import REENCODED_DIR, save_alignment, train_alignment
 from emi.train.projection import write_aligned
@@ -44,14 +44,15 @@ def stage1(params: Params, features_dir: Path, model_dir: Path, aligned_dir: Pat
     model_dir.mkdir(parents=True, exist_ok=True)
     # the features' own fingerprint: new features must never resume an old run's checkpoint
     result = train_alignment(params, Path(features_dir), features_fingerprint(features_dir),
-                             model_dir / "checkpoint.pt", Path(raw_dir), show_progress)
+                             work_dir(model_dir) / CHECKPOINT_FILE, Path(raw_dir), show_progress)
     model_path = model_dir / ALIGNMENT_FILE
     save_alignment(model_path, result, params.stage1)
     write_json(model_dir / "metrics.json", result.metrics)
     write_text(model_dir / "history.csv", pd.DataFrame(result.history).to_csv(index=False))
     aligned_path = write_aligned(result.model, result.norm, result.data, result.splits,
                                  Path(aligned_dir) / ALIGNED_FILE)
-    shutil.rmtree(model_dir / REENCODED_DIR, ignore_errors=True)  # fine-tuned features: now in the aligned file
+    # the fine-tuned features are in the aligned file now
+    shutil.rmtree(work_dir(model_dir) / REENCODED_DIR, ignore_errors=True)
     seconds = time.perf_counter() - started
     log.info("stage I done in %.1f s: %s", seconds, result.metrics)
     return Stage1Result(model_path, aligned_path, result.metrics, result.epochs_run, seconds)

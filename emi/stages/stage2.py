@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from emi.config import Params
-from emi.paths import FUSION_FILE
+from emi.paths import CHECKPOINT_FILE, FUSION_FILE, work_dir
 from emi.tracking.runs import tracked
 from emi.train.fusion import (Stage2Error, dims_of, evaluate, prediction_table, save_model, split_data,
                               train_model)
@@ -45,8 +45,8 @@ def stage2(params: Params, aligned: Path, raw_dir: Path, model_dir: Path, show_p
     model_dir.mkdir(parents=True, exist_ok=True)
     # the inputs' content, not just their ids: a checkpoint of other features or labels is never resumed
     data_key = fingerprint([sha256_file(aligned)] + [sha256_file(f) for f in sorted(Path(raw_dir).glob("*_split.csv"))])
-    model, history, ran = train_model(p, params.seed, parts["train"], parts["valid"], model_dir / "checkpoint.pt",
-                                      show_progress, data_key)
+    model, history, ran = train_model(p, params.seed, parts["train"], parts["valid"],
+                                      work_dir(model_dir) / CHECKPOINT_FILE, show_progress, data_key)
     metrics = {f"valid_{k}": v for k, v in evaluate(model, parts["valid"], p.batch_size).items()} if len(
         parts["valid"]) > 1 else {}
     metrics.update({"train_loss": history[-1]["train_loss"], "epochs": p.schedule.epochs,

@@ -1,8 +1,9 @@
 """``emi transcribe``: faster-whisper ASR of every listed clip into one validated transcript table.
 
 The text modality comes from here, never from the generator's script. Work is done in parts of
-``transcribe.shard_size`` clips; each part is written atomically with a fingerprint of what it was computed
-from, so a killed run recomputes only unfinished parts and a changed ASR setting recomputes what it affects.
+``transcribe.shard_size`` clips; each part is written atomically (in the work folder, ``emi.paths.work_dir``)
+with a fingerprint of what it was computed from, so a killed run recomputes only unfinished parts and a changed
+ASR setting recomputes what it affects.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from emi.contracts.transcripts import validate_transcripts
 from emi.data.dataset import TRANSCRIPT_COLUMNS, Clip, list_clips, read_latents, read_transcripts, split_ids
 from emi.encoders.asr import load_asr, transcribe_clip
 from emi.encoders.base import resolve
-from emi.paths import TRANSCRIPTS_FILE
+from emi.paths import TRANSCRIPTS_FILE, work_dir
 from emi.tracking.runs import tracked
 from emi.utils import fingerprint, sha256_file, write_json, write_text
 
@@ -117,7 +118,7 @@ def transcribe(params: Params, raw_dir: Path, out_dir: Path, report_dir: Path | 
     start = time.perf_counter()
     cfg = params.transcribe
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    parts_dir = out_dir / PARTS_DIR
+    parts_dir = work_dir(out_dir) / PARTS_DIR
     clips, listed = list_clips(raw_dir), split_ids(raw_dir)
     size = cfg.shard_size
     parts = [clips[i:i + size] for i in range(0, len(clips), size)]

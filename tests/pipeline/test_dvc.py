@@ -26,6 +26,13 @@ def test_dvc_yaml_lists_every_stage_with_its_params():
         assert stage["cmd"].startswith("emi "), name
         params = [p for p in stage["params"] if isinstance(p, str)]
         assert "profile" in params, name  # switching profiles reruns everything downstream
+        # DVC's run-cache (restoring a stage instead of running it, here or from the remote) skips a stage with a
+        # persistent or uncached output
+        for kind in ("outs", "metrics", "plots"):
+            for out in stage.get(kind, []):
+                if isinstance(out, dict):
+                    ((path, opts),) = out.items()
+                    assert not opts.get("persist") and opts.get("cache", True), f"{name}: {path} {opts}"
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """``emi extract`` with the real packaged encoders: the 5 fps grid, resumable shards, bad clips, a killed run."""
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -12,6 +13,7 @@ import pytest
 from emi.contracts.report import DataValidationError
 from emi.data.media import grid_steps, write_mp4
 from emi.data.store import load_features
+from emi.paths import work_dir
 from emi.stages.extract import extract
 from tests.conftest import EMI, tiny, transcripts_from_script
 
@@ -56,16 +58,23 @@ def test_extract_resumes_and_recomputes_only_what_changed(stage_inputs, tmp_path
     assert first.shards_done_now == {"visual": 3, "audio": 3, "text": 3}
     assert (tmp_path / "reports" / "extract.json").is_file() and first.report.passed
     before = load_features(out)
+    work = work_dir(out)
+    assert all(os.path.samefile(p, work / p.relative_to(out)) for p in out.rglob("shard-*")), "linked, not copied"
 
     # a run killed while writing shard 1: its receipt never got written
-    (out / "visual" / "shard-00001.json").unlink()
-    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("shard-*.npz")}
+    (work / "visual" / "shard-00001.json").unlink()
+    mtimes = {p: p.stat().st_mtime_ns for p in work.rglob("shard-*.npz")}
     again = extract(params, raw, tr, out, None, show_progress=False)
     assert again.shards_done_now == {"visual": 1, "audio": 0, "text": 0}
     changed = {p for p in mtimes if p.stat().st_mtime_ns != mtimes[p]}
-    assert changed == {out / "visual" / "shard-00001.npz"}
+    assert changed == {work / "visual" / "shard-00001.npz"}
     after = load_features(out)
     assert all(np.array_equal(a, b) for a, b in zip(before.visual, after.visual))
+
+    # DVC deletes the output folder before it runs the stage: the finished shards are still reused
+    shutil.rmtree(out)
+    assert extract(params, raw, tr, out, None, show_progress=False).shards_done_now == {m: 0 for m in after.dims}
+    assert all(np.array_equal(a, b) for a, b in zip(before.audio, load_features(out).audio))
 
     # an audio-only param touches only audio shards; the fps touches visual and audio, not text
     assert extract(tiny("extract.shard_size=4", "data.silence_dbfs=-70"), raw, tr, out, None,
@@ -120,14 +129,15 @@ def test_killed_extract_resumes_without_redoing_finished_shards(stage_inputs, tm
            "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
-    while not (out / "audio" / "shard-00001.json").exists() and time.time() < deadline and proc.poll() is None:
+    work = work_dir(out)
+    while not (work / "audio" / "shard-00001.json").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished = sorted(p.name for p in (out / "audio").glob("shard-*.json"))
+    finished = sorted(p.name for p in (work / "audio").glob("shard-*.json"))
     assert finished and len(finished) < 6, "the kill should land mid-run"
     result = extract(tiny("extract.shard_size=2", "extract.decode_workers=1"), raw, tr, out, None,
                      show_progress=False)
     assert result.shards_done_now["audio"] == 6 - len(finished)
-    assert not list(out.rglob(".*.tmp*")), "temporary files left by the kill are cleaned up"
+    assert not list(work.rglob(".*.tmp*")), "temporary files left by the kill are cleaned up"
     assert len(load_features(out).ids) == 12

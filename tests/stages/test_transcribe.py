@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from emi.config import load_params
 from emi.contracts.report import DataValidationError
 from emi.data.dataset import read_transcripts
 from emi.data.media import write_mp4
+from emi.paths import work_dir
 from emi.stages.transcribe import transcribe
 
 pytestmark = pytest.mark.slow  # the real packaged whisper tiny.en through the stage
@@ -99,7 +101,7 @@ def test_missing_silent_and_corrupt_audio_get_a_status_not_a_crash(dataset_copy,
 def test_resume_recomputes_only_unfinished_or_changed_parts(dataset_copy, tmp_path):
     keep_only(dataset_copy, ["00001", "00002", "00004", "00006"])
     out = tmp_path / "transcripts"
-    parts = out / "parts"
+    parts = work_dir(out) / "parts"
     first = transcribe(params("transcribe.shard_size=2"), dataset_copy, out, None, show_progress=False)
     assert first.n_done_now == 4
     assert sorted(p.name for p in parts.iterdir()) == ["part-00000.csv", "part-00000.json",
@@ -119,6 +121,11 @@ def test_resume_recomputes_only_unfinished_or_changed_parts(dataset_copy, tmp_pa
     assert resumed.table.read_bytes() == table
     assert not (parts / "part-00007.csv").exists() and not (parts / "part-00007.json").exists()
 
+    # DVC deletes the output folder before it runs the stage: the finished parts are still reused
+    shutil.rmtree(out)
+    again = transcribe(params("transcribe.shard_size=2"), dataset_copy, out, None, show_progress=False)
+    assert again.n_done_now == 0 and again.table.read_bytes() == table
+
     replace_clip(dataset_copy, "00001", None)  # a clip's content changed: its part (00001, 00002) is redone
     edited = transcribe(params("transcribe.shard_size=2"), dataset_copy, out, None, show_progress=False)
     assert edited.n_done_now == 2
@@ -127,3 +134,4 @@ def test_resume_recomputes_only_unfinished_or_changed_parts(dataset_copy, tmp_pa
     changed = transcribe(params("transcribe.shard_size=2", "transcribe.beam_size=1"), dataset_copy, out, None,
                          show_progress=False)
     assert changed.n_done_now == 4
+
