@@ -37,9 +37,11 @@ def ema_of(model: nn.Module, decay: float) -> AveragedModel:
 
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic: a kill during the write leaves the previous checkpoint intact."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Atomic: a kill during the write leaves the previous checkpoint intact. Written through a file object: given a
+    path, torch.save names the zip's inner folder after the (random) temporary file, so two saves of one state
+    differed in bytes and DVC saw a new model every run."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
 
 
 def load_checkpoint(path: Path) -> dict | None:

@@ -56,6 +56,15 @@ def test_checkpoint_round_trip_is_atomic_and_weights_only(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pt"]
 
 
+def test_saving_one_state_twice_gives_the_same_bytes(tmp_path):
+    """DVC hashes the models: the same weights must be the same file (torch.save named the zip's inner folder
+    after the temporary file before)."""
+    state = {"epoch": 1, "w": torch.arange(6.0).reshape(2, 3)}
+    save_checkpoint(tmp_path / "a.pt", state)
+    save_checkpoint(tmp_path / "b.pt", state)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
 def test_rng_state_restores_torch_and_numpy_streams():
     seed_everything(7)
     state = rng_state()
