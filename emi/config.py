@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -187,6 +187,9 @@ class TranscribeParams(Strict):
     compute_type: str
     shard_size: int = Field(ge=1)
     workers: int = Field(ge=1)  # clips transcribed concurrently (CTranslate2 workers, CPU threads split among them)
+    # decoding temperatures: whisper retries a window at the next one when its log-prob or compression ratio fails;
+    # above 0 it samples, from an unseeded per-thread RNG, so transcripts change from run to run
+    temperatures: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
 
 
 class ExtractParams(Strict):
@@ -301,12 +304,15 @@ class DaskParams(Strict):
 
 
 class OrchestrationParams(Strict):
-    """Prefect flow settings: retries for transient failures and where extraction fans out."""
+    """Prefect flow settings: retries for transient failures, where extraction fans out, how long a run waits for
+    a busy checkout, and whether stages sync with the DVC remote."""
 
     retries: int = Field(ge=0)
     retry_delay_s: float = Field(ge=0)
     extract_fanout: Literal["none", "dask"]
     dask: DaskParams
+    lock_wait_s: float = Field(ge=0)
+    use_remote: bool
 
 
 class Params(Strict):

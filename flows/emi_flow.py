@@ -1,56 +1,47 @@
-"""Prefect flow ``emi``: the pipeline's stages as tasks (wiring only; the logic lives in ``emi``).
+"""Prefect flow ``emi``: one task per DVC stage of dvc.yaml (wiring only; the logic lives in ``emi``).
 
-Tasks call the same stage functions as the CLI and ``dvc.yaml`` (not ``dvc repro <stage>``): that is what lets
-extraction fan out over shards on Dask, and every stage is resumable on its own (fingerprinted parts, shards
-and checkpoints), so a retried task or a later ``dvc repro`` reuses what is already done.
+Each task runs ``dvc repro --single-item <stage>`` in the checkout (``emi.orchestrate``), so DVC decides what is
+stale, runs the stage's ``emi`` command and records dvc.lock and its cache: after a flow run ``dvc status`` is
+clean and ``dvc repro`` does nothing. With a default DVC remote, a task restores a stage DVC has seen before from
+the remote's run-cache instead of running it, and pushes what it produced. Extraction fans out first: one task
+per shard on Dask (``orchestration.extract_fanout: dask``); the DVC extract stage then finds every shard finished
+by its receipt and records the store.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_run_logger, runtime, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from emi.config import Params, load_params
-from emi.contracts.report import render_markdown
+from emi.orchestrate import DvcPipeline, pipeline_lock
 from emi.paths import Layout
 from emi.report.markdown import md_table
 
-
-def _params(params_path: str, profile: str | None, overrides: list[str]) -> Params:
-    return load_params(params_path if Path(params_path).exists() else None, overrides, profile=profile)
+FANOUT_STAGE = "extract"
 
 
-def _publish(report, key: str) -> None:
-    create_markdown_artifact(key=key, markdown=render_markdown(report), description=f"{report.stage} validation")
-    get_run_logger().info(report.summary())
+def _pipeline(params: Params) -> DvcPipeline:
+    return DvcPipeline(Path.cwd(), params.orchestration.lock_wait_s, get_run_logger())
 
 
-def _retrying(fn, params: Params):
-    return fn.with_options(retries=params.orchestration.retries,
-                           retry_delay_seconds=params.orchestration.retry_delay_s)
-
-
-@task(name="download")
-def download_task(params: Params, paths: Layout) -> dict:
-    from emi.stages.download import download
-
-    result = download(params, paths.raw, paths.validation, show_progress=False)
-    _publish(result.report, "validation-download")
-    return {"raw_dir": str(result.raw_dir), "rows": result.report.n_rows, "seconds": result.seconds}
-
-
-@task(name="transcribe")
-def transcribe_task(params: Params, paths: Layout) -> dict:
-    from emi.stages.transcribe import transcribe
-
-    result = transcribe(params, paths.raw, paths.transcripts, paths.validation, show_progress=False)
-    _publish(result.report, "validation-transcribe")
-    return {"clips": result.n_clips, "seconds": result.seconds, "wer": result.report.facts.get("wer")}
+@task(name="dvc-stage", task_run_name="{stage}")
+def stage_task(params: Params, stage: str) -> dict:
+    """Reproduce one DVC stage (restored from the remote when DVC has seen it), push it, publish its report."""
+    pipeline = _pipeline(params)
+    remote = params.orchestration.use_remote and pipeline.has_remote()
+    run = pipeline.repro(stage, pull=remote)
+    if remote:
+        pipeline.push(stage)
+    report = Layout().validation / f"{stage}.md"
+    if report.is_file():
+        create_markdown_artifact(key=f"validation-{stage}", markdown=report.read_text(encoding="utf-8"),
+                                 description=f"{stage} validation")
+    return {"outcome": run.outcome, "seconds": round(run.seconds, 2)}
 
 
 @task(name="extract-shard")
@@ -61,18 +52,14 @@ def extract_shard_task(params: Params, paths: Layout, shard: int) -> int:
     return run_shard(plan, shard) if shard in plan.shards_to_run else 0
 
 
-@flow(name="emi-extract", task_runner=ThreadPoolTaskRunner(max_workers=1))
-def extract_flow(params: Params, paths: Layout) -> dict:
-    """Extraction fanned out over shards: one task per shard on the flow's task runner (Dask when asked)."""
-    from emi.stages.extract import finish_extract, plan_extract
+@flow(name="emi-extract-shards", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def extract_shards(params: Params, paths: Layout) -> dict:
+    """The extraction shards DVC's extract stage will need, one task per shard (Dask when asked)."""
+    from emi.stages.extract import plan_extract
 
-    started = time.perf_counter()
     plan = plan_extract(params, paths.raw, paths.transcripts_table, paths.features)
     futures = extract_shard_task.map(unmapped(params), unmapped(paths), plan.shards_to_run)
-    n_frames = sum(f.result() for f in futures)
-    result = finish_extract(plan, time.perf_counter() - started, n_frames, paths.validation)
-    _publish(result.report, "validation-extract")
-    return {"clips": result.n_clips, "shards_done_now": result.shards_done_now, "seconds": result.seconds}
+    return {"shards": len(plan.shards_to_run), "frames": sum(f.result() for f in futures)}
 
 
 def dask_runner(params: Params):
@@ -90,84 +77,55 @@ def dask_runner(params: Params):
                                           "processes": True, "dashboard_address": None})
 
 
-@task(name="stage1")
-def stage1_task(params: Params, paths: Layout) -> dict:
-    from emi.stages.stage1 import stage1
-
-    result = stage1(params, paths.features, paths.stage1, paths.aligned, paths.raw, show_progress=False)
-    return {"seconds": result.seconds, **{k: v for k, v in result.metrics.items() if "recall" in k}}
-
-
-@task(name="stage2")
-def stage2_task(params: Params, paths: Layout) -> dict:
-    from emi.stages.stage2 import stage2
-
-    result = stage2(params, paths.aligned_file, paths.raw, paths.stage2, show_progress=False)
-    return {"seconds": result.seconds, **result.metrics}
-
-
-@task(name="ablate")
-def ablate_task(params: Params, paths: Layout) -> dict:
-    from emi.report.markdown import ablation_markdown
-    from emi.stages.ablate import ablation
-
-    table = ablation(params, paths.aligned_file, paths.raw, paths.reports, stage2_model=paths.fusion_model,
-                     models_dir=paths.ablation_models)
-    create_markdown_artifact(key="ablation", markdown=ablation_markdown(table), description="Table 3 grid")
-    return {"rows": len(table)}
-
-
-@task(name="evaluate")
-def evaluate_task(params: Params, paths: Layout) -> dict:
-    from emi.stages.evaluate import evaluate
-
-    result = evaluate(params, paths, register=True, show_progress=False)
-    flat = result.flat_metrics()
-    create_markdown_artifact(key="report", markdown=Path(result.paths["report"]).read_text(), description="report")
-    return {"metrics": {k: v for k, v in flat.items() if k.startswith(("valid_", "test_", "fraction"))},
-            "registry": result.registry}
-
-
 @flow(name="emi")
-def emi(params_path: str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None,
-        root: str = ".", ablate: bool = False) -> dict:
-    """The whole pipeline: download -> transcribe -> extract -> stage1 -> stage2 (-> ablation grid)."""
+def emi(profile: str | None = None, overrides: list[str] | None = None, stages: list[str] | None = None) -> dict:
+    """The DVC pipeline of this checkout (the flow's working directory), stage by stage; ``stages`` picks a subset
+    (dvc.yaml's order is kept). ``profile`` / ``overrides`` (``key=value``) are written into params.yaml first,
+    as ``dvc exp run -S`` does, so DVC sees and records them."""
+    from emi.orchestrate import apply_overrides
     from emi.tracking import runs as tracking
 
-    params = _params(params_path, profile, overrides or [])
-    paths = Layout(Path(root))
     log = get_run_logger()
-    # one MLflow parent run for this flow run; every stage task nests under it
-    os.environ[tracking.PARENT_ENV] = tracking.pipeline_run(params, fresh=True)
-    try:
-        out = {"download": _retrying(download_task, params)(params, paths)}
-        out["transcribe"] = _retrying(transcribe_task, params)(params, paths)
-        extract = extract_flow
-        if params.orchestration.extract_fanout == "dask":
-            extract = extract_flow.with_options(task_runner=dask_runner(params))
-        out["extract"] = extract(params, paths)
-        out["stage1"] = _retrying(stage1_task, params)(params, paths)
-        out["stage2"] = _retrying(stage2_task, params)(params, paths)
-        if ablate:
-            out["ablate"] = ablate_task(params, paths)
-        out["evaluate"] = evaluate_task(params, paths)
-    except BaseException:
-        tracking.finish_pipeline(params, "FAILED")
-        raise
-    finally:
-        os.environ.pop(tracking.PARENT_ENV, None)
-    metrics = [{"metric": k, "value": v} for k, v in out["evaluate"]["metrics"].items()]
-    create_markdown_artifact(key="metrics", markdown=md_table(metrics) + "\n", description="evaluation")
-    log.info("pipeline finished in %s (pid %d)", root, os.getpid())
+    flow_run = str(runtime.flow_run.id)
+    pipeline = DvcPipeline(Path.cwd(), logger=log)
+    with pipeline_lock(pipeline.root, load_params("params.yaml").orchestration.lock_wait_s,
+                       {"flow run": flow_run}, log):
+        apply_overrides(pipeline.root / "params.yaml", ([f"profile={profile}"] if profile else []) + (overrides or []))
+        params = load_params("params.yaml")
+        todo = pipeline.select(stages)
+        # one MLflow parent run for this flow run: every stage command DVC runs nests under it
+        parent = tracking.pipeline_run(params, fresh=True, tags={tracking.FLOW_RUN_TAG: flow_run})
+        os.environ[tracking.PARENT_ENV] = parent
+        out: dict[str, dict] = {}
+        try:
+            for stage in todo:
+                if stage == FANOUT_STAGE and params.orchestration.extract_fanout == "dask" and pipeline.needs_run(
+                        stage, pull=params.orchestration.use_remote and pipeline.has_remote()):
+                    with pipeline.repo_lock():
+                        out["extract-shards"] = extract_shards.with_options(task_runner=dask_runner(params))(
+                            params, Layout())
+                out[stage] = stage_task.with_options(retries=params.orchestration.retries,
+                                                     retry_delay_seconds=params.orchestration.retry_delay_s)(params,
+                                                                                                            stage)
+                tracking.tag_outputs(params, parent, pipeline.output_hashes().get(stage, {}), stage)
+        except BaseException:
+            tracking.finish_pipeline(params, "FAILED")
+            raise
+        finally:
+            os.environ.pop(tracking.PARENT_ENV, None)
+        tracking.finish_pipeline(params, "FINISHED", run_id=parent)
+    rows = [{"stage": s, "outcome": r.get("outcome", ""), "seconds": r.get("seconds", "")} for s, r in out.items()]
+    create_markdown_artifact(key="stages", markdown=md_table(rows) + "\n", description="what DVC did per stage")
+    metrics = Layout().reports / "metrics.json"
+    if metrics.is_file():
+        import json
+
+        flat = json.loads(metrics.read_text())
+        create_markdown_artifact(key="metrics", markdown=md_table([{"metric": k, "value": v} for k, v in flat.items()])
+                                 + "\n", description="evaluation (reports/metrics.json)")
+    log.info("pipeline finished in %s: %s", pipeline.root, ", ".join(f"{s} {r['outcome']}" for s, r in out.items()
+                                                                     if "outcome" in r))
     return out
-
-
-@flow(name="emi-ablation")
-def emi_ablation(params_path: str = "params.yaml", profile: str | None = None, overrides: list[str] | None = None,
-                 root: str = ".") -> dict:
-    """The ablation grid on the features the last full run produced."""
-    params = _params(params_path, profile, overrides or [])
-    return {"ablate": ablate_task(params, Layout(Path(root)))}
 
 
 if __name__ == "__main__":

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # The offline local recipe: Prefect server on 127.0.0.1, a process work pool, the deployments of prefect.yaml,
 # a worker, one `prefect deployment run emi/full` watched to its final state, then a clean shutdown.
-#   scripts/prefect-local.sh [--profile NAME] [--root DIR] [--timeout SECONDS] [--set key=value ...]
+# The flow reproduces this checkout's DVC pipeline (profile / --set values are written into params.yaml first,
+# as `dvc exp run -S` does). A server already answering at PREFECT_API_URL is used instead of starting one.
+# --runs N submits N runs at once (they share this checkout: the second waits for the first, see README).
+#   scripts/prefect-local.sh [--profile NAME] [--stage NAME ...] [--runs N] [--timeout SECONDS] [--set key=value ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" EMI_REPO="$PWD" EMI_WORK_POOL="${EMI_WORK_POOL:-emi-local}"
 PORT="${EMI_PREFECT_PORT:-4242}"
-export PREFECT_API_URL="http://127.0.0.1:$PORT/api" PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
+export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:$PORT/api}" PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 PREFECT_UI_ENABLED=false
-timeout=1200 params=()
+timeout=1200 runs=1 params=() stages=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) params+=("profile=$2"); shift 2 ;;
-    --root) params+=("root=$2"); shift 2 ;;
+    --stage) stages+=("$2"); shift 2 ;;
     --timeout) timeout="$2"; shift 2 ;;
+    --runs) runs="$2"; shift 2 ;;
     --set) overrides+=("$2"); shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -31,9 +35,11 @@ cleanup() {  # worker first, then the server; anything still up after 10 s is ki
 }
 trap cleanup EXIT INT TERM
 
-setsid prefect server start --host 127.0.0.1 --port "$PORT" >"$logs/server.log" 2>&1 & pids+=($!)
-for _ in $(seq 120); do curl -sf "$PREFECT_API_URL/health" >/dev/null && break; sleep 1; done
-curl -sf "$PREFECT_API_URL/health" >/dev/null || { echo "server did not start; see $logs/server.log" >&2; exit 1; }
+if ! curl -sf "$PREFECT_API_URL/health" >/dev/null; then
+  setsid prefect server start --host 127.0.0.1 --port "$PORT" >"$logs/server.log" 2>&1 & pids+=($!)
+  for _ in $(seq 120); do curl -sf "$PREFECT_API_URL/health" >/dev/null && break; sleep 1; done
+  curl -sf "$PREFECT_API_URL/health" >/dev/null || { echo "server did not start; see $logs/server.log" >&2; exit 1; }
+fi
 
 prefect work-pool create "$EMI_WORK_POOL" --type process --overwrite >/dev/null
 prefect --no-prompt deploy --all >"$logs/deploy.log" 2>&1 || { cat "$logs/deploy.log" >&2; exit 1; }
@@ -41,8 +47,18 @@ setsid prefect worker start --pool "$EMI_WORK_POOL" --type process >"$logs/worke
 
 args=()
 for p in "${params[@]}"; do args+=(--param "$p"); done
-if [ -n "${overrides+x}" ]; then
-  args+=(--param "overrides=$(python -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "${overrides[@]}")")
-fi
-prefect deployment run emi/full "${args[@]}" --watch --watch-timeout "$timeout" | tee "$logs/run.log"
-grep -q "Completed" "$logs/run.log"
+json_list() { python -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "$@"; }
+[ -n "${overrides+x}" ] && args+=(--param "overrides=$(json_list "${overrides[@]}")")
+[ "${#stages[@]}" -gt 0 ] && args+=(--param "stages=$(json_list "${stages[@]}")")
+watchers=()
+for i in $(seq "$runs"); do
+  prefect deployment run emi/full "${args[@]}" --watch --watch-timeout "$timeout" >"$logs/run-$i.log" 2>&1 &
+  watchers+=($!)
+done
+failed=0
+for i in $(seq "$runs"); do
+  wait "${watchers[i-1]}" || failed=1
+  cat "$logs/run-$i.log"
+  grep -q "finished successfully in 'Completed'" "$logs/run-$i.log" || failed=1
+done
+exit "$failed"

@@ -159,3 +159,24 @@ def concat_clip(src: Path, dst: Path, times: int) -> Path:
                     "-c", "copy", str(dst)], check=True)
     listing.unlink()
     return dst
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def clone_working_tree(dst: Path, src: Path = REPO) -> Path:
+    """A git repository at ``dst`` holding this working tree's tracked and untracked-but-not-ignored files in one
+    commit (what a fresh clone of it would hold, uncommitted edits included), its ``.venv`` linked to ours."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        if (src / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, dst / rel)
+    git = ["git", "-c", "user.name=emi-test", "-c", "user.email=emi-test@localhost"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "working tree"]):
+        subprocess.run(git + cmd, cwd=dst, check=True, capture_output=True)
+    (dst / ".venv").symlink_to(src / ".venv")  # after the commit: git would track a link named .venv
+    return dst

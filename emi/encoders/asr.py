@@ -60,7 +60,8 @@ def transcribe_clip(model, clip: Clip, cfg: TranscribeParams, silence_dbfs: floa
                     duration_s=duration)
     try:
         segments, info = model.transcribe(wave, language=cfg.language, beam_size=cfg.beam_size,
-                                          vad_filter=cfg.vad, condition_on_previous_text=False)
+                                          vad_filter=cfg.vad, condition_on_previous_text=False,
+                                          temperature=list(cfg.temperatures))
         segments = list(segments)  # a generator: decoding (and its failures) happens here
     except (RuntimeError, ValueError) as exc:
         return _row(clip, "error", f"{clip.path}: ASR failed: {type(exc).__name__}: {exc}", duration_s=duration)

@@ -59,7 +59,7 @@ def _asr_settings(params: Params) -> dict[str, Any]:
     cfg = params.transcribe
     return {"format": PART_FORMAT, "asr": cfg.asr.model_dump(mode="json"), "language": cfg.language,
             "beam_size": cfg.beam_size, "vad": cfg.vad, "compute_type": cfg.compute_type,
-            "silence_dbfs": params.data.silence_dbfs, "workers": cfg.workers}
+            "silence_dbfs": params.data.silence_dbfs, "workers": cfg.workers, "temperatures": cfg.temperatures}
 
 
 def _file_hashes(clips: list[Clip], cached: dict[str, list]) -> dict[str, list]:

@@ -27,6 +27,8 @@ from emi.config import EMOTIONS, Params
 from emi.tracking.runs import DATA_TAG, configure, finish_pipeline, log_metrics, numeric, param_key, stage_run
 from emi.utils import write_json
 
+RUN_TAG = "emi.run_id"  # the run that logged the version (its metrics, params, artifacts)
+PIPELINE_RUN_TAG = "emi.pipeline_run_id"  # its parent: one pipeline (flow) run, with the DVC output hashes
 METRIC_TAG = "emi.metric."  # prefix: a version's metrics travel with it even if its run is deleted
 MODEL_CODE = Path(__file__).with_name("pyfunc.py")
 OUTPUT_COLUMNS = (*EMOTIONS, "weight_V", "weight_A", "weight_T")
@@ -134,7 +136,9 @@ def register_model(params: Params, stage1_path: Path, stage2_path: Path, metrics
         log_metrics(metrics, rid)
     version = str(info.registered_model_version)
     values = {param_key(k): float(v) for k, v in metrics.items() if numeric(v)}  # "recall@1" -> "recall_1"
-    tags = {DATA_TAG: data_fingerprint, "emi.profile": params.profile,
+    parent = client.get_run(rid).data.tags.get("mlflow.parentRunId")
+    tags = {DATA_TAG: data_fingerprint, "emi.profile": params.profile, RUN_TAG: rid,
+            **({PIPELINE_RUN_TAG: parent} if parent else {}),
             "emi.stage2": json.dumps(params.stage2.model_dump(mode="json"), separators=(",", ":")),
             **{METRIC_TAG + k: repr(v) for k, v in values.items()}}
     for key, value in tags.items():
@@ -215,6 +219,7 @@ def compare_versions(params: Params, versions: list[str] | None = None) -> str:
             rows.append((metric, [_cell(v) for v in values]))
     rows.append(("data fingerprint", [_cell(mv.tags.get(DATA_TAG)) for mv in found]))
     rows.append(("run", [_cell(runs[mv.version].info.run_name if runs[mv.version] else None) for mv in found]))
+    rows.append(("run id", [_cell(mv.tags.get(RUN_TAG) or mv.run_id) for mv in found]))
     per_version = [_run_params(client, mv.run_id) for mv in found]
     keys = sorted(set().union(*per_version))
     for key in keys:
@@ -230,7 +235,12 @@ def compare_versions(params: Params, versions: list[str] | None = None) -> str:
         table.add_row(label, *cells)
     buf = io.StringIO()
     Console(file=buf, width=40 + 28 * len(found), color_system=None, force_terminal=False).print(table)
-    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()).strip("\n") + "\n"
+    text = "\n".join(line.rstrip() for line in buf.getvalue().splitlines()).strip("\n") + "\n"
+    data = {mv.tags.get(DATA_TAG) for mv in found}
+    if len(data) > 1:
+        text += ("note: these versions were trained and scored on different data (the data fingerprints differ), "
+                 "so their metrics are not comparable as equals\n")
+    return text
 
 
 def load_registered(params: Params | None, model_uri: str, dst_path: Path | None = None) -> dict[str, Path]:

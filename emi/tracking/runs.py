@@ -31,6 +31,8 @@ PARENT_ENV = "EMI_MLFLOW_PARENT_RUN_ID"
 PIPELINE_KEY_TAG = "emi.pipeline_key"
 STAGE_TAG = "emi.stage"
 DATA_TAG = "emi.data_fingerprint"
+FLOW_RUN_TAG = "emi.prefect_flow_run_id"
+DVC_OUT_TAG = "emi.dvc"  # emi.dvc.<stage>.<output path> = the output's md5 in dvc.lock
 MAX_PARAM_VALUE = 6000
 BATCH = 100  # MLflow's limit on params/tags per log_batch (metrics: 1000)
 
@@ -118,15 +120,16 @@ def _find_parent(client: MlflowClient, params: Params, key: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def pipeline_run(params: Params, client: MlflowClient | None = None, fresh: bool = False) -> str:
+def pipeline_run(params: Params, client: MlflowClient | None = None, fresh: bool = False,
+                 tags: dict[str, str] | None = None) -> str:
     """The parent run id for this pipeline run, created (with all params logged) if there is none;
-    ``fresh`` always starts a new one (a Prefect flow run is one pipeline run)."""
+    ``fresh`` always starts a new one (a Prefect flow run is one pipeline run) with ``tags`` added."""
     client = client or configure(params)
     commit = git_commit()
     key = pipeline_key(params, commit)
     run_id = None if fresh else _find_parent(client, params, key)
     if run_id is None:
-        tags = {PIPELINE_KEY_TAG: key, "emi.profile": params.profile}
+        tags = {PIPELINE_KEY_TAG: key, "emi.profile": params.profile, **(tags or {})}
         if commit != "nogit":
             tags["mlflow.source.git.commit"] = commit
         run = client.create_run(experiment_id(client, params), tags=tags,
@@ -161,10 +164,19 @@ def stage_run(params: Params, stage: str, data_fingerprint: str | None = None) -
     mlflow.end_run("FINISHED")
 
 
-def finish_pipeline(params: Params, status: str = "FINISHED") -> str | None:
+def tag_outputs(params: Params, run_id: str, hashes: dict[str, str], stage: str) -> None:
+    """The DVC hash (md5 in dvc.lock) of each of ``stage``'s outputs as tags of the parent run: the lineage of
+    what this pipeline run produced or restored."""
+    client = configure(params)
+    for path, md5 in hashes.items():
+        if md5:
+            client.set_tag(run_id, param_key(f"{DVC_OUT_TAG}.{stage}.{path}"), md5)
+
+
+def finish_pipeline(params: Params, status: str = "FINISHED", run_id: str | None = None) -> str | None:
     """End this pipeline's parent run (evaluate, the last stage, calls it); the parent's id, or None."""
     client = configure(params)
-    run_id = _find_parent(client, params, pipeline_key(params))
+    run_id = run_id or _find_parent(client, params, pipeline_key(params))
     if run_id is not None:
         client.set_terminated(run_id, status=status)
     return run_id

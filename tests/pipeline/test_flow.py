@@ -1,16 +1,34 @@
-"""The Prefect side for real: the local recipe (server, pool, worker, `deployment run emi/full`) and Dask fan-out."""
+"""The Prefect side for real: one Prefect server, the local recipe (pool, deployments, process worker,
+`prefect deployment run emi/full`) in clones of this working tree, each flow task reproducing a DVC stage; a
+second clone restoring everything from a shared DVC remote; two runs on one checkout; Dask fan-out."""
+
+from __future__ import annotations
 
 import os
+import re
+import shutil
+import signal
 import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from emi.config import load_params
+from emi.orchestrate import apply_overrides
+from tests.conftest import REPO, clone_working_tree
 
-REPO = Path(__file__).resolve().parents[2]
+DVC = str(Path(sys.executable).parent / "dvc")
+PREFECT = str(Path(sys.executable).parent / "prefect")
+RECIPE_SETTINGS = ["--profile", "tiny", "--set", "download.synthetic.n_clips=8"]
+STAGES = ["download", "transcribe", "extract", "stage1", "stage2", "ablate", "evaluate"]
+# files every stage's numbers end up in: equal bytes = equal metrics
+RESULTS = ["reports/metrics.json", "reports/scores.json", "models/stage2/metrics.json",
+           "models/stage2/predictions.csv", "models/stage1/metrics.json", "reports/ablation.json"]
 
 
 def free_port() -> int:
@@ -19,29 +37,145 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_local_recipe_runs_deployment_full_to_completed(tmp_path):
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """One Prefect server for every clone of this module."""
     port = free_port()
-    env = {**os.environ, "EMI_PREFECT_PORT": str(port), "PREFECT_HOME": str(tmp_path / "prefect"),
-           "EMI_WORK_POOL": "emi-test"}
-    done = subprocess.run([str(REPO / "scripts/prefect-local.sh"), "--profile", "tiny", "--root", str(tmp_path),
-                           "--timeout", "600", "--set", "download.synthetic.n_clips=8"],
-                          capture_output=True, text=True, env=env, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Completed" in done.stdout
-    assert (tmp_path / "models/stage2/model.pt").is_file() and (tmp_path / "reports/ablation.md").is_file()
-    with socket.socket() as s:  # the server is gone: clean shutdown
-        assert s.connect_ex(("127.0.0.1", port)) != 0
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-server")),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        pytest.fail("the Prefect server did not start")
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(30)
+
+
+def clone(path: Path, remote: Path | None) -> Path:
+    path.mkdir()
+    clone_working_tree(path)
+    if remote is not None:
+        sh(DVC, "remote", "add", "--local", "--default", "shared", str(remote), cwd=path)
+    return path
+
+
+def sh(*cmd: str, cwd: Path) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, env=clone_env(cwd))
+    assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def clone_env(checkout: Path) -> dict[str, str]:
+    """Each clone runs its own code (not the editable install's) and logs to its own MLflow store, as separate
+    checkouts do."""
+    env = {k: v for k, v in os.environ.items() if k != "EMI_MLFLOW_PARENT_RUN_ID"}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # dvc.yaml's `emi ...` commands
+    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{checkout / 'mlflow.db'}", "PYTHONPATH": str(checkout),
+            "PATH": path}
+
+
+def recipe(checkout: Path, api: str, *args: str) -> str:
+    """scripts/prefect-local.sh of that checkout against the shared server; returns the worker's log."""
+    home = checkout / ".prefect"
+    shutil.rmtree(home, ignore_errors=True)
+    env = {**clone_env(checkout), "PREFECT_API_URL": api, "PREFECT_HOME": str(home),
+           "EMI_WORK_POOL": f"pool-{checkout.name}"}
+    done = subprocess.run([str(checkout / "scripts/prefect-local.sh"), *RECIPE_SETTINGS, "--timeout", "900", *args],
+                          cwd=checkout, capture_output=True, text=True, env=env, timeout=1200)
+    worker = (home / "logs" / "worker.log").read_text()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:] + worker[-4000:]
+    return worker
+
+
+def outcomes(worker_log: str) -> dict[str, list[str]]:
+    """stage -> what each task said DVC did with it, in order (emi.orchestrate.StageRun.summary)."""
+    out: dict[str, list[str]] = {}
+    for stage, what in re.findall(r"stage '(\w+)': (ran its command|restored from DVC's run-cache|up to date)",
+                                  worker_log):
+        out.setdefault(stage, []).append(what)
+    return out
 
 
 @pytest.mark.slow
-def test_dask_fanout_gives_the_same_features_as_one_process(tiny_dataset, tmp_path):
+def test_the_flow_is_the_dvc_pipeline_and_a_second_clone_restores_it_from_the_remote(tmp_path, prefect_api):
+    remote = tmp_path / "remote"
+    first, second = clone(tmp_path / "first", remote), clone(tmp_path / "second", remote)
+    # the reference: a plain `dvc repro` of the same commit and params in a clone of its own, run meanwhile
+    reference = clone(tmp_path / "reference", None)
+    apply_overrides(reference / "params.yaml", ["profile=tiny", "download.synthetic.n_clips=8"])
+    plain = subprocess.Popen([DVC, "repro"], cwd=reference, env=clone_env(reference), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+
+    cold = time.perf_counter()
+    log = recipe(first, prefect_api)
+    cold = time.perf_counter() - cold
+    assert outcomes(log) == {s: ["ran its command"] for s in STAGES}, log[-3000:]
+    assert "Data and pipelines are up to date" in sh(DVC, "status", cwd=first)
+    repro = sh(DVC, "repro", cwd=first)
+    assert "Running stage" not in repro and all(f"Stage '{s}' didn't change" in repro for s in STAGES)
+    assert "in sync" in sh(DVC, "status", "--cloud", cwd=first)  # the flow pushed every output
+    assert "Everything is up to date" in sh(DVC, "push", cwd=first)
+
+    # a fresh checkout elsewhere: same commit, same remote, one Prefect server; nothing is recomputed
+    restore = time.perf_counter()
+    log = recipe(second, prefect_api)
+    restore = time.perf_counter() - restore
+    assert outcomes(log) == {s: ["restored from DVC's run-cache"] for s in STAGES}, log[-3000:]
+    assert "Running stage" not in log
+    assert "Data and pipelines are up to date" in sh(DVC, "status", cwd=second)
+
+    out, _ = plain.communicate(timeout=1200)
+    assert plain.returncode == 0, out[-3000:]
+    for rel in RESULTS:  # bit-identical metrics: the flow, its restore, and a plain dvc repro
+        assert (first / rel).read_bytes() == (second / rel).read_bytes() == (reference / rel).read_bytes(), rel
+    print(f"\ncold Prefect run {cold:.0f} s, second-clone restore {restore:.0f} s")
+
+    # lineage: the flow run's MLflow parent run names the Prefect flow run and the DVC hash of every output
+    from mlflow import MlflowClient
+
+    from emi.orchestrate import DvcPipeline
+    from emi.tracking.runs import FLOW_RUN_TAG, PIPELINE_KEY_TAG
+
+    client = MlflowClient(f"sqlite:///{first / 'mlflow.db'}")
+    params = load_params(first / "params.yaml")
+    exp = client.get_experiment_by_name(params.tracking.experiment)
+    parents = [r for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+               if PIPELINE_KEY_TAG in r.data.tags and "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 2 and all(r.data.tags.get(FLOW_RUN_TAG) for r in parents)
+    tags = parents[0].data.tags
+    hashes = DvcPipeline(first).output_hashes()
+    assert tags["emi.dvc.extract.data/features"] == hashes["extract"]["data/features"]
+    assert tags["emi.dvc.stage2.models/stage2/model.pt"] == hashes["stage2"]["models/stage2/model.pt"]
+    assert tags["mlflow.source.git.commit"] == sh("git", "rev-parse", "HEAD", cwd=first).strip()
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_checkout_take_turns(tmp_path, prefect_api):
+    checkout = clone(tmp_path / "busy", None)
+    log = recipe(checkout, prefect_api, "--stage", "download", "--runs", "2")
+    assert "another pipeline run holds this checkout (flow run" in log
+    assert sorted(outcomes(log)["download"]) == ["ran its command", "up to date"]
+    assert "Data and pipelines are up to date" in sh(DVC, "status", "download", cwd=checkout)
+    assert not (checkout / ".dvc/tmp/emi-pipeline.json").exists()
+
+
+@pytest.mark.slow
+def test_dask_fanout_leaves_every_shard_finished_for_the_dvc_stage(tiny_dataset, tmp_path):
     from prefect.testing.utilities import prefect_test_harness
 
     from emi.data.store import load_features
     from emi.paths import Layout
     from emi.stages.extract import extract
-    from flows.emi_flow import dask_runner, extract_flow
+    from flows.emi_flow import dask_runner, extract_shards
     from tests.conftest import transcripts_from_script
 
     params = load_params(None, profile="tiny", overrides=["extract.shard_size=4", "orchestration.dask.n_workers=2"])
@@ -55,10 +189,21 @@ def test_dask_fanout_gives_the_same_features_as_one_process(tiny_dataset, tmp_pa
     fanned.transcripts.mkdir(parents=True)
     transcripts_from_script(tiny_dataset, fanned.transcripts_table)
     with prefect_test_harness(server_startup_timeout=120):
-        out = extract_flow.with_options(task_runner=dask_runner(params))(params, fanned)
-    assert out["shards_done_now"] == {"visual": 3, "audio": 3, "text": 3}
+        out = extract_shards.with_options(task_runner=dask_runner(params))(params, fanned)
+    assert out["shards"] == 3
+    # what DVC's extract stage then runs: every shard is found finished by its receipt
+    recorded = extract(params, fanned.raw, fanned.transcripts_table, fanned.features, None, show_progress=False)
+    assert recorded.shards_done_now == {"visual": 0, "audio": 0, "text": 0}
     a, b = load_features(single / "features"), load_features(fanned.features)
     assert a.ids == b.ids
     for x, y in zip([*a.visual, *a.audio], [*b.visual, *b.audio], strict=True):
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(a.text, b.text)
+
+
+def test_the_recipe_and_deployments_name_the_flow_of_this_repo():
+    import yaml
+
+    deployments = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    assert deployments["full"]["entrypoint"] == "flows/emi_flow.py:emi"
+    assert deployments["ablation"]["parameters"] == {"stages": ["ablate"]}

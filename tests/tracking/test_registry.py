@@ -102,7 +102,13 @@ def test_compare_shows_versions_side_by_side_with_only_the_params_that_differ(st
                  "stage2.width"):
         assert text in table
     assert "stage1.embed_dim" not in table and "seed" not in table
-    assert "v2" not in registry.compare_versions(params_for(store, "compare"), ["1"])
+    assert "different data" in table  # never compared as if equal
+    only_one = registry.compare_versions(params_for(store, "compare"), ["1"])
+    assert "v2" not in only_one and "different data" not in only_one
+    version = MlflowClient(store).get_model_version(params_for(store, "compare").tracking.registered_model, "2")
+    assert version.tags[registry.RUN_TAG] == version.run_id and version.tags[runs.DATA_TAG] == "data-b"
+    assert version.tags[registry.PIPELINE_RUN_TAG] == MlflowClient(store).get_run(version.run_id).data.tags[
+        "mlflow.parentRunId"]
 
 
 @pytest.mark.slow  # a real MLflow store

@@ -63,6 +63,22 @@ def test_parent_named_by_the_flow_wins(store, monkeypatch):
 
 
 @pytest.mark.slow  # a real MLflow store
+def test_a_flow_runs_parent_carries_its_lineage(store):
+    params = params_for(store, "lineage")
+    parent = runs.pipeline_run(params, fresh=True, tags={runs.FLOW_RUN_TAG: "flow-123"})
+    runs.tag_outputs(params, parent, {"data/raw": "abc.dir", "reports/validation/download.json": "def", "x": ""},
+                     "download")
+    assert runs.finish_pipeline(params, run_id=parent) == parent
+    run = MlflowClient(store).get_run(parent)
+    tags = run.data.tags
+    assert tags[runs.FLOW_RUN_TAG] == "flow-123" and run.info.status == "FINISHED"
+    assert tags["emi.dvc.download.data/raw"] == "abc.dir"
+    assert tags["emi.dvc.download.reports/validation/download.json"] == "def"
+    assert "emi.dvc.download.x" not in tags  # an output DVC has not hashed yet
+    assert tags["mlflow.source.git.commit"] == runs.git_commit()
+
+
+@pytest.mark.slow  # a real MLflow store
 def test_a_failing_stage_is_marked_failed_and_the_error_propagates(store):
     params = params_for(store, "fail")
     with pytest.raises(ValueError, match="boom"), runs.stage_run(params, "stage1") as run:
