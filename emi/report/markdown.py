@@ -35,9 +35,9 @@ def md_table(rows: pd.DataFrame | Sequence[Mapping], digits: int = 4, formats: M
 
 
 def ablation_markdown(table: pd.DataFrame) -> str:
-    cols = ["modalities", "fusion", "inputs", "pearson_mean", *[f"pearson_{e}" for e in EMOTIONS], "mse", "seconds"]
+    cols = ["modalities", "fusion", "inputs", "pearson_mean", *[f"pearson_{e}" for e in EMOTIONS], "mse"]
     return "\n".join(["# Ablation (validation split)", "", md_table(
-        table, columns=cols, formats={"seconds": ".1f"}, headers={c: c.replace("pearson_", "r ") for c in cols})]) + "\n"
+        table, columns=cols, headers={c: c.replace("pearson_", "r ") for c in cols})]) + "\n"
 
 
 def robustness_verdict(table: pd.DataFrame, damaged_modality: dict[str, str]) -> list[str]:
@@ -164,9 +164,7 @@ def report_markdown(ctx: dict) -> str:
             out += [f"- `{i}`: {reason}" for i, reason in sub["unpredicted"].items()]
     out += ["", "## Provenance", "", f"- params fingerprint `{ctx['params_fp']}` (profile `{params.profile}`)",
             f"- data fingerprint `{ctx['data_fp']}` over " + ", ".join(f"{k} `{v[:12]}`" for k, v in
-                                                                       ctx["data_files"].items()),
-            f"- evaluated in {ctx['seconds']:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in ctx["phases"].items())
-            + ")", ""]
+                                                                       ctx["data_files"].items()), ""]
     return "\n".join(out)
 
 

@@ -76,6 +76,9 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
         rows.append({"modalities": "+".join(mods), "fusion": fusion, "inputs": inp, **scores})
         log.info("ablation %s/%s/%s: valid mean Pearson %.4f", mods, fusion, inp, scores["pearson_mean"])
     table = pd.DataFrame(rows)
+    runs.log_metrics({f"{r['modalities']}/{r['fusion']}/{r['inputs']}/seconds".replace("+", ""): r["seconds"]
+                      for r in rows})
+    table = table.drop(columns=["seconds"])  # DVC outputs hold results, not timings: same inputs, same bytes
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "ablation.csv", table.to_csv(index=False, float_format="%.4f"))
     write_text(out_dir / "ablation.md", ablation_markdown(table))

@@ -211,8 +211,7 @@ def evaluate(params: Params, layout: Layout, register: bool = True, show_progres
            "manifest": _read_json(layout.features / "manifest.json"),
            "download": _read_json(layout.validation / "download.json"),
            "transcribe": _read_json(layout.validation / "transcribe.json"), "submission": sub_info,
-           "params_fp": params_fp, "data_fp": data_fp, "data_files": data_files,
-           "seconds": time.perf_counter() - started, "phases": phases}
+           "params_fp": params_fp, "data_fp": data_fp, "data_files": data_files}
     paths["report"] = write_text(reports_dir / "report.md", report_markdown(ctx))
     seconds = time.perf_counter() - started
     log.info("evaluate done in %.1f s (%s): %s", seconds, ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()),

@@ -51,6 +51,7 @@ class ExtractResult:
 
     def tracking(self) -> dict:
         return {"metrics": {"clips": self.n_clips, "seconds": self.seconds, "clips_per_s": self.clips_per_s,
+                            **{f"shards_done_now_{m}": n for m, n in self.shards_done_now.items()},
                             "frames_per_s": self.frames_per_s},
                 "artifacts": [self.report.json_path, self.report.md_path, self.out_dir / MANIFEST_FILE,
                               self.out_dir / INDEX_FILE]}
@@ -153,13 +154,11 @@ def finish_extract(plan: ExtractPlan, seconds: float, n_frames: int, report_dir:
         "encoders": [r.__dict__ | {"random_init": r.random_init} for r in resolved],
         "random_init": [r.role for r in resolved if r.random_init],
         "shards": {m: len(plan.shards) for m in MODALITIES},
-        "shards_done_now": {m: len(plan.todo[m]) for m in MODALITIES},
         "clips": len(plan.clips),
-        "seconds": round(seconds, 2),
-    }
+    }  # what the store holds, never how this run went (timings go to the log and MLflow): same inputs, same bytes
     write_json(plan.out_dir / MANIFEST_FILE, manifest)
     done_clips = sum(len(plan.shards[i]) for i in plan.shards_to_run)
-    result = ExtractResult(plan.out_dir, len(plan.clips), manifest["shards_done_now"], seconds,
+    result = ExtractResult(plan.out_dir, len(plan.clips), {m: len(plan.todo[m]) for m in MODALITIES}, seconds,
                            n_frames / seconds if seconds else 0.0, done_clips / seconds if seconds else 0.0, resolved)
     log.info("extracted %d clips (%d shard parts recomputed) in %.1f s: %.2f clips/s, %.1f frames/s", done_clips,
              sum(len(v) for v in plan.todo.values()), seconds, result.clips_per_s, result.frames_per_s)

@@ -48,7 +48,8 @@ class TranscribeResult:
 
     def tracking(self) -> dict:
         facts = self.report.facts
-        return {"metrics": {"clips": self.n_clips, "seconds": self.seconds, "wer": facts.get("wer"),
+        return {"metrics": {"clips": self.n_clips, "clips_transcribed_now": self.n_done_now, "seconds": self.seconds,
+                            "wer": facts.get("wer"),
                             "sentence_match_rate": facts.get("sentence_match_rate"),
                             "empty_text_rate": facts.get("empty_text_rate")},
                 "artifacts": [self.report.json_path, self.report.md_path, self.table]}
@@ -165,8 +166,7 @@ def transcribe(params: Params, raw_dir: Path, out_dir: Path, report_dir: Path | 
                                   reference=read_latents(raw_dir))
     report.facts["asr"] = asr
     report.facts["settings"] = {k: v for k, v in settings.items() if k != "format"}
-    report.facts["clips_transcribed_now"] = n_done_now
-    report.facts["seconds"] = round(seconds, 2)
+    # the report is a DVC output: how this run went (clips done now, seconds) goes to the log and MLflow instead
     if report_dir is not None:
         write_report(report, Path(report_dir))
 
