@@ -48,4 +48,4 @@ $(STAMP): pyproject.toml requirements.lock requirements-weights.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) data/raw data/raw.partial reports/validation
+	rm -rf $(VENV) data/raw data/raw.partial data/work models/work reports/validation

@@ -78,10 +78,10 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
     table = pd.DataFrame(rows)
     runs.log_metrics({f"{r['modalities']}/{r['fusion']}/{r['inputs']}/seconds".replace("+", ""): r["seconds"]
                       for r in rows})
-    table = table.drop(columns=["seconds"])  # DVC outputs hold results, not timings: same inputs, same bytes
+    results = table.drop(columns=["seconds"])  # DVC outputs hold results, not timings: same inputs, same bytes
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "ablation.csv", table.to_csv(index=False, float_format="%.4f"))
-    write_text(out_dir / "ablation.md", ablation_markdown(table))
+    write_text(out_dir / "ablation.csv", results.to_csv(index=False, float_format="%.4f"))
+    write_text(out_dir / "ablation.md", ablation_markdown(results))
     runs.log_artifacts([out_dir / "ablation.md", out_dir / "ablation.csv"])
     runs.log_metrics({f"{r['modalities']}/{r['fusion']}/{r['inputs']}/pearson_mean".replace("+", ""):
                           r["pearson_mean"] for r in rows})
