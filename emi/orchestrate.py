@@ -83,14 +83,12 @@ def outcome_of(stage: str, lines: list[str]) -> str:
 class DvcPipeline:
     """One DVC repository (a git checkout with dvc.yaml) and the commands an orchestrator runs in it."""
 
-    def __init__(self, root: Path | str = ".", lock_wait_s: float = 0.0, logger: logging.Logger | None = None,
-                 env: dict[str, str] | None = None):
+    def __init__(self, root: Path | str = ".", lock_wait_s: float = 0.0, logger: logging.Logger | None = None):
         self.root = Path(root).resolve()
         if not (self.root / "dvc.yaml").is_file():
             raise PipelineError(f"{self.root}: no dvc.yaml here; run the pipeline from the repository's root")
         self.lock_wait_s = lock_wait_s
         self.log = logger or log
-        self.env = env
 
     # ------------------------------------------------------------------ reading dvc.yaml / dvc.lock
     def _yaml(self, name: str) -> dict:
@@ -122,10 +120,9 @@ class DvcPipeline:
     # ------------------------------------------------------------------ DVC commands
     def _dvc(self, *args: str, stream: bool = False) -> tuple[int, list[str]]:
         cmd = [dvc_executable(), *args]
-        env = {**os.environ, **(self.env or {})}
         lines: list[str] = []
         with subprocess.Popen(cmd, cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env, bufsize=1) as proc:
+                              bufsize=1) as proc:
             assert proc.stdout is not None
             for line in proc.stdout:
                 line = line.rstrip("\n")

@@ -10,6 +10,7 @@ by its receipt and records the store.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,22 +19,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from emi.config import Params, load_params
-from emi.orchestrate import DvcPipeline, pipeline_lock
+from emi.orchestrate import DvcPipeline, apply_overrides, pipeline_lock
 from emi.paths import Layout
 from emi.report.markdown import md_table
 
 FANOUT_STAGE = "extract"
 
 
-def _pipeline(params: Params) -> DvcPipeline:
-    return DvcPipeline(Path.cwd(), params.orchestration.lock_wait_s, get_run_logger())
-
-
 @task(name="dvc-stage", task_run_name="{stage}")
-def stage_task(params: Params, stage: str) -> dict:
+def stage_task(params: Params, stage: str, remote: bool) -> dict:
     """Reproduce one DVC stage (restored from the remote when DVC has seen it), push it, publish its report."""
-    pipeline = _pipeline(params)
-    remote = params.orchestration.use_remote and pipeline.has_remote()
+    pipeline = DvcPipeline(Path.cwd(), params.orchestration.lock_wait_s, get_run_logger())
     run = pipeline.repro(stage, pull=remote)
     if remote:
         pipeline.push(stage)
@@ -82,7 +78,6 @@ def emi(profile: str | None = None, overrides: list[str] | None = None, stages: 
     """The DVC pipeline of this checkout (the flow's working directory), stage by stage; ``stages`` picks a subset
     (dvc.yaml's order is kept). ``profile`` / ``overrides`` (``key=value``) are written into params.yaml first,
     as ``dvc exp run -S`` does, so DVC sees and records them."""
-    from emi.orchestrate import apply_overrides
     from emi.tracking import runs as tracking
 
     log = get_run_logger()
@@ -93,6 +88,7 @@ def emi(profile: str | None = None, overrides: list[str] | None = None, stages: 
         apply_overrides(pipeline.root / "params.yaml", ([f"profile={profile}"] if profile else []) + (overrides or []))
         params = load_params("params.yaml")
         todo = pipeline.select(stages)
+        remote = params.orchestration.use_remote and pipeline.has_remote()  # restore from it and push to it
         # one MLflow parent run for this flow run: every stage command DVC runs nests under it
         parent = tracking.pipeline_run(params, fresh=True, tags={tracking.FLOW_RUN_TAG: flow_run})
         os.environ[tracking.PARENT_ENV] = parent
@@ -100,16 +96,16 @@ def emi(profile: str | None = None, overrides: list[str] | None = None, stages: 
         try:
             for stage in todo:
                 if stage == FANOUT_STAGE and params.orchestration.extract_fanout == "dask" and pipeline.needs_run(
-                        stage, pull=params.orchestration.use_remote and pipeline.has_remote()):
+                        stage, pull=remote):
                     with pipeline.repo_lock():
                         out["extract-shards"] = extract_shards.with_options(task_runner=dask_runner(params))(
                             params, Layout())
-                out[stage] = stage_task.with_options(retries=params.orchestration.retries,
-                                                     retry_delay_seconds=params.orchestration.retry_delay_s)(params,
-                                                                                                            stage)
+                retrying = stage_task.with_options(retries=params.orchestration.retries,
+                                                   retry_delay_seconds=params.orchestration.retry_delay_s)
+                out[stage] = retrying(params, stage, remote)
                 tracking.tag_outputs(params, parent, pipeline.output_hashes().get(stage, {}), stage)
         except BaseException:
-            tracking.finish_pipeline(params, "FAILED")
+            tracking.finish_pipeline(params, "FAILED", run_id=parent)
             raise
         finally:
             os.environ.pop(tracking.PARENT_ENV, None)
@@ -118,8 +114,6 @@ def emi(profile: str | None = None, overrides: list[str] | None = None, stages: 
     create_markdown_artifact(key="stages", markdown=md_table(rows) + "\n", description="what DVC did per stage")
     metrics = Layout().reports / "metrics.json"
     if metrics.is_file():
-        import json
-
         flat = json.loads(metrics.read_text())
         create_markdown_artifact(key="metrics", markdown=md_table([{"metric": k, "value": v} for k, v in flat.items()])
                                  + "\n", description="evaluation (reports/metrics.json)")
