@@ -11,6 +11,7 @@ Resolution order for an ``EncoderSpec``:
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -46,15 +47,28 @@ class Resolved:
     kind: str
     name: str
     source: str  # local | packaged | hub | random
-    location: str | None
+    location: str | None  # what the loader opens: a path on this machine, or a hub id
+    reference: str | None = None  # what outputs record; None: the location
 
     @property
     def random_init(self) -> bool:
         return self.source == "random"
 
+    @property
+    def recorded(self) -> str | None:
+        """The weights' origin as reports and manifests write it: for a packaged model the package, its version and
+        the path inside it, never where this checkout's environment lives (two clones of one commit must write the
+        same bytes); a local path or hub id as set."""
+        return self.reference or self.location
+
     def describe(self) -> str:
-        where = f" ({self.location})" if self.location else ""
+        where = f" ({self.recorded})" if self.recorded else ""
         return f"{self.role}: {self.kind} {self.name} from {self.source}{where}"
+
+    def record(self) -> dict:
+        """The manifest entry: role, kind, name, source, the recorded origin and whether the weights are random."""
+        return {"role": self.role, "kind": self.kind, "name": self.name, "source": self.source,
+                "location": self.recorded, "random_init": self.random_init}
 
 
 def packaged_path(kind: str, name: str) -> Path | None:
@@ -82,7 +96,9 @@ def resolve(spec: EncoderSpec, role: str) -> Resolved:
         return Resolved(role, spec.kind, spec.name, "local", str(path.resolve()))
     packaged = packaged_path(spec.kind, spec.name)
     if packaged is not None:
-        return Resolved(role, spec.kind, spec.name, "packaged", str(packaged))
+        dist, _, inner = PACKAGED[(spec.kind, spec.name)]
+        return Resolved(role, spec.kind, spec.name, "packaged", str(packaged),
+                        f"{dist}=={importlib.metadata.version(dist)}:{inner}")
     if spec.pretrained == RANDOM:  # asked for by name, e.g. to measure throughput without weights
         if not spec.allow_random_init:
             raise EncoderError(f"{role}.pretrained is 'random' but {role}.allow_random_init is false")

