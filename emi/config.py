@@ -305,7 +305,7 @@ class DaskParams(Strict):
 
 class OrchestrationParams(Strict):
     """Prefect flow settings: retries for transient failures, where extraction fans out, how long a run waits for
-    a busy checkout, and whether stages sync with the DVC remote."""
+    a busy checkout, whether stages sync with the DVC remote, and which stages run on other work pools."""
 
     retries: int = Field(ge=0)
     retry_delay_s: float = Field(ge=0)
@@ -313,6 +313,10 @@ class OrchestrationParams(Strict):
     dask: DaskParams
     lock_wait_s: float = Field(ge=0)
     use_remote: bool
+    # stage -> the work pool that runs it (its `emi-stage/<pool>` deployment); a stage not listed runs in the flow's
+    # own process. Stages on a pool exchange outputs through the DVC remote, which they then need.
+    pools: dict[str, str]
+    pool_start_timeout_s: float = Field(gt=0)  # a stage no worker of its pool has started by then fails
 
 
 class Params(Strict):

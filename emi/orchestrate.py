@@ -32,6 +32,8 @@ from filelock import FileLock, Timeout
 log = logging.getLogger(__name__)
 
 PIPELINE_LOCK = ".dvc/tmp/emi-pipeline.lock"
+STAGE_FLOW = "emi-stage"  # the flow a work pool runs one stage with: its deployment there is emi-stage/<pool>
+POOL_POLL_S = 2.0
 DVC_LOCKED = "Unable to acquire lock"  # what DVC prints when another dvc process holds the repository
 LOCK_POLL_S = 2.0
 
@@ -109,6 +111,13 @@ class DvcPipeline:
 
     def deps(self, stage: str) -> list[str]:
         return [d if isinstance(d, str) else next(iter(d)) for d in self._yaml("dvc.yaml")["stages"][stage]["deps"]]
+
+    def source_tree(self) -> str:
+        """The git tree of the checkout's HEAD: the code a stage runs with (equal trees, equal DVC stage hashes)."""
+        done = subprocess.run(["git", "rev-parse", "HEAD^{tree}"], cwd=self.root, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise PipelineError(f"{self.root}: not a git checkout with a commit ({done.stderr.strip()})")
+        return done.stdout.strip()
 
     def output_hashes(self) -> dict[str, dict[str, str]]:
         """stage -> {output path: md5} as dvc.lock records them."""
@@ -242,16 +251,79 @@ def apply_overrides(params_yaml: Path, overrides: list[str]) -> None:
         raise PipelineError(f"{params_yaml}: cannot apply {overrides}: {exc}") from None
 
 
+# ----------------------------------------------------------------------------- stages on other work pools
+def pool_deployment(pool: str) -> str:
+    return f"{STAGE_FLOW}/{pool}"
+
+
+def check_pools(pools: dict[str, str], stages: list[str], remote: bool) -> None:
+    """``orchestration.pools`` names stages of dvc.yaml, and the DVC remote their outputs come back through."""
+    unknown = sorted(set(pools) - set(stages))
+    if unknown:
+        raise PipelineError(f"orchestration.pools: no stage {', '.join(unknown)} in dvc.yaml; stages: "
+                            f"{', '.join(stages)}")
+    if pools and not remote:
+        raise PipelineError(f"orchestration.pools sends {', '.join(f'{s} to {p}' for s, p in pools.items())}, but "
+                            "this checkout has no default DVC remote (or orchestration.use_remote is false): a stage "
+                            "run by another worker comes back only through one (`dvc remote add -d NAME URL`)")
+
+
+def run_on_pool(pool: str, stage: str, parameters: dict, start_timeout_s: float,
+                logger: logging.Logger | None = None) -> dict:
+    """Run ``stage`` by its pool's ``emi-stage/<pool>`` deployment (a subflow run of the calling flow) and wait
+    for it. A run no worker of the pool has started within ``start_timeout_s`` is cancelled; a run that does not
+    complete is an error naming the pool, the flow run and its final state."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Cancelled
+
+    logger = logger or log
+    name = pool_deployment(pool)
+    try:
+        submitted = run_deployment(name=name, parameters=parameters, timeout=0, flow_run_name=f"{stage}@{pool}")
+    except ObjectNotFound:
+        raise PipelineError(f"stage '{stage}' goes to work pool '{pool}' (orchestration.pools), but the Prefect "
+                            f"server has no deployment {name}: on a worker machine of that pool run "
+                            f"`EMI_WORK_POOL={pool} scripts/prefect-local.sh --worker`") from None
+    logger.info("stage '%s': sent to work pool '%s' (flow run %s)", stage, pool, submitted.name)
+    started = time.monotonic()
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(submitted.id)
+            if run.state is not None and run.state.is_final():
+                break
+            if (run.state is None or run.state.is_scheduled()) and time.monotonic() - started > start_timeout_s:
+                client.set_flow_run_state(submitted.id, Cancelled(message="no worker started it"), force=True)
+                raise PipelineError(f"stage '{stage}': no worker of work pool '{pool}' started flow run {run.name} "
+                                    f"within {start_timeout_s:.0f} s (orchestration.pool_start_timeout_s); is a "
+                                    f"worker polling that pool?")
+            time.sleep(POOL_POLL_S)
+    seconds = time.monotonic() - started
+    if not run.state.is_completed():
+        raise PipelineError(f"stage '{stage}' on work pool '{pool}': flow run {run.name} ended "
+                            f"{run.state.name}: {run.state.message or 'see its logs'}")
+    logger.info("stage '%s': work pool '%s' finished it (flow run %s, %.1f s)", stage, pool, run.name, seconds)
+    return {"outcome": f"ran on pool {pool}", "seconds": round(seconds, 2), "flow_run": run.name}
+
+
 # ----------------------------------------------------------------------------- one pipeline run at a time
 @contextlib.contextmanager
 def pipeline_lock(root: Path | str, wait_s: float, holder: dict[str, str],
-                  logger: logging.Logger | None = None) -> Iterator[None]:
+                  logger: logging.Logger | None = None, inside: str | None = None) -> Iterator[None]:
     """Exclusive use of the checkout for one pipeline run. A second run waits up to ``wait_s`` seconds, then stops
-    with a message naming the run that holds it (``holder``: e.g. the Prefect flow-run id)."""
+    with a message naming the run that holds it (``holder``: e.g. the Prefect flow-run id).
+
+    ``inside``: the flow run this one works for. When that run holds the lock (a pooled stage whose worker uses the
+    flow's own checkout), the checkout is used without taking the lock: the holder is waiting for this run."""
     logger = logger or log
     path = Path(root).resolve() / PIPELINE_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     info = path.with_suffix(".json")
+    if inside is not None and _holder_fields(info).get("flow run") == inside:
+        logger.info("%s: held by flow run %s, which this run works for; using it", path.parent.parent.parent, inside)
+        yield
+        return
     lock = FileLock(str(path))
     try:
         lock.acquire(timeout=0)
@@ -273,8 +345,12 @@ def pipeline_lock(root: Path | str, wait_s: float, holder: dict[str, str],
         lock.release()
 
 
-def _holder(info: Path) -> str:
+def _holder_fields(info: Path) -> dict:
     try:
-        return ", ".join(f"{k} {v}" for k, v in json.loads(info.read_text()).items())
+        return json.loads(info.read_text())
     except (OSError, ValueError):
-        return "holder unknown"
+        return {}
+
+
+def _holder(info: Path) -> str:
+    return ", ".join(f"{k} {v}" for k, v in _holder_fields(info).items()) or "holder unknown"

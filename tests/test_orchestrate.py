@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from emi.orchestrate import DvcPipeline, PipelineError, apply_overrides, outcome_of, pipeline_lock
+from emi.orchestrate import (DvcPipeline, PipelineError, apply_overrides, check_pools, outcome_of, pipeline_lock,
+                             pool_deployment)
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -143,3 +144,37 @@ def test_a_second_pipeline_run_on_one_checkout_waits_then_stops_naming_the_first
         assert time.monotonic() - started >= 1.0
     with pipeline_lock(tmp_path, 0, {"flow run": "third-run"}):  # released: the next run gets it at once
         pass
+
+
+def test_the_run_a_checkout_is_held_for_may_use_it_and_no_other_run_may(tmp_path):
+    # a pooled stage whose worker shares the flow's checkout works for the holder, which waits for it
+    (tmp_path / ".dvc").mkdir()
+    with pipeline_lock(tmp_path, 0, {"flow run": "flow-1"}):
+        with pipeline_lock(tmp_path, 0, {"flow run": "stage-of-flow-1"}, inside="flow-1"):
+            pass
+        with pytest.raises(PipelineError, match="flow run flow-1"):
+            with pipeline_lock(tmp_path, 0, {"flow run": "stage-of-flow-2"}, inside="flow-2"):
+                pass
+    with pipeline_lock(tmp_path, 0, {"flow run": "stage"}, inside="flow-1"):  # not held: taken as usual
+        assert (tmp_path / ".dvc/tmp/emi-pipeline.json").is_file()
+
+
+def test_pools_name_known_stages_and_need_the_remote_their_outputs_come_back_through(repo):
+    stages = DvcPipeline(repo).stages()
+    check_pools({}, stages, remote=False)
+    check_pools({"make": "gpu"}, stages, remote=True)
+    with pytest.raises(PipelineError, match="no stage train in dvc.yaml; stages: make, count"):
+        check_pools({"train": "gpu"}, stages, remote=True)
+    with pytest.raises(PipelineError, match="sends make to gpu, but this checkout has no default DVC remote"):
+        check_pools({"make": "gpu"}, stages, remote=False)
+    assert pool_deployment("gpu") == "emi-stage/gpu"
+
+
+def test_source_tree_is_the_code_of_head_whatever_the_commit(repo, tmp_path):
+    other = tmp_path / "other"
+    sh("git", "clone", "-q", str(repo), str(other), cwd=tmp_path)
+    sh("git", "-c", "user.name=u", "-c", "user.email=u@u", "commit", "-q", "--amend", "-m", "same code", cwd=other)
+    assert DvcPipeline(other).source_tree() == DvcPipeline(repo).source_tree()
+    (other / "seed.txt").write_text("2")
+    sh("git", "-c", "user.name=u", "-c", "user.email=u@u", "commit", "-qam", "other code", cwd=other)
+    assert DvcPipeline(other).source_tree() != DvcPipeline(repo).source_tree()

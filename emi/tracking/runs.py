@@ -164,6 +164,16 @@ def stage_run(params: Params, stage: str, data_fingerprint: str | None = None) -
     mlflow.end_run("FINISHED")
 
 
+def has_run(params: Params, run_id: str) -> bool:
+    """Whether this store holds ``run_id`` (a worker on another machine may log to another store)."""
+    client = configure(params)
+    try:
+        client.get_run(run_id)
+        return True
+    except MlflowException:
+        return False
+
+
 def tag_outputs(params: Params, run_id: str, hashes: dict[str, str], stage: str) -> None:
     """The DVC hash (md5 in dvc.lock) of each of ``stage``'s outputs as tags of the parent run: the lineage of
     what this pipeline run produced or restored."""

@@ -163,6 +163,48 @@ def test_the_flow_is_the_dvc_pipeline_and_a_second_clone_restores_it_from_the_re
 
 
 @pytest.mark.slow
+def test_a_stage_sent_to_another_work_pool_runs_on_its_worker_and_is_restored_in_the_flows_checkout(
+        tmp_path, prefect_api):
+    # two machines in miniature: the flow's checkout with its worker (pool-here), and a second checkout whose
+    # worker serves pool-gpu (scripts/prefect-local.sh --worker); one Prefect server, one DVC remote
+    remote = tmp_path / "remote"
+    here, gpu = clone(tmp_path / "here", remote), clone(tmp_path / "gpu", remote)
+    home = gpu / ".prefect"
+    env = {**clone_env(gpu), "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(home), "EMI_WORK_POOL": "pool-gpu"}
+    worker = subprocess.Popen([str(gpu / "scripts/prefect-local.sh"), "--worker"], cwd=gpu, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        ready = worker.stdout.readline()  # printed once emi-stage/pool-gpu is deployed, as the worker starts
+        assert ready.startswith("worker of pool pool-gpu"), ready + worker.stdout.read()
+        log = recipe(here, prefect_api, "--stage", "download", "--stage", "transcribe",
+                     "--set", "orchestration.pools={transcribe: pool-gpu}")
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(30)
+    gpu_log = (home / "logs" / "worker.log").read_text()
+    # the GPU worker ran transcribe (its missing input restored from the remote); the flow's checkout restored it
+    assert outcomes(gpu_log) == {"transcribe": ["ran its command"]}, gpu_log[-3000:]
+    assert outcomes(log) == {"download": ["ran its command"], "transcribe": ["restored from DVC's run-cache"]}, log
+    assert "stage 'transcribe': sent to work pool 'pool-gpu'" in log
+    assert "Data and pipelines are up to date" in sh(DVC, "status", "download", "transcribe", cwd=here)
+    table = "data/transcripts/transcripts.csv"
+    assert (here / table).read_bytes() == (gpu / table).read_bytes()
+    # the worker logs to a store of its own: its stage run sits under a parent tagged with the flow run
+    from mlflow import MlflowClient
+
+    from emi.tracking.runs import FLOW_RUN_TAG
+
+    client = MlflowClient(f"sqlite:///{gpu / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(load_params(gpu / "params.yaml").tracking.experiment)
+    tagged = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("emi.pool_stage") == "transcribe"]
+    assert len(tagged) == 1 and tagged[0].data.tags[FLOW_RUN_TAG]
+
+
+@pytest.mark.slow
 def test_two_runs_on_one_checkout_take_turns(tmp_path, prefect_api):
     checkout = clone(tmp_path / "busy", None)
     log = recipe(checkout, prefect_api, "--stage", "download", "--runs", "2")
