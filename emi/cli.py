@@ -15,7 +15,7 @@ from rich.console import Console
 
 from emi.config import ConfigError, Params, available_profiles, load_params
 from emi.paths import DEFAULT as LAYOUT
-from emi.paths import ALIGNED_FILE, Layout
+from emi.paths import ALIGNED_FILE, AUGMENTED_FILE, Layout
 
 app = typer.Typer(
     name="emi",
@@ -191,11 +191,39 @@ def stage1(
 
 
 @app.command()
+def augment(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    raw: RawOpt = LAYOUT.raw,
+    transcripts: Annotated[Path, typer.Option(help="transcripts.csv from `emi transcribe`.")] = (
+        LAYOUT.transcripts_table),
+    alignment: Annotated[Path, typer.Option(help="the Stage-I model (its heads project the copies).")] = (
+        LAYOUT.alignment_model),
+    out: Annotated[Path, typer.Option(help="folder for augmented.npz and copies.csv.")] = LAYOUT.augmented,
+    progress: ProgressOpt = True,
+) -> None:
+    """Damaged copies (occluded face, audio noise, missing audio, missing transcript) of stage2.augment.fraction of
+    the training clips, for corruption-aware Stage II training; validation and test clips are never copied."""
+    from emi.augmentation import AugmentError
+    from emi.stages.augment import augment as run_augment
+
+    params = _load(params_path, profile, overrides)
+    with _fails_with(AugmentError, *_stage_errors()):
+        result = run_augment(params, raw, transcripts, alignment, out, show_progress=progress)
+    console.print(f"augment: {result.made} damaged copies ({len(result.problems)} could not be made; "
+                  f"{result.shards_done_now} shard(s) computed now, {result.seconds:.1f} s) in {result.out_dir}",
+                  highlight=False)
+
+
+@app.command()
 def stage2(
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
     aligned: Annotated[Path, typer.Option(help="aligned.npz folder from `emi stage1`.")] = LAYOUT.aligned,
+    augmented: Annotated[Path, typer.Option(help="augmented.npz folder from `emi augment` (damaged copies of "
+                                                 "training clips, trained on too when present).")] = LAYOUT.augmented,
     raw: RawOpt = LAYOUT.raw,
     out: Annotated[Path, typer.Option(help="folder for model.pt, predictions.csv, metrics.json.")] = LAYOUT.stage2,
     progress: ProgressOpt = True,
@@ -206,7 +234,8 @@ def stage2(
 
     params = _load(params_path, profile, overrides)
     with _fails_with(Stage2Error):
-        result = run_stage2(params, aligned / ALIGNED_FILE, raw, out, show_progress=progress)
+        result = run_stage2(params, aligned / ALIGNED_FILE, raw, out, augmented / AUGMENTED_FILE,
+                            show_progress=progress)
     console.print(f"stage II: {result.epochs_run} epochs in {result.seconds:.1f} s; valid mean Pearson "
                   f"{result.metrics.get('valid_pearson_mean', float('nan')):.4f}", highlight=False)
 
@@ -226,7 +255,7 @@ def ablate(
     params = _load(params_path, profile, overrides)
     layout = Layout(root)
     table = ablation(params, layout.aligned_file, layout.raw, layout.reports, stage2_model=layout.fusion_model,
-                     models_dir=layout.ablation_models)
+                     models_dir=layout.ablation_models, augmented=layout.augmented_file)
     typer.echo(table[["modalities", "fusion", "pearson_mean", "mse", "seconds"]].to_string(index=False))
 
 

@@ -240,6 +240,26 @@ class Stage1Params(Strict):
     schedule: ScheduleParams
 
 
+AUGMENT_KINDS = ("occluded_face", "noisy_audio", "missing_audio", "missing_text")
+
+
+class AugmentParams(Strict):
+    """Corruption-aware Stage II training: one damaged copy of a share of the training clips (made once by the
+    ``augment`` stage, through the one featurize path) and modality dropout per clip in every training batch."""
+
+    fraction: float = Field(ge=0, le=1)  # share of training clips that get a damaged copy (0: none)
+    kinds: tuple[Literal[AUGMENT_KINDS], ...] = Field(min_length=1)  # a copy's damage: one, drawn uniformly
+    occlusion_box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the frame
+    noise_snr_db: tuple[float, float]  # a noisy copy's SNR, drawn uniformly from [low, high]
+    modality_dropout: float = Field(ge=0, lt=1)  # per clip and modality; a clip keeps at least one modality
+
+    @model_validator(mode="after")
+    def _snr_range(self) -> AugmentParams:
+        if self.noise_snr_db[0] > self.noise_snr_db[1]:
+            raise ValueError(f"noise_snr_db {list(self.noise_snr_db)} must be [low, high]")
+        return self
+
+
 class Stage2Params(Strict):
     width: int = Field(ge=1)
     tcn_kernel: int = Field(ge=1)
@@ -258,6 +278,7 @@ class Stage2Params(Strict):
     ema_decay: float = Field(gt=0, lt=1)
     device: Literal["auto", "cpu", "cuda"]
     ablation_workers: int = Field(ge=1)  # processes training ablation cells side by side
+    augment: AugmentParams
     batch_size: int = Field(ge=1)
     weight_decay: float = Field(ge=0)
     schedule: ScheduleParams

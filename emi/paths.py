@@ -8,6 +8,9 @@ from pathlib import Path
 
 TRANSCRIPTS_FILE = "transcripts.csv"
 ALIGNED_FILE = "aligned.npz"
+AUGMENTED_FILE = "augmented.npz"  # damaged copies of training clips, in aligned.npz's layout
+COPIES_FILE = "copies.csv"
+COPY_SEPARATOR = "~"  # a damaged copy's id: <source clip id>~<damage kind>
 ALIGNMENT_FILE = "alignment.pt"  # the Stage-I model
 FUSION_FILE = "model.pt"  # the Stage-II model
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -59,6 +62,14 @@ class Layout:
     @property
     def aligned_file(self) -> Path:
         return self.aligned / ALIGNED_FILE
+
+    @property
+    def augmented(self) -> Path:
+        return self._at("data/augmented")
+
+    @property
+    def augmented_file(self) -> Path:
+        return self.augmented / AUGMENTED_FILE
 
     # models
     @property

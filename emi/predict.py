@@ -78,19 +78,14 @@ class Predictor:
         # torch and the encoders are imported here, once there is a video to predict: a wrong argument to
         # `emi predict` fails in a second, not after the ~15 s these imports take
         from emi.encoders.asr import load_asr
-        from emi.encoders.base import resolve_device, resolve_dtype
-        from emi.encoders.registry import load_encoders
-        from emi.featurize import Featurizer
+        from emi.encoders.registry import load_featurizer
         from emi.train.fusion import load_fusion
         from emi.train.projection import load_alignment, load_tuned_encoders
 
         t, cfg = params.transcribe, params.extract
         self.params = params
         self.asr, _ = load_asr(t.asr, t.device, t.compute_type, t.workers)
-        device = resolve_device(cfg.device)
-        encoders = load_encoders(cfg, device, resolve_dtype(cfg.dtype, device), set(MODALITIES),
-                                 load_tuned_encoders(alignment_path))
-        self.featurizer = Featurizer(cfg, params.data, encoders)
+        self.featurizer = load_featurizer(cfg, params.data, MODALITIES, load_tuned_encoders(alignment_path))
         self.alignment, self.norm = load_alignment(alignment_path)
         self.fusion, self.trained = load_fusion(fusion_path)
 

@@ -87,13 +87,15 @@ def tiny_aligned(tiny_features, tiny_dataset, tmp_path_factory):
 def tiny_pipeline(tiny_dataset, tmp_path_factory, mlflow_store):
     """The tiny pipeline run for real once (whisper ASR included), laid out under one root as
     ``emi.paths.Layout`` expects: data/raw (a copy of the tiny dataset), data/transcripts, data/features,
-    data/aligned, models/stage1, models/stage2, reports (ablation.md: V+A+T quality and average; validation/),
+    data/aligned, models/stage1, data/augmented, models/stage2, reports (ablation.md: V+A+T quality and average;
+    validation/),
     then evaluated and registered as ``emi-fusion-test`` in the session's MLflow store. models/ablation is left
     empty, so evaluate trains the average-fusion model itself. Read-only: copy or link it before changing it."""
     from types import SimpleNamespace
 
     from emi.paths import Layout
     from emi.stages.ablate import ablation
+    from emi.stages.augment import augment
     from emi.stages.evaluate import evaluate
     from emi.stages.extract import extract
     from emi.stages.stage1 import stage1
@@ -107,9 +109,10 @@ def tiny_pipeline(tiny_dataset, tmp_path_factory, mlflow_store):
     tr = transcribe(params, layout.raw, layout.transcripts, layout.validation, show_progress=False)
     extract(params, layout.raw, tr.table, layout.features, layout.validation, show_progress=False)
     stage1(params, layout.features, layout.stage1, layout.aligned, layout.raw, show_progress=False)
-    stage2(params, layout.aligned_file, layout.raw, layout.stage2, show_progress=False)
+    augment(params, layout.raw, tr.table, layout.alignment_model, layout.augmented, show_progress=False)
+    stage2(params, layout.aligned_file, layout.raw, layout.stage2, layout.augmented_file, show_progress=False)
     ablation(params, layout.aligned_file, layout.raw, layout.reports, modality_sets=("VAT",),
-             fusions=("quality", "average"), inputs=(params.stage2.inputs,))
+             fusions=("quality", "average"), inputs=(params.stage2.inputs,), augmented=layout.augmented_file)
     result = evaluate(params, layout, register=True, show_progress=False)
     return SimpleNamespace(params=params, layout=layout, root=layout.root, raw=layout.raw, reports=layout.reports,
                            result=result)

@@ -14,7 +14,7 @@ from emi.paths import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "emi"
-STAGES = ("download", "transcribe", "extract", "stage1", "stage2", "ablate", "evaluate")
+STAGES = ("download", "transcribe", "extract", "stage1", "augment", "stage2", "ablate", "evaluate")
 # where each stage's code starts: the CLI command only parses options and calls this module's function
 STAGE_MODULE = {s: f"emi.stages.{s}" for s in STAGES}
 ENTRY_POINTS = ("emi.cli", "emi.bench", "emi.stages")  # may import stages; nothing else may
@@ -159,7 +159,7 @@ def test_each_stage_reads_its_own_params_section_and_the_shared_data_keys():
     stages = dvc_stages()
     for stage in STAGES:
         own = [p for p in stages[stage]["params"] if isinstance(p, str)]
-        section = "stage2" if stage == "ablate" else stage
+        section = {"ablate": "stage2", "augment": "stage2.augment"}.get(stage, stage)
         assert section in own and "profile" in own, stage
         assert "download" not in own or stage == "download", f"{stage} reads the download section"
 

@@ -12,7 +12,7 @@ from emi.config import load_params
 from tests.conftest import EMI
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("download", "transcribe", "extract", "stage1", "stage2", "ablate", "evaluate")
+STAGES = ("download", "transcribe", "extract", "stage1", "augment", "stage2", "ablate", "evaluate")
 
 
 def invoke(*args: str):

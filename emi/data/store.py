@@ -210,9 +210,51 @@ class Joined(Sequence):
         return Joined([take(p, idx) for p in self.parts])
 
 
+class Chained(Sequence):
+    """Per-clip sequences one after the other (the training split, then damaged copies of its clips)."""
+
+    def __init__(self, parts: list[Sequence[np.ndarray]]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[k][i - int(self.starts[k])]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+    def take(self, idx: Sequence[int]) -> Picked:
+        return Picked(self, list(idx))
+
+
+class Picked(Sequence):
+    """Clips ``idx`` of a per-clip sequence, read from it when asked for."""
+
+    def __init__(self, base: Sequence[np.ndarray], idx: list[int]):
+        self.base, self.idx = base, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return self.base[self.idx[i]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+    def take(self, idx: Sequence[int]) -> Picked:
+        return Picked(self.base, [self.idx[i] for i in idx])
+
+
 def take(seq: Sequence[np.ndarray], idx: Sequence[int]) -> Sequence[np.ndarray]:
     """Clips ``idx`` of a per-clip sequence: a view for on-disk sequences, a list otherwise."""
-    return seq.take(idx) if isinstance(seq, Ragged | Joined) else [seq[i] for i in idx]
+    return seq.take(idx) if isinstance(seq, Ragged | Joined | Chained | Picked) else [seq[i] for i in idx]
 
 
 @dataclass

@@ -7,12 +7,13 @@ import logging
 
 import torch
 
-from emi.config import ExtractParams, MODALITIES
+from emi.config import DataParams, ExtractParams, MODALITIES
 from emi.encoders.audio import AUDIO_FACTORIES, load_audio
-from emi.encoders.base import EncoderError
+from emi.encoders.base import EncoderError, resolve_device, resolve_dtype
 from emi.encoders.text import TEXT_FACTORIES, load_text
 from emi.encoders.tuning import load_block_state
 from emi.encoders.visual import VISUAL_FACTORIES, load_visual
+from emi.featurize import Featurizer
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +53,11 @@ def load_encoders(cfg: ExtractParams, device: torch.device, dtype: torch.dtype, 
         load_block_state(encoders[m], entry["state"], f"extract.{m}")
         log.info("extract.%s: fine-tuned weights of %s", m, ", ".join(entry["blocks"]))
     return encoders
+
+
+def load_featurizer(cfg: ExtractParams, data: DataParams, needed: set[str] | tuple[str, ...] = MODALITIES,
+                    tuned: dict | None = None) -> Featurizer:
+    """The one decode -> encode path with its encoders loaded on ``extract.device`` / ``extract.dtype`` (and the
+    blocks a Stage-I model fine-tuned, when ``tuned``)."""
+    device = resolve_device(cfg.device)
+    return Featurizer(cfg, data, load_encoders(cfg, device, resolve_dtype(cfg.dtype, device), set(needed), tuned))

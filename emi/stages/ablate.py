@@ -17,7 +17,7 @@ from emi.report.markdown import ablation_markdown
 from emi.tracking import runs
 from emi.tracking.runs import tracked
 from emi.train.fusion import (ABLATION_MODALITIES, dims_of, evaluate, load_model, save_model, split_data,
-                              train_model, variant_name)
+                              train_model, variant_name, with_copies)
 from emi.utils import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -25,14 +25,15 @@ log = logging.getLogger(__name__)
 
 def _ablation_job(job: tuple) -> dict:
     """One grid cell, in a worker process: train (or reuse the Stage-II model), score on valid, maybe save."""
-    p, seed, aligned, raw_dir, threads, reuse, save_to = job
+    p, seed, aligned, augmented, raw_dir, threads, reuse, save_to = job
     torch.set_num_threads(threads)  # small models: two 1-thread trainings beat one 2-thread training by ~1.6x
     parts = split_data(aligned, raw_dir, p.inputs)
     start = time.perf_counter()
     if reuse is not None:
         model = load_model(reuse)
     else:
-        model, _, _ = train_model(p, seed, parts["train"], parts["valid"], None, log_epochs=False)
+        model, _, _ = train_model(p, seed, with_copies(parts["train"], augmented, p.inputs), parts["valid"], None,
+                                  log_epochs=False)
     if save_to is not None:
         save_model(save_to, model, p, dims_of(parts["train"]))
     scores = evaluate(model, parts["valid"], p.batch_size)
@@ -44,12 +45,14 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
              modality_sets: tuple[str, ...] = ABLATION_MODALITIES,
              fusions: tuple[str, ...] = ("quality", "average", "concat"),
              inputs: tuple[str, ...] = ("aligned", "encoder", "both"),
-             stage2_model: Path | None = None, models_dir: Path | None = None) -> pd.DataFrame:
+             stage2_model: Path | None = None, models_dir: Path | None = None,
+             augmented: Path | None = None) -> pd.DataFrame:
     """The paper's Table 3 grid: every modality subset with the configured fusion and inputs, then V+A+T with
     each other fusion and each other Stage-II input (Stage-I aligned vs plain encoder features).
 
     The cell that equals the Stage-II configuration reuses ``stage2_model`` (same params and seed: the same
-    model); ``models_dir`` keeps the V+A+T models for evaluate's fusion comparison. Cells train in
+    model); ``models_dir`` keeps the V+A+T models for evaluate's fusion comparison. Every cell trains on the
+    training split plus its damaged copies (``augmented``), as Stage II does. Cells train in
     ``stage2.ablation_workers`` processes."""
     base = params.stage2
     grid = [(m, base.fusion, base.inputs) for m in modality_sets]
@@ -63,7 +66,7 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
         same = stage2_model is not None and Path(stage2_model).is_file() and p == base
         keep = models_dir is not None and mods == "VAT"
         save_to = Path(models_dir) / f"{variant_name(mods, fusion, inp)}.pt" if keep and not same else None
-        jobs.append((p, params.seed, aligned, raw_dir, threads, stage2_model if same else None, save_to))
+        jobs.append((p, params.seed, aligned, augmented, raw_dir, threads, stage2_model if same else None, save_to))
     if models_dir is not None:
         Path(models_dir).mkdir(parents=True, exist_ok=True)
     if workers == 1:

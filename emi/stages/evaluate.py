@@ -33,7 +33,7 @@ from emi.submission import submission
 from emi.tracking.registry import publish
 from emi.tracking.runs import tracked
 from emi.train.projection import load_tuned_encoders
-from emi.train.fusion import load_fusion, predict, split_data, train_model, variant_name
+from emi.train.fusion import load_fusion, predict, split_data, train_model, variant_name, with_copies
 from emi.train.loop import SequenceData
 from emi.utils import fingerprint, write_json, write_text
 
@@ -121,7 +121,8 @@ def _average_model(params: Params, layout: Layout, saved: Stage2Params, parts: d
         return avg, p.inputs, f"`{path}`"
     p_avg = saved.model_copy(update={"fusion": "average"})
     t0 = time.perf_counter()
-    avg, _, _ = train_model(p_avg, params.seed, parts["train"], parts["valid"], None, log_epochs=False)
+    train = with_copies(parts["train"], layout.augmented_file, p_avg.inputs)
+    avg, _, _ = train_model(p_avg, params.seed, train, parts["valid"], None, log_epochs=False)
     log.info("evaluate: average-fusion model trained in %.1f s", time.perf_counter() - t0)
     return avg, p_avg.inputs, f"trained here with the saved model's settings ({time.perf_counter() - t0:.1f} s)"
 

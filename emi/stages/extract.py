@@ -24,8 +24,8 @@ from emi.data.dataset import Clip, face_image_dir, list_clips, transcript_texts
 from emi.data.media import image_sequence
 from emi.data.store import (INDEX_FILE, MANIFEST_FILE, build_index, pack, publish_shards, remove_leftovers,
                             save_shard, shard_done, shard_path)
-from emi.encoders.base import Resolved, resolve, resolve_device, resolve_dtype
-from emi.encoders.registry import encoder_key, load_encoders
+from emi.encoders.base import Resolved, resolve
+from emi.encoders.registry import encoder_key, load_featurizer
 from emi.featurize import Featurizer
 from emi.paths import work_dir
 from emi.tracking.runs import tracked
@@ -114,10 +114,8 @@ def cached_featurizer(params: Params) -> Featurizer:
     cfg = params.extract
     key = cfg.model_dump_json() + params.data.model_dump_json()
     if key not in _FEATURIZERS:
-        device = resolve_device(cfg.device)
         _FEATURIZERS.clear()
-        encoders = load_encoders(cfg, device, resolve_dtype(cfg.dtype, device), set(MODALITIES))
-        _FEATURIZERS[key] = Featurizer(cfg, params.data, encoders)
+        _FEATURIZERS[key] = load_featurizer(cfg, params.data)
     return _FEATURIZERS[key]
 
 

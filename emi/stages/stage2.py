@@ -14,7 +14,7 @@ from emi.config import Params
 from emi.paths import CHECKPOINT_FILE, FUSION_FILE, work_dir
 from emi.tracking.runs import tracked
 from emi.train.fusion import (Stage2Error, dims_of, evaluate, prediction_table, save_model, split_data,
-                              train_model)
+                              train_model, with_copies)
 from emi.utils import fingerprint, sha256_file, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -36,16 +36,24 @@ class Stage2Result:
 
 
 @tracked("stage2")
-def stage2(params: Params, aligned: Path, raw_dir: Path, model_dir: Path, show_progress: bool = True) -> Stage2Result:
+def stage2(params: Params, aligned: Path, raw_dir: Path, model_dir: Path, augmented: Path | None = None,
+           show_progress: bool = True) -> Stage2Result:
+    """Train on the training split plus its damaged copies in ``augmented`` (``emi augment``; none when absent)."""
     p = params.stage2
     started = time.perf_counter()
     parts = split_data(aligned, raw_dir, p.inputs)
     if len(parts["train"]) < 2:
         raise Stage2Error(f"stage II needs labelled training clips; found {len(parts['train'])} in {raw_dir}")
+    train = with_copies(parts["train"], augmented, p.inputs)
+    if len(train) > len(parts["train"]):
+        log.info("stage II: %d training clips and %d damaged copies", len(parts["train"]),
+                 len(train) - len(parts["train"]))
     model_dir.mkdir(parents=True, exist_ok=True)
     # the inputs' content, not just their ids: a checkpoint of other features or labels is never resumed
-    data_key = fingerprint([sha256_file(aligned)] + [sha256_file(f) for f in sorted(Path(raw_dir).glob("*_split.csv"))])
-    model, history, ran = train_model(p, params.seed, parts["train"], parts["valid"],
+    inputs = [aligned, *([augmented] if augmented is not None and Path(augmented).is_file() else [])]
+    data_key = fingerprint([sha256_file(f) for f in inputs] +
+                           [sha256_file(f) for f in sorted(Path(raw_dir).glob("*_split.csv"))])
+    model, history, ran = train_model(p, params.seed, train, parts["valid"],
                                       work_dir(model_dir) / CHECKPOINT_FILE, show_progress, data_key)
     metrics = {f"valid_{k}": v for k, v in evaluate(model, parts["valid"], p.batch_size).items()} if len(
         parts["valid"]) > 1 else {}

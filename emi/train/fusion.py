@@ -19,9 +19,10 @@ from emi.data.dataset import read_labels
 from emi.encoders.base import resolve_device
 from emi.metrics import scores
 from emi.model import EMIFusionModel, emi_loss
+from emi.paths import COPY_SEPARATOR
 from emi.train.projection import load_aligned
-from emi.train.loop import (SequenceData, ema_of, load_checkpoint, restore_rng, rng_state, save_checkpoint,
-                            seed_everything, sgdr)
+from emi.train.loop import (SequenceData, ema_of, load_checkpoint, modality_dropout, restore_rng, rng_state,
+                            save_checkpoint, seed_everything, sgdr)
 from emi.utils import fingerprint
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,21 @@ def split_data(aligned: Path, raw_dir: Path, inputs: str) -> dict[str, SequenceD
         out[split] = labelled(part, labels) if split != "test" or part.ids and all(
             i in labels.index for i in part.ids) else part
     return out
+
+
+def with_copies(train: SequenceData, augmented: Path | None, inputs: str) -> SequenceData:
+    """The training split followed by the damaged copies of its clips (``emi augment``), each labelled like its
+    source clip; the split itself when there is no augmented file (``stage2.augment.fraction: 0``). A copy whose
+    source is not in the split (its labels were left out) is not trained on."""
+    if augmented is None or not Path(augmented).is_file():
+        return train
+    copies, _ = load_aligned(augmented, inputs)
+    row = {clip: i for i, clip in enumerate(train.ids)}
+    sources = [clip.split(COPY_SEPARATOR)[0] for clip in copies.ids]
+    keep = [j for j, s in enumerate(sources) if s in row]
+    copies = copies.subset(keep)
+    copies.labels = train.labels[[row[sources[j]] for j in keep]]
+    return train.followed_by(copies)
 
 
 def dims_of(data: SequenceData) -> dict[str, int]:
@@ -98,11 +114,16 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
         history, start_epoch = list(state["history"]), int(state["epoch"])
         log.info("stage II: resuming after epoch %d of %d", start_epoch, p.schedule.epochs)
 
+    used = torch.tensor([m in p.modalities for m in ("V", "A", "T")])
     for epoch in range(start_epoch, p.schedule.epochs):
         model.train()
         losses = []
         for b in train.batches(p.batch_size, generator, device):
-            out = model(b["v"], b["a"], b["t"], b["time_mask"], b["modality_mask"])
+            available = b["modality_mask"]
+            if p.augment.modality_dropout > 0:  # drawn from the training generator: the same for a seed
+                available = modality_dropout(available.cpu(), p.augment.modality_dropout, used,
+                                             generator).to(device)
+            out = model(b["v"], b["a"], b["t"], b["time_mask"], available)
             loss = emi_loss(out["pred"], b["y"], p.pearson_loss_weight)
             optimizer.zero_grad()
             loss.backward()

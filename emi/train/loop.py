@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from emi.config import ScheduleParams
-from emi.data.store import take
+from emi.data.store import Chained, take
 from emi.utils import atomic_path
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -97,6 +97,13 @@ class SequenceData:
             out["y"] = torch.from_numpy(self.labels[rows].astype(np.float32))
         return {k: v.to(device) for k, v in out.items()}
 
+    def followed_by(self, other: SequenceData) -> SequenceData:
+        """These clips, then ``other``'s (both labelled, or neither)."""
+        labels = None if self.labels is None else np.concatenate([self.labels, other.labels]).astype(np.float32)
+        return SequenceData(self.ids + other.ids, Chained([self.visual, other.visual]),
+                            Chained([self.audio, other.audio]), np.concatenate([self.text, other.text]),
+                            np.concatenate([self.mask, other.mask]), labels)
+
     def chunks(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
         """Batches in clip order (inference): memory is one batch, whatever the number of clips."""
         for start in range(0, len(self), batch_size):
@@ -108,3 +115,16 @@ class SequenceData:
             range(len(self)))
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start:start + batch_size], device)
+
+
+def modality_dropout(mask: Tensor, rate: float, used: Tensor, generator: torch.Generator) -> Tensor:
+    """Training-time modality dropout: each available modality (columns V, A, T) of each clip is hidden with
+    probability ``rate``; a clip that would lose every ``used`` modality it had keeps one of them, drawn uniformly."""
+    draw = torch.rand(mask.shape, generator=generator)
+    out = mask & (draw >= rate)
+    had = mask & used
+    lost = had.any(1) & ~(out & used).any(1)
+    if lost.any():
+        pick = torch.where(had, torch.rand(mask.shape, generator=generator), torch.full(mask.shape, -1.0)).argmax(1)
+        out[lost, pick[lost]] = True
+    return out

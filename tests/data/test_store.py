@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from emi.config import MODALITIES
 from emi.data.dataset import Clip
@@ -134,3 +135,17 @@ def test_features_stay_in_the_shards_until_a_clip_is_read(tmp_path):
     assert both[1].shape == (2, DIMS["visual"] + DIMS["audio"])
     np.testing.assert_array_equal(take(both, [1])[0][:, 4:], expected["00002"][1])
     assert take([np.ones(1), np.zeros(1)], [1])[0].tolist() == [0.0]  # plain lists stay lists
+
+
+def test_chained_sequences_read_each_part_in_turn_and_pick_views_of_them():
+    from emi.data.store import Chained, Picked, take
+
+    a = [np.full((2, 3), i, np.float32) for i in range(3)]
+    b = [np.full((4, 3), 10 + i, np.float32) for i in range(2)]
+    chain = Chained([a, b])
+    assert len(chain) == 5 and [x[0, 0] for x in chain] == [0, 1, 2, 10, 11]
+    with pytest.raises(IndexError):
+        chain[5]
+    picked = take(chain, [4, 0, 3])
+    assert isinstance(picked, Picked) and [x[0, 0] for x in picked] == [11, 0, 10]
+    assert [x[0, 0] for x in take(picked, [2, 0])] == [10, 11]

@@ -20,7 +20,7 @@ def sh(*cmd: str, cwd: Path) -> str:
 
 def test_dvc_yaml_lists_every_stage_with_its_params():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    order = ["download", "transcribe", "extract", "stage1", "stage2", "ablate", "evaluate"]
+    order = ["download", "transcribe", "extract", "stage1", "augment", "stage2", "ablate", "evaluate"]
     assert [s for s in stages if s in order] == order
     for name, stage in stages.items():
         assert stage["cmd"].startswith("emi "), name

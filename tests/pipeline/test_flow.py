@@ -25,7 +25,7 @@ from tests.conftest import REPO, clone_working_tree
 DVC = str(Path(sys.executable).parent / "dvc")
 PREFECT = str(Path(sys.executable).parent / "prefect")
 RECIPE_SETTINGS = ["--profile", "tiny", "--set", "download.synthetic.n_clips=8"]
-STAGES = ["download", "transcribe", "extract", "stage1", "stage2", "ablate", "evaluate"]
+STAGES = ["download", "transcribe", "extract", "stage1", "augment", "stage2", "ablate", "evaluate"]
 # files every stage's numbers end up in: equal bytes = equal metrics
 RESULTS = ["reports/metrics.json", "reports/scores.json", "models/stage2/metrics.json",
            "models/stage2/predictions.csv", "models/stage1/metrics.json", "reports/ablation.json"]

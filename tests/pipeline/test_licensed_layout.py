@@ -23,7 +23,7 @@ from tests.conftest import EMI, concat_clip, remux_with_nominal_rate
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 25  # 5 s at 5 fps: the generated clips (3-3.5 s) stay whole, the long one (~10 s) is subsampled
-STAGES = ("download", "transcribe", "extract", "stage1", "stage2", "evaluate")
+STAGES = ("download", "transcribe", "extract", "stage1", "augment", "stage2", "evaluate")
 
 pytestmark = pytest.mark.slow
 

@@ -96,3 +96,19 @@ def test_sequence_data_pads_per_batch_and_subsets():
     assert sub.ids == ["c", "a"] and len(sub) == 2 and np.array_equal(sub.labels, data.labels[[2, 0]])
     seen = [i for batch in data.batches(2, torch.Generator().manual_seed(0)) for i in batch["t"][:, 0].tolist()]
     assert sorted(seen) == pytest.approx(sorted(data.text[:, 0].tolist())), "every clip once per epoch"
+
+
+def test_modality_dropout_hides_modalities_by_the_generator_and_leaves_every_clip_one():
+    from emi.train.loop import modality_dropout
+
+    mask = torch.ones(400, 3, dtype=torch.bool)
+    mask[:50, 2] = False  # clips without text
+    used = torch.tensor([True, True, True])
+    assert torch.equal(modality_dropout(mask, 0.0, used, torch.Generator().manual_seed(0)), mask)
+    out = modality_dropout(mask, 0.5, used, torch.Generator().manual_seed(0))
+    assert torch.equal(out, modality_dropout(mask, 0.5, used, torch.Generator().manual_seed(0)))  # seeded
+    assert not (out & ~mask).any()  # never shows a modality the clip does not have
+    assert out.any(1).all()  # every clip keeps one
+    assert 0.35 < 1 - out[50:].float().mean() < 0.5  # about half hidden (less: the kept-one rule)
+    only_v = modality_dropout(mask, 0.9, torch.tensor([True, False, False]), torch.Generator().manual_seed(1))
+    assert only_v[:, 0].all()  # the one modality a V-only model reads is always kept
