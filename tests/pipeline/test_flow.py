@@ -205,6 +205,34 @@ def test_a_stage_sent_to_another_work_pool_runs_on_its_worker_and_is_restored_in
 
 
 @pytest.mark.slow
+def test_a_pooled_stage_without_a_deployment_or_a_worker_fails_naming_the_pool(tmp_path, prefect_api):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from emi.orchestrate import PipelineError, run_on_pool
+
+    checkout = clone(tmp_path / "idle", None)
+    env = {**clone_env(checkout), "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(checkout / ".prefect"),
+           "EMI_REPO": str(checkout)}
+    for cmd in ([PREFECT, "work-pool", "create", "pool-idle", "--type", "process", "--overwrite"],
+                [PREFECT, "--no-prompt", "deploy", "flows/emi_flow.py:emi_stage", "--name", "pool-idle",
+                 "--pool", "pool-idle"]):
+        done = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        with pytest.raises(PipelineError, match="has no deployment emi-stage/pool-none: on a worker machine"):
+            run_on_pool("pool-none", "download", {}, 5)
+        started = time.monotonic()
+        with pytest.raises(PipelineError, match=r"no worker of work pool 'pool-idle' started flow run "
+                                                r"download@pool-idle within 3 s"):
+            run_on_pool("pool-idle", "download", {"stage": "download", "tree": "x", "params_yaml": ""}, 3)
+        assert time.monotonic() - started < 60
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs()
+        assert [r.state.type.value for r in runs if r.name == "download@pool-idle"] == ["CANCELLED"]
+
+
+@pytest.mark.slow
 def test_two_runs_on_one_checkout_take_turns(tmp_path, prefect_api):
     checkout = clone(tmp_path / "busy", None)
     log = recipe(checkout, prefect_api, "--stage", "download", "--runs", "2")
