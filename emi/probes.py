@@ -17,6 +17,8 @@ from emi.metrics import scores
 from emi.train.loop import SequenceData
 
 KEYS = tuple(MODALITY_KEYS.values())  # V, A, T: the columns of SequenceData.mask
+LINEAR_PROBE = "linear probe"
+"""The ablation's baseline row (its fusion column): ridge on the clip means of every modality."""
 PROBE_COLUMNS = ("control", *KEYS, "".join(KEYS))
 """The control probe table's columns: the control, R^2 from each modality alone, from all three."""
 

@@ -149,6 +149,25 @@ def probe_markdown(probe: pd.DataFrame | None, source: str, alphas: tuple[float,
             md_table(probe, digits=3), ""]
 
 
+def _seed_headline(ctx: dict, ceiling: float | None) -> list[str]:
+    """The ablation's full model (mean ± sd over seeds) next to the linear probe and the valid ceiling."""
+    cells = ctx.get("ablation") or {}
+    full, probe = cells.get(ctx.get("full_cell")), cells.get(ctx.get("probe_cell"))
+    if not full or full.get("pearson_mean") is None:
+        return []
+
+    def share(x: float) -> str:
+        return f" ({x / ceiling:.0%} of the valid ceiling)" if ceiling and ceiling > 0 else ""
+
+    line = (f"- ablation, valid: full model {pm(full['pearson_mean'], full.get('pearson_mean_sd') or float('nan'))}"
+            f"{share(full['pearson_mean'])}")
+    if probe and probe.get("pearson_mean") is not None:
+        line += (f"; linear probe {probe['pearson_mean']:.4f}{share(probe['pearson_mean'])}: the network adds "
+                 f"{full['pearson_mean'] - probe['pearson_mean']:+.4f}" +
+                 (f" (past {SIGNIFICANT_SD:g} sd)" if probe.get("exceeds_2sd") else ""))
+    return [line]
+
+
 def report_markdown(ctx: dict) -> str:
     m, params = ctx["metrics"], ctx["params"]
     frac = m.get("fraction_of_ceiling", {})
@@ -159,6 +178,7 @@ def report_markdown(ctx: dict) -> str:
     out = ["# EMI evaluation report", "",
            (f"Profile `{params.profile}` · seed {params.seed} · params fingerprint `{ctx['params_fp']}` · "
             f"data fingerprint `{ctx['data_fp']}`"), "", "## Headline", "", *[f"- {h}" for h in head]]
+    out += _seed_headline(ctx, m.get("ceiling", {}).get("valid", {}).get("pearson_mean"))
     unscored = [s for s in params.evaluate.splits if s not in ctx["splits"]]
     if unscored:
         out.append(f"- no labelled {' or '.join(unscored)} split (fewer than 2 labelled clips): not scored")

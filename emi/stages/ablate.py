@@ -14,7 +14,7 @@ import torch
 
 from emi.config import EMOTIONS, MODALITY_KEYS, Params
 from emi.metrics import mean_sd, paired_difference
-from emi.probes import linear_probe
+from emi.probes import LINEAR_PROBE as PROBE, linear_probe
 from emi.report.markdown import ablation_markdown
 from emi.tracking import runs
 from emi.tracking.runs import tracked
@@ -39,10 +39,6 @@ def _ablation_job(job: tuple) -> dict:
         save_model(save_to, model, p, dims_of(parts["train"]))
     scores = evaluate(model, parts["valid"], p.batch_size)
     return {**scores, "seconds": round(time.perf_counter() - start, 1), "reused": reuse is not None}
-
-
-PROBE = "linear probe"
-"""The fusion column of the ablation's baseline row: ridge on the clip means of every modality (``emi.probes``)."""
 
 
 def summarize(runs: pd.DataFrame, full: tuple[str, str, str]) -> pd.DataFrame:

@@ -28,7 +28,7 @@ from emi.metrics import ceiling, rendered_controls, scores
 from emi.paths import Layout
 from emi.report import plots
 from emi.report.markdown import registry_markdown, report_markdown, robustness_markdown
-from emi.probes import PROBE_COLUMNS, control_probes
+from emi.probes import LINEAR_PROBE, PROBE_COLUMNS, control_probes
 from emi.robustness import DAMAGED_MODALITY, FUSIONS, MIXED, robustness, summarize
 from emi.submission import submission
 from emi.tracking.registry import publish
@@ -255,7 +255,8 @@ def evaluate(params: Params, layout: Layout, register: bool = True, show_progres
            "damaged_modality": DAMAGED_MODALITY, "clean_diff": clean_diff, "model_sources": model_sources,
            "mixed": mixed, "probe": probe, "probe_source": probe_source,
            "ceiling_source": ceiling_source, "ablation_md": ablation_md.read_text() if ablation_md.is_file() else None,
-           "stage1": _read_json(layout.stage1 / "metrics.json"),
+           "stage1": _read_json(layout.stage1 / "metrics.json"), "ablation": _read_json(reports_dir / "ablation.json"),
+           "full_cell": f"V+A+T/{saved.fusion}/{saved.inputs}", "probe_cell": f"V+A+T/{LINEAR_PROBE}/{saved.inputs}",
            "manifest": _read_json(layout.features / "manifest.json"),
            "download": _read_json(layout.validation / "download.json"),
            "transcribe": _read_json(layout.validation / "transcribe.json"), "submission": sub_info,

@@ -93,6 +93,7 @@ def test_report_reads_as_a_summary(run):
     assert "missing_audio" in report and "](figures/weights.png)" in report and "](figures/scatter.png)" in report
     assert "Stage I" in report and "a2t" in report
     assert "| mixed | quality |" in report and "loss avoided" in report and "### Quality vs average fusion" in report
+    assert "linear probe" in report.split("## Per dimension")[0]  # headline: the network's margin over it
     assert "## Probes: where information is lost" in report and "| face_smile |" in report
     assert "Mean ± sd" not in report.split("## Ablation")[1].split("## Robustness")[0]  # tiny: one seed
     assert run.result.params_fingerprint == fingerprint(run.params.model_dump(mode="json"))
