@@ -99,10 +99,11 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, bool]
     return mean, sd, bool(len(d) > 1 and abs(mean) > SIGNIFICANT_SD * sd)
 
 
-def loss_avoided(delta_quality: float, delta_average: float) -> float | None:
+def loss_avoided(delta_quality: float, delta_average: float, sd_average: float = float("nan")) -> float | None:
     """The fraction of average fusion's loss (its drop in mean Pearson from clean) that quality fusion avoids:
     1 - delta_quality / delta_average. 1 = quality loses nothing, 0 = it loses as much, < 0 = more, > 1 = it
-    gains. None when average fusion does not lose (delta_average >= 0): there is no loss to avoid."""
-    if not delta_average < 0:
+    gains. None when there is no loss to avoid: average fusion does not lose (delta_average >= 0), or its loss is
+    within ``SIGNIFICANT_SD`` of its sd over seeds ``sd_average`` (a ratio to noise says nothing)."""
+    if not delta_average < 0 or (np.isfinite(sd_average) and -delta_average <= SIGNIFICANT_SD * sd_average):
         return None
     return float(1 - delta_quality / delta_average)

@@ -186,7 +186,8 @@ SUMMED = ("pearson_mean", "delta_pearson", "mse", "weight_V", "weight_A", "weigh
 
 def summarize(result: Robustness) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean and sd over the training seeds: the condition x fusion table (``<value>`` and ``<value>_sd``, plus per
-    damaged condition, on the quality rows, ``loss_avoided`` from the mean deltas, the paired quality - average
+    damaged condition, on the quality rows, ``loss_avoided`` from the mean deltas (None: average fusion's loss is
+    none or within its seed noise), the paired quality - average
     difference of the deltas over seeds and whether it exceeds ``SIGNIFICANT_SD`` sds) and the mixed condition's
     weights per damage kind."""
     runs = result.runs
@@ -202,7 +203,8 @@ def summarize(result: Robustness) -> tuple[pd.DataFrame, pd.DataFrame]:
         at = (table.condition == name) & (table.fusion == "quality")
         if any(len(v) == 0 for v in per.values()) or not at.any():
             continue
-        avoided = loss_avoided(per["quality"].mean(), per["average"].mean())
+        sd_average = per["average"].std(ddof=1) if len(per["average"]) > 1 else float("nan")
+        avoided = loss_avoided(per["quality"].mean(), per["average"].mean(), sd_average)
         diff, sd, exceeds = paired_difference(per["quality"].to_numpy(), per["average"].to_numpy())
         table.loc[at, ["loss_avoided", "quality_minus_average", "quality_minus_average_sd", "exceeds_2sd"]] = [
             np.nan if avoided is None else avoided, diff, sd, exceeds]

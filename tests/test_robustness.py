@@ -55,6 +55,7 @@ def test_summary_is_mean_sd_over_seeds_loss_avoided_and_a_2sd_mark():
         ("clean", "quality"): [0, 0, 0], ("clean", "average"): [0, 0, 0],
         ("mixed", "quality"): [-0.02, -0.03, -0.04], ("mixed", "average"): [-0.08, -0.09, -0.10],
         ("noisy_audio", "quality"): [-0.01, 0.00, 0.01], ("noisy_audio", "average"): [0.01, 0.00, 0.02],
+        ("missing_audio", "quality"): [-0.01, 0.00, 0.01], ("missing_audio", "average"): [-0.01, 0.01, -0.03],
         ("missing_text", "quality"): [-0.05, -0.02, -0.08], ("missing_text", "average"): [-0.06, -0.05, -0.04]}))
     t = table.set_index(["condition", "fusion"])
     assert t.loc[("mixed", "quality"), "pearson_mean"] == pytest.approx(0.57)
@@ -66,6 +67,7 @@ def test_summary_is_mean_sd_over_seeds_loss_avoided_and_a_2sd_mark():
     assert t.loc[("mixed", "quality"), "quality_minus_average_sd"] == pytest.approx(0.0, abs=1e-12)
     assert t.loc[("mixed", "quality"), "exceeds_2sd"]  # the same gap on every seed
     assert math.isnan(t.loc[("noisy_audio", "quality"), "loss_avoided"])  # average gains: no loss to avoid
+    assert math.isnan(t.loc[("missing_audio", "quality"), "loss_avoided"])  # average's loss -0.01 ± 0.02: noise
     assert not t.loc[("missing_text", "quality"), "exceeds_2sd"]  # 0 mean difference vs its seed-to-seed noise
     assert math.isnan(t.loc[("mixed", "average"), "loss_avoided"])  # said once per condition, on the quality row
     assert per_kind.empty
@@ -75,6 +77,9 @@ def test_loss_avoided_and_paired_difference_arithmetic():
     assert loss_avoided(-0.02, -0.08) == pytest.approx(0.75)
     assert loss_avoided(-0.08, -0.08) == 0 and loss_avoided(0.0, -0.1) == 1 and loss_avoided(-0.2, -0.1) == -1
     assert loss_avoided(-0.01, 0.0) is None and loss_avoided(-0.01, 0.02) is None
+    # average's loss within 2 sd of its seed noise: a ratio to noise is no evidence
+    assert loss_avoided(-0.01, -0.001, sd_average=0.005) is None
+    assert loss_avoided(-0.01, -0.02, sd_average=0.005) == pytest.approx(0.5)
     mean, sd, exceeds = paired_difference(np.array([0.62, 0.60, 0.64]), np.array([0.60, 0.59, 0.61]))
     assert mean == pytest.approx(0.02) and sd == pytest.approx(np.std([0.02, 0.01, 0.03], ddof=1))
     assert exceeds == (0.02 > SIGNIFICANT_SD * sd)

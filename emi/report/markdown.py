@@ -86,13 +86,19 @@ def robustness_verdict(table: pd.DataFrame, damaged_modality: dict[str, str]) ->
     return lines
 
 
+def _no_loss(delta_average: float) -> str:
+    """Why a condition has no ``loss_avoided``."""
+    if delta_average >= 0:
+        return "average does not lose: no loss to avoid"
+    return f"average's loss is within {SIGNIFICANT_SD:g} sd of its seed noise: no loss to avoid"
+
+
 def _loss_words(t: pd.DataFrame, cond: str) -> str:
     dq, da = t.loc[(cond, "quality"), "delta_pearson"], t.loc[(cond, "average"), "delta_pearson"]
     avoided = t.loc[(cond, "quality"), "loss_avoided"]
     which = "quality degrades less" if dq > da else "average degrades less" if da > dq else "equal"
     words = f"mean Pearson change quality {dq:+.4f} vs average {da:+.4f}: {which}"
-    words += (f" (quality avoids {avoided:.0%} of average's loss" if np.isfinite(avoided) else
-              " (average does not lose: no loss to avoid")
+    words += (f" (quality avoids {avoided:.0%} of average's loss" if np.isfinite(avoided) else f" ({_no_loss(da)}")
     marked = t.loc[(cond, "quality"), "exceeds_2sd"]
     return words + (f"; the difference exceeds {SIGNIFICANT_SD:g} sd)" if marked else ")")
 
@@ -119,7 +125,8 @@ def robustness_tables(table: pd.DataFrame, mixed: pd.DataFrame, mixed_rate: floa
         diff = pm(r["quality_minus_average"], r["quality_minus_average_sd"])
         compare.append({"condition": r["condition"], "Δ r quality": pm(r["delta_pearson"], r["delta_pearson_sd"]),
                         "Δ r average": pm(avg["delta_pearson"].iloc[0], avg["delta_pearson_sd"].iloc[0]),
-                        "loss avoided": "–" if not np.isfinite(r["loss_avoided"]) else f"{r['loss_avoided']:.0%}",
+                        "loss avoided": f"{r['loss_avoided']:.0%}" if np.isfinite(r["loss_avoided"]) else (
+                            "– (" + _no_loss(avg["delta_pearson"].iloc[0]).split(":")[0] + ")"),
                         "Δ quality − Δ average": f"**{diff}**" if r["exceeds_2sd"] else diff})
     out = [md_table(main), "", _seeds_note(int(table["seeds"].max())), "",
            "Weights: mean fusion weight over the damaged clips (`clean`: the clips the all-clips conditions damage); "
@@ -127,7 +134,7 @@ def robustness_tables(table: pd.DataFrame, mixed: pd.DataFrame, mixed_rate: floa
            "### Quality vs average fusion", "", md_table(compare), "",
            "loss avoided = 1 − Δ quality / Δ average, from the mean Δ r over seeds: the fraction of average fusion's "
            "drop in mean Pearson that quality fusion does not have (100 % = no loss, 0 % = as much, < 0 = more); "
-           "– when average fusion does not lose."]
+           f"– when average fusion does not lose, or its loss is within {SIGNIFICANT_SD:g} sd (over seeds) of 0."]
     if len(mixed):
         rows = [{"damage": r["damage"], "modality": r["modality"], "fusion": r["fusion"], "clips": r["n"],
                  "weight clean": pm(r["weight_clean"], r["weight_clean_sd"], 3),

@@ -91,7 +91,7 @@ def headline(metrics: dict, splits: list[str], rob: pd.DataFrame) -> dict[str, f
     for fusion, delta in damaged.groupby("fusion", sort=False)["delta_pearson"].mean().items():
         out[f"robustness_{fusion}_mean_delta_pearson"] = float(delta)
     mixed = rob[(rob["condition"] == MIXED) & (rob["fusion"] == "quality")]["loss_avoided"]
-    out["robustness_mixed_loss_avoided"] = finite(mixed.iloc[0]) if len(mixed) else None  # None: average lost nothing
+    out["robustness_mixed_loss_avoided"] = finite(mixed.iloc[0]) if len(mixed) else None  # None: no loss to avoid
     return out
 
 

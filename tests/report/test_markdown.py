@@ -74,3 +74,5 @@ def test_robustness_verdict_says_whether_the_damaged_weight_falls():
     assert "**missing_audio**" in line and "A falls (0.400 → 0.000)" in line and "quality degrades less" in line
     assert "quality avoids 50% of average's loss" in line and "exceeds 2 sd" in line
     assert mixed.startswith("- **mixed**:") and "average does not lose" in mixed
+    table.loc[table.condition.eq("mixed") & table.fusion.eq("average"), "delta_pearson"] = -0.001
+    assert "within 2 sd of its seed noise" in robustness_verdict(table, {})[0]
