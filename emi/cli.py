@@ -256,7 +256,8 @@ def ablate(
     layout = Layout(root)
     table = ablation(params, layout.aligned_file, layout.raw, layout.reports, stage2_model=layout.fusion_model,
                      models_dir=layout.ablation_models, augmented=layout.augmented_file)
-    typer.echo(table[["modalities", "fusion", "pearson_mean", "mse", "seconds"]].to_string(index=False))
+    typer.echo(table[["modalities", "fusion", "inputs", "pearson_mean", "pearson_mean_sd", "diff_vs_full", "mse",
+                      "seconds"]].to_string(index=False))
 
 
 @app.command("evaluate")

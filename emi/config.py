@@ -33,6 +33,9 @@ MODALITIES: tuple[str, ...] = ("visual", "audio", "text")
 """The three modalities, in the order every array, mask and table uses."""
 MODALITY_KEYS: dict[str, str] = dict(zip(MODALITIES, "VAT"))
 """Their one-letter names in the paper (V, A, T), used by the models and ablation names."""
+SIGNIFICANT_SD = 2.0
+"""Reports mark a difference between two variants when its mean over training seeds exceeds this many standard
+deviations of the paired per-seed difference (with 60 validation clips a 0.01 gap can be noise)."""
 PROFILES_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -296,12 +299,19 @@ class RobustnessParams(Strict):
     rate: float = Field(ge=0, le=1)
     occlusion_box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the frame
     noise_snr_db: float
+    mixed_rate: float = Field(ge=0, le=1)  # the mixed condition: this fraction of clips, one random damage each
 
 
 class EvaluateParams(Strict):
     splits: tuple[Literal["train", "valid", "test"], ...] = Field(min_length=1)
     robustness: RobustnessParams
     ceiling_alpha: float = Field(gt=0)  # ridge penalty of the oracle regressor on the rendered latents
+    # Stage-II trainings per ablation cell and robustness model (seed i = seed + i; i = 0 is the stage2 model):
+    # the tables show mean +- sd over them
+    seeds: int = Field(ge=1)
+    # ridge penalties the linear probes choose from by leave-one-out on train (the ablation's linear-probe row,
+    # the per-modality probe table of rendered controls)
+    probe_alphas: tuple[Annotated[float, Field(gt=0)], ...] = Field(min_length=1)
     # a test clip no prediction reached (unreadable): `mean` submits the mean training label, `drop` leaves its row
     # out; either way the report lists it with the reason, and more than data.max_error_fraction of them fail
     unreadable_test: Literal["mean", "drop"]

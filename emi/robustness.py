@@ -1,10 +1,12 @@
 """Robustness: the trained pipeline on validation clips decoded again and damaged (occluded face, noisy audio,
-missing audio, missing text). Does the fusion weight of a damaged modality fall, and does quality fusion lose
-less than average fusion?"""
+missing audio, missing text: each on ``rate`` of the clips; and ``mixed``: ``mixed_rate`` of the clips, one
+random damage each). Does the fusion weight of a damaged modality fall, and how much of average fusion's loss
+does quality fusion avoid, over several training seeds?"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +16,16 @@ from rich.progress import Progress
 from emi.config import EMOTIONS, MODALITIES, RobustnessParams
 from emi.data.dataset import Clip
 from emi.featurize import OK, Damage, Featurizer
-from emi.metrics import scores
+from emi.metrics import loss_avoided, mean_sd, paired_difference, scores
 from emi.model import EMIFusionModel
 from emi.train.projection import aligned_inputs, load_alignment
 from emi.train.fusion import prediction_frame
 from emi.train.loop import SequenceData
 
-CONDITIONS = ("clean", "occluded_face", "noisy_audio", "missing_audio", "missing_text")
+DAMAGES = ("occluded_face", "noisy_audio", "missing_audio", "missing_text")
+"""The damage kinds; each is also a condition applied to ``rate`` of the clips."""
+MIXED = "mixed"
+CONDITIONS = ("clean", *DAMAGES, MIXED)
 DAMAGED_MODALITY = {"occluded_face": "V", "noisy_audio": "A", "missing_audio": "A", "missing_text": "T"}
 FUSIONS = ("quality", "average")
 
@@ -29,8 +34,9 @@ class RobustnessError(RuntimeError):
     """Validation clips that cannot be decoded again (the dataset changed since extract); the message names them."""
 
 
-def conditions(r: RobustnessParams) -> dict[str, Damage | None]:
-    return {"clean": None, "occluded_face": Damage(occlusion_box=tuple(r.occlusion_box)),
+def damages(r: RobustnessParams) -> dict[str, Damage]:
+    """Each damage kind, as the featurize path applies it."""
+    return {"occluded_face": Damage(occlusion_box=tuple(r.occlusion_box)),
             "noisy_audio": Damage(noise_snr_db=r.noise_snr_db), "missing_audio": Damage(drop_audio=True),
             "missing_text": Damage(drop_text=True)}
 
@@ -41,16 +47,35 @@ def damaged_rows(n: int, rate: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)) if k else np.zeros(0, int)
 
 
+def mixed_damage(n: int, rate: float, seed: int) -> dict[int, str]:
+    """The mixed condition: round(rate * n) clips chosen by the seed, each with one damage kind drawn (uniformly,
+    by the same seed) from ``DAMAGES``; row -> kind, in row order."""
+    rng = np.random.default_rng(seed)
+    k = round(rate * n)
+    rows = np.sort(rng.choice(n, size=k, replace=False)) if k else np.zeros(0, int)
+    kinds = rng.choice(len(DAMAGES), size=k)
+    return {int(row): DAMAGES[kind] for row, kind in zip(rows, kinds)}
+
+
+def damage_plan(r: RobustnessParams, n: int, seed: int) -> dict[str, dict[int, str]]:
+    """Per condition, which of ``n`` clips get which damage kind: none under ``clean``; each kind on the same
+    ``damaged_rows(n, r.rate, seed)``; ``mixed_damage(n, r.mixed_rate, seed)`` under ``mixed``."""
+    rows = damaged_rows(n, r.rate, seed).tolist()
+    return {"clean": {}, **{kind: dict.fromkeys(rows, kind) for kind in DAMAGES},
+            MIXED: mixed_damage(n, r.mixed_rate, seed)}
+
+
 def condition_chunks(featurizer: Featurizer, clips: list[Clip], texts: dict[str, str | None],
-                     damages: dict[str, Damage | None], rows: np.ndarray, seed: int, chunk_size: int,
+                     kinds: dict[str, Damage], plan: dict[str, dict[int, str]], seed: int, chunk_size: int,
                      progress: Progress | None = None) -> Iterator[dict[str, SequenceData]]:
-    """Encoder features of ``clips`` under each damage (applied to ``rows`` only), by the one featurize path, one
-    chunk of ``chunk_size`` clips at a time (memory holds a chunk, whatever the size of the validation split).
+    """Encoder features of ``clips`` under each condition of ``plan`` (clip row -> damage kind of ``kinds``), by
+    the one featurize path, one chunk of ``chunk_size`` clips at a time (memory holds a chunk, whatever the size
+    of the validation split).
 
     Each clip is decoded once and only the modalities a damage touches are encoded again: the same numbers as
-    ``featurizer(damaged clips, texts, damage=damage)`` at a fraction of the cost."""
-    rngs = {name: np.random.default_rng(seed) for name in damages}  # one stream per condition, in clip order
-    chosen = set(rows.tolist())
+    ``featurizer(damaged clips, texts, damage=damage)`` at a fraction of the cost. Random damage (noise) draws
+    from one stream per condition and kind, in clip order."""
+    rngs = {(name, kind): np.random.default_rng(seed) for name in plan for kind in kinds}
     task = progress.add_task("robustness features", total=len(clips)) if progress else None
     text_dim = featurizer.cfg.text.dim
     for start in range(0, len(clips), chunk_size):
@@ -61,13 +86,15 @@ def condition_chunks(featurizer: Featurizer, clips: list[Clip], texts: dict[str,
             raise RobustnessError(f"validation clip(s) cannot be decoded again: {', '.join(broken)}")
         clean = featurizer.encode(decoded, texts, MODALITIES)
         out = {}
-        for name, damage in damages.items():
+        for name, assigned in plan.items():
             cols = {m: list(getattr(clean, m)) for m in MODALITIES}
             status = {m: list(clean.status[m]) for m in MODALITIES}
-            idx = [j for j in range(len(chunk)) if start + j in chosen] if damage else []
-            if idx:
+            for kind, damage in kinds.items():
+                idx = [j for j in range(len(chunk)) if assigned.get(start + j) == kind]
+                if not idx:
+                    continue
                 touched = damage.touched()
-                redone = featurizer.encode([decoded[j] for j in idx], texts, touched, damage, rngs[name])
+                redone = featurizer.encode([decoded[j] for j in idx], texts, touched, damage, rngs[(name, kind)])
                 for m in touched:
                     for k, j in enumerate(idx):
                         cols[m][j], status[m][j] = getattr(redone, m)[k], redone.status[m][k]
@@ -81,43 +108,109 @@ def condition_chunks(featurizer: Featurizer, clips: list[Clip], texts: dict[str,
 
 
 def condition_features(featurizer: Featurizer, clips: list[Clip], texts: dict[str, str | None],
-                       damages: dict[str, Damage | None], rows: np.ndarray, seed: int,
+                       kinds: dict[str, Damage], plan: dict[str, dict[int, str]], seed: int,
                        chunk_size: int) -> dict[str, SequenceData]:
     """``condition_chunks`` joined: every clip's features per condition (for checks on a few clips)."""
-    parts = list(condition_chunks(featurizer, clips, texts, damages, rows, seed, chunk_size))
+    parts = list(condition_chunks(featurizer, clips, texts, kinds, plan, seed, chunk_size))
     return {name: SequenceData([i for p in parts for i in p[name].ids],
                                [x for p in parts for x in p[name].visual], [x for p in parts for x in p[name].audio],
                                np.concatenate([p[name].text for p in parts]),
-                               np.concatenate([p[name].mask for p in parts]), None) for name in damages}
+                               np.concatenate([p[name].mask for p in parts]), None) for name in plan}
+
+
+@dataclass
+class Robustness:
+    """What ``robustness`` measured, one row per training seed: ``runs`` (condition x fusion x seed: scores over
+    all validation clips, weights over the damaged ones), ``mixed`` (damage kind x fusion x seed, the mixed
+    condition's clips of that kind: the damaged modality's weight there and on the same clips clean) and each
+    model's predictions (``<condition>/<fusion>/<seed>``)."""
+
+    runs: pd.DataFrame
+    mixed: pd.DataFrame
+    predictions: dict[str, pd.DataFrame]
+
+
+def _weights(frame: pd.DataFrame, rows: list[int]) -> list[float]:
+    return [float(x) for x in frame.iloc[rows][[f"weight_{m}" for m in "VAT"]].mean()]  # NaN without rows
 
 
 def robustness(featurizer: Featurizer, r: RobustnessParams, seed: int, valid: SequenceData, clips: list[Clip],
-               texts: dict[str, str | None], alignment_path: Path, models: dict[str, tuple[EMIFusionModel, str]],
-               batch_size: int, show_progress: bool = False) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Condition x fusion: mean Pearson and MSE over all validation clips (the damaged ones included) and the mean
-    fusion weight per modality over the damaged clips (the same clips under ``clean``, for comparison)."""
-    rows = damaged_rows(len(clips), r.rate, seed)
+               texts: dict[str, str | None], alignment_path: Path,
+               models: dict[str, list[tuple[EMIFusionModel, str]]], batch_size: int,
+               show_progress: bool = False) -> Robustness:
+    """Condition x fusion x training seed (``models``: per fusion, one (model, inputs) per seed; the damage is
+    the same for every seed, chosen with ``seed``): mean Pearson and MSE over all validation clips (the damaged
+    ones included), the mean fusion weight per modality over the damaged clips (for ``clean``, the clips the
+    all-clips conditions damage) and ``weight_damaged``, the mean weight of the modality each damaged clip lost."""
+    plan = damage_plan(r, len(clips), seed)
     alignment = load_alignment(alignment_path)
-    parts: dict[str, list[pd.DataFrame]] = {f"{name}/{fusion}": [] for name in CONDITIONS for fusion in models}
+    keys = [(name, fusion, k) for name in CONDITIONS for fusion in models for k in range(len(models[fusion]))]
+    parts: dict[tuple, list[pd.DataFrame]] = {key: [] for key in keys}
     with Progress(disable=not show_progress) as progress:
-        for chunk in condition_chunks(featurizer, clips, texts, conditions(r), rows, seed,
-                                      featurizer.cfg.shard_size, progress):
-            for name in CONDITIONS:
-                for fusion, (model, inputs) in models.items():
-                    parts[f"{name}/{fusion}"].append(
-                        prediction_frame(model, aligned_inputs(chunk[name], alignment, inputs), batch_size))
+        for chunk in condition_chunks(featurizer, clips, texts, damages(r), plan, seed, featurizer.cfg.shard_size,
+                                      progress):
+            for name, fusion, k in keys:
+                model, inputs = models[fusion][k]
+                parts[(name, fusion, k)].append(
+                    prediction_frame(model, aligned_inputs(chunk[name], alignment, inputs), batch_size))
     predictions = {key: pd.concat(frames, ignore_index=True) for key, frames in parts.items()}
-    table = []
-    for name in CONDITIONS:
-        for fusion in models:
-            out = predictions[f"{name}/{fusion}"]
-            pred = out[list(EMOTIONS)].to_numpy(float)
-            s = scores(pred, valid.labels)
-            w = out.iloc[rows][[f"weight_{m}" for m in "VAT"]].mean()  # NaN when no clip is damaged
-            table.append({"condition": name, "fusion": fusion, "pearson_mean": s["pearson_mean"], "mse": s["mse"],
-                          "weight_V": float(w.iloc[0]), "weight_A": float(w.iloc[1]), "weight_T": float(w.iloc[2]),
-                          "n_damaged": 0 if name == "clean" else len(rows), "n": len(clips)})
-    table = pd.DataFrame(table)
-    clean = table[table.condition == "clean"].set_index("fusion")["pearson_mean"]
-    table.insert(3, "delta_pearson", table["pearson_mean"] - table["fusion"].map(clean))
-    return table, predictions
+    clean_rows = damaged_rows(len(clips), r.rate, seed).tolist()
+    runs, mixed = [], []
+    for name, fusion, k in keys:
+        out = predictions[(name, fusion, k)]
+        s = scores(out[list(EMOTIONS)].to_numpy(float), valid.labels)
+        rows = sorted(plan[name]) if name != "clean" else clean_rows
+        damaged = [out.iloc[i][f"weight_{DAMAGED_MODALITY[kind]}"] for i, kind in sorted(plan[name].items())]
+        runs.append({"condition": name, "fusion": fusion, "seed": k, "pearson_mean": s["pearson_mean"],
+                     "mse": s["mse"], **dict(zip(("weight_V", "weight_A", "weight_T"), _weights(out, rows))),
+                     "weight_damaged": float(np.mean(damaged)) if damaged else float("nan"),
+                     "n_damaged": len(plan[name]), "n": len(clips)})
+        if name == MIXED:
+            clean = predictions[("clean", fusion, k)]
+            for kind in DAMAGES:
+                hit = [i for i, kd in sorted(plan[name].items()) if kd == kind]
+                col = f"weight_{DAMAGED_MODALITY[kind]}"
+                mixed.append({"damage": kind, "modality": DAMAGED_MODALITY[kind], "fusion": fusion, "seed": k,
+                              "n": len(hit), "weight_clean": float(clean.iloc[hit][col].mean()) if hit else np.nan,
+                              "weight_damaged": float(out.iloc[hit][col].mean()) if hit else np.nan})
+    runs = pd.DataFrame(runs)
+    clean = runs[runs.condition == "clean"].set_index(["fusion", "seed"])["pearson_mean"]
+    runs.insert(4, "delta_pearson", runs["pearson_mean"].to_numpy() - clean.loc[
+        list(zip(runs["fusion"], runs["seed"]))].to_numpy())
+    return Robustness(runs, pd.DataFrame(mixed),
+                      {f"{name}/{fusion}/{k}": frame for (name, fusion, k), frame in predictions.items()})
+
+
+SUMMED = ("pearson_mean", "delta_pearson", "mse", "weight_V", "weight_A", "weight_T", "weight_damaged")
+
+
+def summarize(result: Robustness) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean and sd over the training seeds: the condition x fusion table (``<value>`` and ``<value>_sd``, plus per
+    damaged condition, on the quality rows, ``loss_avoided`` from the mean deltas (None: average fusion's loss is
+    none or within its seed noise), the paired quality - average
+    difference of the deltas over seeds and whether it exceeds ``SIGNIFICANT_SD`` sds) and the mixed condition's
+    weights per damage kind."""
+    runs = result.runs
+    table = mean_sd(runs, ["condition", "fusion"], list(SUMMED))
+    counts = runs.groupby(["condition", "fusion"], sort=False)[["n_damaged", "n"]].first().reset_index()
+    table = table.merge(counts, on=["condition", "fusion"])
+    table["seeds"] = runs.groupby(["condition", "fusion"], sort=False).size().to_numpy()
+    table["loss_avoided"], table["quality_minus_average"] = np.nan, np.nan
+    table["quality_minus_average_sd"], table["exceeds_2sd"] = np.nan, False
+    for name in CONDITIONS[1:]:
+        per = {f: runs[(runs.condition == name) & (runs.fusion == f)].sort_values("seed")["delta_pearson"]
+               for f in FUSIONS}
+        at = (table.condition == name) & (table.fusion == "quality")
+        if any(len(v) == 0 for v in per.values()) or not at.any():
+            continue
+        sd_average = per["average"].std(ddof=1) if len(per["average"]) > 1 else float("nan")
+        avoided = loss_avoided(per["quality"].mean(), per["average"].mean(), sd_average)
+        diff, sd, exceeds = paired_difference(per["quality"].to_numpy(), per["average"].to_numpy())
+        table.loc[at, ["loss_avoided", "quality_minus_average", "quality_minus_average_sd", "exceeds_2sd"]] = [
+            np.nan if avoided is None else avoided, diff, sd, exceeds]
+    mixed = result.mixed
+    per_kind = mean_sd(mixed, ["damage", "modality", "fusion"], ["weight_clean", "weight_damaged"]) if len(
+        mixed) else mixed
+    if len(mixed):
+        per_kind.insert(3, "n", mixed.groupby(["damage", "modality", "fusion"], sort=False)["n"].first().to_numpy())
+    return table, per_kind

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -61,6 +62,15 @@ def write_text(path: Path, text: str) -> Path:
 
 def write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def finite(value: Any) -> Any:
+    """``value`` for a JSON file: numpy scalars as Python numbers, NaN and infinities as None (JSON has neither)."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -10,7 +10,7 @@ from emi.data.store import load_features
 from emi.encoders.base import resolve_device, resolve_dtype
 from emi.encoders.registry import load_encoders
 from emi.featurize import FaceCropper, Featurizer, decode_clip
-from emi.robustness import condition_features, conditions, damaged_rows
+from emi.robustness import DAMAGES, condition_features, damaged_rows, damages, mixed_damage
 from emi.stages.extract import extract
 from tests.conftest import transcripts_from_script
 
@@ -25,13 +25,14 @@ def test_fast_damage_path_matches_clip_features(tiny_dataset, tmp_path):
     device = resolve_device(params.extract.device)
     encoders = load_encoders(params.extract, device, resolve_dtype(params.extract.dtype, device), set(MODALITIES))
     featurizer = Featurizer(params.extract, params.data, encoders)
-    damages = conditions(params.evaluate.robustness)
+    kinds = damages(params.evaluate.robustness)
     rows = damaged_rows(len(clips), 0.5, params.seed)
     assert 0 < len(rows) < len(clips)
+    plan = {"clean": {}, **{kind: dict.fromkeys(rows.tolist(), kind) for kind in DAMAGES}}
     # chunks of 2 clips: the per-condition noise stream must run on across chunks as it does over one call
-    fast = condition_features(featurizer, clips, texts, damages, rows, params.seed, chunk_size=2)
+    fast = condition_features(featurizer, clips, texts, kinds, plan, params.seed, chunk_size=2)
     clean = featurizer(clips, texts, rng=np.random.default_rng(params.seed))
-    for name, damage in damages.items():
+    for name, damage in {"clean": None, **kinds}.items():
         ref = featurizer([clips[i] for i in rows], texts, damage=damage,
                          rng=np.random.default_rng(params.seed)) if damage else None
         for i in range(len(clips)):
@@ -41,6 +42,20 @@ def test_fast_damage_path_matches_clip_features(tiny_dataset, tmp_path):
             np.testing.assert_allclose(got.audio[i], want.audio[j], atol=1e-5, err_msg=f"{name} A {i}")
             np.testing.assert_allclose(got.text[i], want.text[j], atol=1e-5, err_msg=f"{name} T {i}")
             assert (got.mask[i] == want.mask()[j]).all(), name
+    # the mixed condition: each chosen clip carries its own damage kind, the others stay clean
+    mixed = mixed_damage(len(clips), 0.5, params.seed)
+    got = condition_features(featurizer, clips, texts, kinds, {"mixed": mixed}, params.seed, chunk_size=2)["mixed"]
+    for i in range(len(clips)):
+        kind = mixed.get(i)
+        want = featurizer([clips[i]], texts, damage=kinds[kind], rng=np.random.default_rng(params.seed)) if (
+            kind and kind != "noisy_audio") else None  # noise: drawn from the kind's stream, not a fresh one
+        if kind == "noisy_audio":
+            assert not np.allclose(got.audio[i], clean.audio[i], atol=1e-3), i
+            continue
+        ref, j = (want, 0) if want is not None else (clean, i)
+        np.testing.assert_allclose(got.visual[i], ref.visual[j], atol=1e-5, err_msg=f"mixed V {i}")
+        np.testing.assert_allclose(got.text[i], ref.text[j], atol=1e-5, err_msg=f"mixed T {i}")
+        assert (got.mask[i] == ref.mask()[j]).all(), (i, kind)
 
 
 @pytest.mark.slow

@@ -1,25 +1,93 @@
 """Robustness: the damage conditions, which clips they hit, and the condition x fusion table evaluate writes."""
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from emi.config import load_params
+from emi.config import SIGNIFICANT_SD, load_params
 from emi.featurize import Damage
-from emi.robustness import CONDITIONS, DAMAGED_MODALITY, FUSIONS, conditions, damaged_rows
+from emi.metrics import loss_avoided, mean_sd, paired_difference
+from emi.robustness import (CONDITIONS, DAMAGED_MODALITY, DAMAGES, FUSIONS, MIXED, Robustness, damage_plan,
+                             damaged_rows, damages, mixed_damage, summarize)
 
 
-def test_conditions_damage_the_modality_they_name():
+def test_damages_break_the_modality_they_name():
     r = load_params(None, profile="tiny").evaluate.robustness
-    damages = conditions(r)
-    assert tuple(damages) == CONDITIONS and damages["clean"] is None
-    assert damages["occluded_face"] == Damage(occlusion_box=tuple(r.occlusion_box))
-    assert damages["noisy_audio"] == Damage(noise_snr_db=r.noise_snr_db)
+    kinds = damages(r)
+    assert tuple(kinds) == DAMAGES and CONDITIONS == ("clean", *DAMAGES, MIXED)
+    assert kinds["occluded_face"] == Damage(occlusion_box=tuple(r.occlusion_box))
+    assert kinds["noisy_audio"] == Damage(noise_snr_db=r.noise_snr_db)
     touched = {"V": "visual", "A": "audio", "T": "text"}
     for name, m in DAMAGED_MODALITY.items():
-        assert damages[name].touched() == {touched[m]}, name
+        assert kinds[name].touched() == {touched[m]}, name
+
+
+def test_mixed_condition_gives_round_rate_n_clips_one_seeded_random_damage_each():
+    plan = mixed_damage(60, 0.3, seed=7)
+    assert len(plan) == 18 and list(plan) == sorted(plan) and all(0 <= i < 60 for i in plan)
+    assert set(plan.values()) <= set(DAMAGES) and len(set(plan.values())) > 1  # one kind per clip, kinds vary
+    assert plan == mixed_damage(60, 0.3, seed=7) and plan != mixed_damage(60, 0.3, seed=8)
+    assert len(mixed_damage(7, 0.3, seed=7)) == 2 and mixed_damage(10, 0.0, seed=7) == {}
+    r = load_params(None, profile="tiny", overrides=["evaluate.robustness.rate=0.5",
+                                                     "evaluate.robustness.mixed_rate=0.3"]).evaluate.robustness
+    full = damage_plan(r, 10, seed=3)
+    assert tuple(full) == CONDITIONS and full["clean"] == {} and full[MIXED] == mixed_damage(10, 0.3, 3)
+    rows = damaged_rows(10, 0.5, 3).tolist()
+    assert all(full[kind] == dict.fromkeys(rows, kind) for kind in DAMAGES)  # the all-clips conditions as before
+
+
+def _runs(deltas: dict[tuple[str, str], list[float]]) -> Robustness:
+    """A measured robustness table: clean Pearson 0.6 per fusion and seed, the given deltas per condition."""
+    rows = []
+    for (cond, fusion), ds in deltas.items():
+        for k, d in enumerate(ds):
+            rows.append({"condition": cond, "fusion": fusion, "seed": k, "pearson_mean": 0.6 + d, "mse": 0.05,
+                         "delta_pearson": d, "weight_V": 0.4, "weight_A": 0.3, "weight_T": 0.3,
+                         "weight_damaged": np.nan if cond == "clean" else 0.2, "n_damaged": 6, "n": 20})
+    return Robustness(pd.DataFrame(rows), pd.DataFrame(), {})
+
+
+def test_summary_is_mean_sd_over_seeds_loss_avoided_and_a_2sd_mark():
+    table, per_kind = summarize(_runs({
+        ("clean", "quality"): [0, 0, 0], ("clean", "average"): [0, 0, 0],
+        ("mixed", "quality"): [-0.02, -0.03, -0.04], ("mixed", "average"): [-0.08, -0.09, -0.10],
+        ("noisy_audio", "quality"): [-0.01, 0.00, 0.01], ("noisy_audio", "average"): [0.01, 0.00, 0.02],
+        ("missing_audio", "quality"): [-0.01, 0.00, 0.01], ("missing_audio", "average"): [-0.01, 0.01, -0.03],
+        ("missing_text", "quality"): [-0.05, -0.02, -0.08], ("missing_text", "average"): [-0.06, -0.05, -0.04]}))
+    t = table.set_index(["condition", "fusion"])
+    assert t.loc[("mixed", "quality"), "pearson_mean"] == pytest.approx(0.57)
+    assert t.loc[("mixed", "quality"), "pearson_mean_sd"] == pytest.approx(0.01)  # sample sd over 3 seeds
+    assert (t["seeds"] == 3).all() and t.loc[("mixed", "average"), "n_damaged"] == 6
+    # quality loses 0.03, average 0.09: quality avoids 1 - 0.03 / 0.09 = 2/3 of average's loss
+    assert t.loc[("mixed", "quality"), "loss_avoided"] == pytest.approx(2 / 3)
+    assert t.loc[("mixed", "quality"), "quality_minus_average"] == pytest.approx(0.06)
+    assert t.loc[("mixed", "quality"), "quality_minus_average_sd"] == pytest.approx(0.0, abs=1e-12)
+    assert t.loc[("mixed", "quality"), "exceeds_2sd"]  # the same gap on every seed
+    assert math.isnan(t.loc[("noisy_audio", "quality"), "loss_avoided"])  # average gains: no loss to avoid
+    assert math.isnan(t.loc[("missing_audio", "quality"), "loss_avoided"])  # average's loss -0.01 ± 0.02: noise
+    assert not t.loc[("missing_text", "quality"), "exceeds_2sd"]  # 0 mean difference vs its seed-to-seed noise
+    assert math.isnan(t.loc[("mixed", "average"), "loss_avoided"])  # said once per condition, on the quality row
+    assert per_kind.empty
+
+
+def test_loss_avoided_and_paired_difference_arithmetic():
+    assert loss_avoided(-0.02, -0.08) == pytest.approx(0.75)
+    assert loss_avoided(-0.08, -0.08) == 0 and loss_avoided(0.0, -0.1) == 1 and loss_avoided(-0.2, -0.1) == -1
+    assert loss_avoided(-0.01, 0.0) is None and loss_avoided(-0.01, 0.02) is None
+    # average's loss within 2 sd of its seed noise: a ratio to noise is no evidence
+    assert loss_avoided(-0.01, -0.001, sd_average=0.005) is None
+    assert loss_avoided(-0.01, -0.02, sd_average=0.005) == pytest.approx(0.5)
+    mean, sd, exceeds = paired_difference(np.array([0.62, 0.60, 0.64]), np.array([0.60, 0.59, 0.61]))
+    assert mean == pytest.approx(0.02) and sd == pytest.approx(np.std([0.02, 0.01, 0.03], ddof=1))
+    assert exceeds == (0.02 > SIGNIFICANT_SD * sd)
+    _, sd_one, marked = paired_difference(np.array([0.7]), np.array([0.6]))
+    assert math.isnan(sd_one) and not marked  # one seed: no sd, no mark
+    frame = mean_sd(pd.DataFrame({"cell": ["a", "a", "b"], "x": [1.0, 3.0, 5.0]}), ["cell"], ["x"])
+    assert frame["x"].tolist() == [2.0, 5.0] and frame["x_sd"].iloc[0] == pytest.approx(np.sqrt(2))
+    assert math.isnan(frame["x_sd"].iloc[1])  # one seed: no sd
 
 
 def test_damaged_rows_are_the_same_seeded_subset_for_every_condition():

@@ -5,7 +5,7 @@ import platform
 
 import pytest
 
-from emi.utils import atomic_path, fingerprint, keep_freed_memory, sha256_file, write_json, write_text
+from emi.utils import atomic_path, fingerprint, finite, keep_freed_memory, sha256_file, write_json, write_text
 
 
 def test_atomic_write_leaves_no_temp_file_and_the_old_content_on_exception(tmp_path):
@@ -41,3 +41,12 @@ def test_allocator_tuning_applies_on_glibc_and_is_idempotent():
     assert keep_freed_memory.__wrapped__() is True
     assert keep_freed_memory.__wrapped__() is True
     assert keep_freed_memory() is True and keep_freed_memory() is True
+
+
+def test_finite_makes_json_numbers_and_null_for_nan():
+    import numpy as np
+
+    assert finite(np.float64(0.25)) == 0.25 and type(finite(np.float64(0.25))) is float
+    assert finite(np.int64(3)) == 3 and finite(np.bool_(True)) is True
+    assert finite(float("nan")) is None and finite(np.float32("inf")) is None
+    assert finite("text") == "text" and finite(None) is None

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from emi.config import EMOTIONS
+from emi.config import EMOTIONS, SIGNIFICANT_SD
 
 
 def _cell(value, fmt: str | None, digits: int) -> str:
@@ -34,14 +34,41 @@ def md_table(rows: pd.DataFrame | Sequence[Mapping], digits: int = 4, formats: M
     return "\n".join(lines)
 
 
+def pm(mean: float, sd: float, digits: int = 4) -> str:
+    """``mean ± sd`` (the mean alone when there is no sd: one seed), – for NaN."""
+    if mean is None or not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None and np.isfinite(sd) else "")
+
+
+def _seeds_note(seeds: int) -> str:
+    if seeds > 1:
+        return (f"Mean ± sd over {seeds} Stage-II trainings (seeds `seed` … `seed + {seeds - 1}`; seed 0 is the "
+                f"registered Stage-II model). **Bold** marks a difference whose mean exceeds {SIGNIFICANT_SD:g} sd of "
+                "the paired per-seed difference (sd over seeds of the per-seed difference).")
+    return "One Stage-II training per cell (`evaluate.seeds: 1`): no sd, so no difference is marked."
+
+
 def ablation_markdown(table: pd.DataFrame) -> str:
-    cols = ["modalities", "fusion", "inputs", "pearson_mean", *[f"pearson_{e}" for e in EMOTIONS], "mse"]
-    return "\n".join(["# Ablation (validation split)", "", md_table(
-        table, columns=cols, headers={c: c.replace("pearson_", "r ") for c in cols})]) + "\n"
+    """The grid with mean ± sd over seeds and each row's difference to the full model (bold past 2 sd)."""
+    rows = []
+    for r in table.to_dict(orient="records"):
+        diff = pm(r["diff_vs_full"], r["diff_vs_full_sd"])
+        rows.append({"modalities": r["modalities"], "fusion": r["fusion"], "inputs": r["inputs"],
+                     "r mean": pm(r["pearson_mean"], r["pearson_mean_sd"]),
+                     **{f"r {e}": r[f"pearson_{e}"] for e in EMOTIONS}, "mse": pm(r["mse"], r["mse_sd"]),
+                     "Δ r vs full": f"**{diff}**" if r["exceeds_2sd"] else diff})
+    seeds = int(table["seeds"].max()) if len(table) else 1
+    return "\n".join(["# Ablation (validation split)", "", md_table(rows), "", _seeds_note(seeds) + " Per-emotion "
+                      "columns are means. Δ r vs full = row − the full model (V+A+T with the Stage-II fusion and "
+                      "inputs), paired by seed. `linear probe`: ridge on the clip-mean features of all modalities "
+                      "(the ones Stage II reads; a missing modality is filled with its training mean and flagged), "
+                      "penalty chosen by leave-one-out on train (`evaluate.probe_alphas`); it has no training seed, "
+                      "so its sd is 0 and its Δ's sd is the full model's."]) + "\n"
 
 
 def robustness_verdict(table: pd.DataFrame, damaged_modality: dict[str, str]) -> list[str]:
-    """The two questions the table answers, in words."""
+    """The two questions the table answers, in words (means over seeds)."""
     t = table.set_index(["condition", "fusion"])
     lines = []
     for cond, m in damaged_modality.items():
@@ -51,16 +78,101 @@ def robustness_verdict(table: pd.DataFrame, damaged_modality: dict[str, str]) ->
         verb = "falls" if after < before - 1e-6 else "does not fall"
         line = f"- **{cond}**: quality-fusion weight of {m} {verb} ({before:.3f} → {after:.3f})"
         if (cond, "average") in t.index:
-            dq, da = t.loc[(cond, "quality"), "delta_pearson"], t.loc[(cond, "average"), "delta_pearson"]
-            which = "quality degrades less" if dq > da else "average degrades less" if da > dq else "equal"
-            line += f"; mean Pearson change quality {dq:+.4f} vs average {da:+.4f}: {which}"
-        lines.append(line + ".")
+            lines.append(line + "; " + _loss_words(t, cond) + ".")
+        else:
+            lines.append(line + ".")
+    if ("mixed", "average") in t.index and ("mixed", "quality") in t.index:
+        lines.append("- **mixed**: " + _loss_words(t, "mixed") + ".")
     return lines
 
 
-def robustness_markdown(table: pd.DataFrame, damaged_modality: dict[str, str]) -> str:
-    return "\n".join(["# Robustness (validation split)", "", md_table(table), "",
+def _no_loss(delta_average: float) -> str:
+    """Why a condition has no ``loss_avoided``."""
+    if delta_average >= 0:
+        return "average does not lose: no loss to avoid"
+    return f"average's loss is within {SIGNIFICANT_SD:g} sd of its seed noise: no loss to avoid"
+
+
+def _loss_words(t: pd.DataFrame, cond: str) -> str:
+    dq, da = t.loc[(cond, "quality"), "delta_pearson"], t.loc[(cond, "average"), "delta_pearson"]
+    avoided = t.loc[(cond, "quality"), "loss_avoided"]
+    which = "quality degrades less" if dq > da else "average degrades less" if da > dq else "equal"
+    words = f"mean Pearson change quality {dq:+.4f} vs average {da:+.4f}: {which}"
+    words += (f" (quality avoids {avoided:.0%} of average's loss" if np.isfinite(avoided) else f" ({_no_loss(da)}")
+    marked = t.loc[(cond, "quality"), "exceeds_2sd"]
+    return words + (f"; the difference exceeds {SIGNIFICANT_SD:g} sd)" if marked else ")")
+
+
+def robustness_markdown(table: pd.DataFrame, mixed: pd.DataFrame, damaged_modality: dict[str, str],
+                        mixed_rate: float) -> str:
+    return "\n".join(["# Robustness (validation split)", "", *robustness_tables(table, mixed, mixed_rate), "",
                       *robustness_verdict(table, damaged_modality), ""])
+
+
+def robustness_tables(table: pd.DataFrame, mixed: pd.DataFrame, mixed_rate: float) -> list[str]:
+    """The condition x fusion table (mean ± sd), the quality-vs-average comparison per damaged condition and the
+    mixed condition's weights per damage kind."""
+    main = [{"condition": r["condition"], "fusion": r["fusion"], "r mean": pm(r["pearson_mean"], r["pearson_mean_sd"]),
+             "Δ r": pm(r["delta_pearson"], r["delta_pearson_sd"]), "mse": pm(r["mse"], r["mse_sd"]),
+             "weight_V": r["weight_V"], "weight_A": r["weight_A"], "weight_T": r["weight_T"],
+             "weight of damaged": r["weight_damaged"], "n_damaged": r["n_damaged"], "n": r["n"]}
+            for r in table.to_dict(orient="records")]
+    compare = []
+    for r in table[(table.fusion == "quality") & (table.condition != "clean")].to_dict(orient="records"):
+        avg = table[(table.condition == r["condition"]) & (table.fusion == "average")]
+        if not len(avg):
+            continue
+        diff = pm(r["quality_minus_average"], r["quality_minus_average_sd"])
+        compare.append({"condition": r["condition"], "Δ r quality": pm(r["delta_pearson"], r["delta_pearson_sd"]),
+                        "Δ r average": pm(avg["delta_pearson"].iloc[0], avg["delta_pearson_sd"].iloc[0]),
+                        "loss avoided": f"{r['loss_avoided']:.0%}" if np.isfinite(r["loss_avoided"]) else (
+                            "– (" + _no_loss(avg["delta_pearson"].iloc[0]).split(":")[0] + ")"),
+                        "Δ quality − Δ average": f"**{diff}**" if r["exceeds_2sd"] else diff})
+    out = [md_table(main), "", _seeds_note(int(table["seeds"].max())), "",
+           "Weights: mean fusion weight over the damaged clips (`clean`: the clips the all-clips conditions damage); "
+           "`weight of damaged`: the weight of the modality each damaged clip lost.", "",
+           "### Quality vs average fusion", "", md_table(compare), "",
+           "loss avoided = 1 − Δ quality / Δ average, from the mean Δ r over seeds: the fraction of average fusion's "
+           "drop in mean Pearson that quality fusion does not have (100 % = no loss, 0 % = as much, < 0 = more); "
+           f"– when average fusion does not lose, or its loss is within {SIGNIFICANT_SD:g} sd (over seeds) of 0."]
+    if len(mixed):
+        rows = [{"damage": r["damage"], "modality": r["modality"], "fusion": r["fusion"], "clips": r["n"],
+                 "weight clean": pm(r["weight_clean"], r["weight_clean_sd"], 3),
+                 "weight damaged": pm(r["weight_damaged"], r["weight_damaged_sd"], 3)}
+                for r in mixed.to_dict(orient="records")]
+        out += ["", f"### Mixed condition: {mixed_rate:.0%} of the clips, one random damage each", "",
+                "Weight of the damaged modality on the clips that got each damage, clean and damaged:", "",
+                md_table(rows)]
+    return out
+
+
+def probe_markdown(probe: pd.DataFrame | None, source: str, alphas: tuple[float, ...]) -> list[str]:
+    if probe is None:
+        return [f"{source[0].upper()}{source[1:]}.", ""]  # the reason there is none
+    return ["R² on valid of a ridge regression (fit on train, penalty from "
+            f"{list(alphas)} by leave-one-out) from each modality's clip-mean features (the Stage-II view) to each "
+            "control the generator rendered; `VAT`: all three together. A control no modality recovers is lost in "
+            f"the encoders; one recovered here but missed by the model is lost in the model. Controls: {source}.", "",
+            md_table(probe, digits=3), ""]
+
+
+def _seed_headline(ctx: dict, ceiling: float | None) -> list[str]:
+    """The ablation's full model (mean ± sd over seeds) next to the linear probe and the valid ceiling."""
+    cells = ctx.get("ablation") or {}
+    full, probe = cells.get(ctx.get("full_cell")), cells.get(ctx.get("probe_cell"))
+    if not full or full.get("pearson_mean") is None:
+        return []
+
+    def share(x: float) -> str:
+        return f" ({x / ceiling:.0%} of the valid ceiling)" if ceiling and ceiling > 0 else ""
+
+    line = (f"- ablation, valid: full model {pm(full['pearson_mean'], full.get('pearson_mean_sd') or float('nan'))}"
+            f"{share(full['pearson_mean'])}")
+    if probe and probe.get("pearson_mean") is not None:
+        line += (f"; linear probe {probe['pearson_mean']:.4f}{share(probe['pearson_mean'])}: the network adds "
+                 f"{full['pearson_mean'] - probe['pearson_mean']:+.4f}" +
+                 (f" (past {SIGNIFICANT_SD:g} sd)" if probe.get("exceeds_2sd") else ""))
+    return [line]
 
 
 def report_markdown(ctx: dict) -> str:
@@ -73,6 +185,7 @@ def report_markdown(ctx: dict) -> str:
     out = ["# EMI evaluation report", "",
            (f"Profile `{params.profile}` · seed {params.seed} · params fingerprint `{ctx['params_fp']}` · "
             f"data fingerprint `{ctx['data_fp']}`"), "", "## Headline", "", *[f"- {h}" for h in head]]
+    out += _seed_headline(ctx, m.get("ceiling", {}).get("valid", {}).get("pearson_mean"))
     unscored = [s for s in params.evaluate.splits if s not in ctx["splits"]]
     if unscored:
         out.append(f"- no labelled {' or '.join(unscored)} split (fewer than 2 labelled clips): not scored")
@@ -96,16 +209,19 @@ def report_markdown(ctx: dict) -> str:
 
     rob = ctx["robustness"]
     r = params.evaluate.robustness
+    n_all = rob[rob.condition != "mixed"]["n_damaged"].max()
     out += ["## Robustness (validation clips, decoded again and damaged)", "",
-            (f"Each condition damages {rob['n_damaged'].max()} of {rob['n'].iloc[0]} validation clips "
-             f"(rate {r.rate:g}, chosen with the seed): occluded face = box {list(r.occlusion_box)} of the frame "
-             f"blacked out; noisy audio = white noise at {r.noise_snr_db:g} dB SNR; missing audio / text = the "
-             "modality removed (masked). Pearson and MSE are over all validation clips; weights are the mean "
-             "fusion weight over the damaged clips (the same clips for `clean`). Average fusion: "
-             f"{ctx['average_source']}."), "",
-            md_table(rob.drop(columns=["n"])), "", *robustness_verdict(rob, ctx["damaged_modality"]), "",
-            f"Check: clean re-decoded predictions vs the stored features, max |Δ| = {ctx['clean_diff']:.2e}.", "",
+            (f"Each all-clips condition damages {n_all} of {rob['n'].iloc[0]} validation clips (rate {r.rate:g}, "
+             f"chosen with the seed); `mixed` damages {r.mixed_rate:.0%} of them, each with one damage drawn at "
+             f"random (seeded): occluded face = box {list(r.occlusion_box)} of the frame blacked out; noisy audio = "
+             f"white noise at {r.noise_snr_db:g} dB SNR; missing audio / text = the modality removed (masked). "
+             "Pearson and MSE are over all validation clips. Models other than the registered one: "
+             f"{'; '.join(ctx['model_sources']) or 'none'}."), "",
+            *robustness_tables(rob, ctx["mixed"], r.mixed_rate), "", *robustness_verdict(rob, ctx["damaged_modality"]),
+            "", f"Check: clean re-decoded predictions vs the stored features, max |Δ| = {ctx['clean_diff']:.2e}.", "",
             "![fusion weights per condition](figures/weights.png)", ""]
+    out += ["## Probes: where information is lost", "",
+            *probe_markdown(ctx["probe"], ctx["probe_source"], params.evaluate.probe_alphas)]
 
     s1 = ctx["stage1"]
     out += ["## Stage I alignment (validation retrieval)", ""]

@@ -1,5 +1,5 @@
-"""``emi ablate``: the paper's Table 3 grid (modality subsets, fusions, Stage-II inputs), each cell a Stage-II
-training scored on the validation split."""
+"""``emi ablate``: the paper's Table 3 grid (modality subsets, fusions, Stage-II inputs), each cell Stage-II
+trainings (``evaluate.seeds`` of them, mean ± sd) scored on the validation split, next to a linear probe."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from emi.config import Params
+from emi.config import EMOTIONS, MODALITY_KEYS, Params
+from emi.metrics import mean_sd, paired_difference
+from emi.probes import LINEAR_PROBE as PROBE, linear_probe
 from emi.report.markdown import ablation_markdown
 from emi.tracking import runs
 from emi.tracking.runs import tracked
 from emi.train.fusion import (ABLATION_MODALITIES, dims_of, evaluate, load_model, save_model, split_data,
                               train_model, variant_name, with_copies)
-from emi.utils import write_json, write_text
+from emi.utils import finite, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,30 @@ def _ablation_job(job: tuple) -> dict:
     return {**scores, "seconds": round(time.perf_counter() - start, 1), "reused": reuse is not None}
 
 
+def summarize(runs: pd.DataFrame, full: tuple[str, str, str]) -> pd.DataFrame:
+    """One row per cell: mean over seeds of every score, sd of the mean Pearson and MSE, and the difference to the
+    ``full`` cell's mean Pearson, paired by seed (mean, sd, whether it exceeds ``SIGNIFICANT_SD`` sds)."""
+    keys = ["modalities", "fusion", "inputs"]
+    values = ["pearson_mean", *[f"pearson_{e}" for e in EMOTIONS], "mse"]
+    table = mean_sd(runs, keys, values).drop(columns=[f"pearson_{e}_sd" for e in EMOTIONS])
+    grouped = runs.groupby(keys, sort=False)
+    table["seeds"] = grouped.size().to_numpy()
+    table["seconds"] = grouped["seconds"].sum().to_numpy()
+    table["reused"] = grouped["reused"].any().to_numpy()
+    def cell(key: tuple) -> pd.DataFrame:
+        return runs[(runs.modalities == key[0]) & (runs.fusion == key[1]) & (runs.inputs == key[2])].sort_values(
+            "seed")
+
+    base = cell(full)
+    diffs = []
+    for key in table[keys].itertuples(index=False, name=None):
+        mine = cell(key)
+        diffs.append(paired_difference(mine["pearson_mean"].to_numpy(), base["pearson_mean"].to_numpy())
+                     if len(base) and len(mine) == len(base) else (float("nan"), float("nan"), False))
+    table["diff_vs_full"], table["diff_vs_full_sd"], table["exceeds_2sd"] = zip(*diffs) if diffs else ([], [], [])
+    return table
+
+
 @tracked("ablate")
 def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
              modality_sets: tuple[str, ...] = ABLATION_MODALITIES,
@@ -48,25 +74,28 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
              stage2_model: Path | None = None, models_dir: Path | None = None,
              augmented: Path | None = None) -> pd.DataFrame:
     """The paper's Table 3 grid: every modality subset with the configured fusion and inputs, then V+A+T with
-    each other fusion and each other Stage-II input (Stage-I aligned vs plain encoder features).
+    each other fusion and each other Stage-II input (Stage-I aligned vs plain encoder features); each cell trained
+    with ``evaluate.seeds`` seeds (seed + i) and shown as mean ± sd; last, the linear-probe baseline row.
 
-    The cell that equals the Stage-II configuration reuses ``stage2_model`` (same params and seed: the same
-    model); ``models_dir`` keeps the V+A+T models for evaluate's fusion comparison. Every cell trains on the
-    training split plus its damaged copies (``augmented``), as Stage II does. Cells train in
-    ``stage2.ablation_workers`` processes."""
+    The seed-0 cell that equals the Stage-II configuration reuses ``stage2_model`` (same params and seed: the same
+    model); ``models_dir`` keeps the other V+A+T models of every seed (``variant_name(..., i)``) for evaluate's
+    fusion comparison. Every cell trains on the training split plus its damaged copies (``augmented``), as Stage
+    II does. Cells train in ``stage2.ablation_workers`` processes."""
     base = params.stage2
     grid = [(m, base.fusion, base.inputs) for m in modality_sets]
     grid += [("VAT", f, base.inputs) for f in fusions if f != base.fusion]
     grid += [("VAT", base.fusion, i) for i in inputs if i != base.inputs]
-    workers = max(1, min(base.ablation_workers, len(grid)))
+    cells = [(k, *cell) for k in range(params.evaluate.seeds) for cell in grid]
+    workers = max(1, min(base.ablation_workers, len(cells)))
     threads = max(1, torch.get_num_threads() // workers)
     jobs = []
-    for mods, fusion, inp in grid:
+    for k, mods, fusion, inp in cells:
         p = base.model_copy(update={"modalities": tuple(mods), "fusion": fusion, "inputs": inp})
-        same = stage2_model is not None and Path(stage2_model).is_file() and p == base
+        same = k == 0 and stage2_model is not None and Path(stage2_model).is_file() and p == base
         keep = models_dir is not None and mods == "VAT"
-        save_to = Path(models_dir) / f"{variant_name(mods, fusion, inp)}.pt" if keep and not same else None
-        jobs.append((p, params.seed, aligned, augmented, raw_dir, threads, stage2_model if same else None, save_to))
+        save_to = Path(models_dir) / f"{variant_name(mods, fusion, inp, k)}.pt" if keep and not same else None
+        jobs.append((p, params.seed + k, aligned, augmented, raw_dir, threads, stage2_model if same else None,
+                     save_to))
     if models_dir is not None:
         Path(models_dir).mkdir(parents=True, exist_ok=True)
     if workers == 1:
@@ -75,20 +104,32 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(_ablation_job, jobs))
     rows = []
-    for (mods, fusion, inp), scores in zip(grid, results):
-        rows.append({"modalities": "+".join(mods), "fusion": fusion, "inputs": inp, **scores})
-        log.info("ablation %s/%s/%s: valid mean Pearson %.4f", mods, fusion, inp, scores["pearson_mean"])
-    table = pd.DataFrame(rows)
+    for (k, mods, fusion, inp), scores in zip(cells, results):
+        rows.append({"modalities": "+".join(mods), "fusion": fusion, "inputs": inp, "seed": k, **scores})
+        log.info("ablation %s/%s/%s seed %d: valid mean Pearson %.4f", mods, fusion, inp, k, scores["pearson_mean"])
+    start = time.perf_counter()
+    parts = split_data(aligned, raw_dir, base.inputs)
+    probe = linear_probe(parts["train"], parts["valid"], params.evaluate.probe_alphas)
+    seconds = round(time.perf_counter() - start, 1)
+    log.info("ablation linear probe: valid mean Pearson %.4f (%.1f s)", probe["pearson_mean"], seconds)
+    # deterministic (no training seed): the same numbers next to every seed, so differences pair by seed
+    rows += [{"modalities": "+".join(MODALITY_KEYS.values()), "fusion": PROBE, "inputs": base.inputs, "seed": k,
+              **probe, "seconds": seconds if k == 0 else 0.0, "reused": False} for k in range(params.evaluate.seeds)]
+    runs_table = pd.DataFrame(rows)
+    table = summarize(runs_table, ("V+A+T", base.fusion, base.inputs))
     runs.log_metrics({f"{r['modalities']}/{r['fusion']}/{r['inputs']}/seconds".replace("+", ""): r["seconds"]
-                      for r in rows})
+                      for r in table.to_dict(orient="records")})
     results = table.drop(columns=["seconds"])  # DVC outputs hold results, not timings: same inputs, same bytes
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "ablation.csv", results.to_csv(index=False, float_format="%.4f"))
+    write_text(out_dir / "ablation_seeds.csv", runs_table.drop(columns=["seconds"]).to_csv(
+        index=False, float_format="%.4f"))
     write_text(out_dir / "ablation.md", ablation_markdown(results))
-    runs.log_artifacts([out_dir / "ablation.md", out_dir / "ablation.csv"])
+    runs.log_artifacts([out_dir / "ablation.md", out_dir / "ablation.csv", out_dir / "ablation_seeds.csv"])
     runs.log_metrics({f"{r['modalities']}/{r['fusion']}/{r['inputs']}/pearson_mean".replace("+", ""):
-                          r["pearson_mean"] for r in rows})
-    # DVC metrics (a mapping, not a list): two numbers per cell; the per-dimension scores are in ablation.csv
+                          r["pearson_mean"] for r in table.to_dict(orient="records")})
+    # DVC metrics (a mapping, not a list): mean and sd of two numbers per cell; per-dimension scores in ablation.csv
     write_json(out_dir / "ablation.json", {f"{r['modalities']}/{r['fusion']}/{r['inputs']}": {
-        "pearson_mean": r["pearson_mean"], "mse": r["mse"]} for r in table.to_dict(orient="records")})
+        k: finite(r[k]) for k in ("pearson_mean", "pearson_mean_sd", "mse", "mse_sd", "diff_vs_full",
+                                  "diff_vs_full_sd", "exceeds_2sd")} for r in table.to_dict(orient="records")})
     return table

@@ -24,18 +24,19 @@ from emi.data.store import data_fingerprint, skipped_clips
 from emi.encoders.base import resolve_device, resolve_dtype
 from emi.encoders.registry import load_encoders
 from emi.featurize import Featurizer
-from emi.metrics import ceiling, scores
+from emi.metrics import ceiling, rendered_controls, scores
 from emi.paths import Layout
 from emi.report import plots
 from emi.report.markdown import registry_markdown, report_markdown, robustness_markdown
-from emi.robustness import DAMAGED_MODALITY, robustness
+from emi.probes import LINEAR_PROBE, PROBE_COLUMNS, control_probes
+from emi.robustness import DAMAGED_MODALITY, FUSIONS, MIXED, robustness, summarize
 from emi.submission import submission
 from emi.tracking.registry import publish
 from emi.tracking.runs import tracked
 from emi.train.projection import load_tuned_encoders
 from emi.train.fusion import load_fusion, predict, split_data, train_model, variant_name, with_copies
 from emi.train.loop import SequenceData
-from emi.utils import fingerprint, write_json, write_text
+from emi.utils import finite, fingerprint, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,16 @@ class EvaluateResult:
             else:
                 flat.update({f"{key}_{k}": v for k, v in value.items()})
         for r in self.robustness.to_dict(orient="records"):
-            for k in ("pearson_mean", "mse", "weight_V", "weight_A", "weight_T"):
-                flat[f"robustness_{r['condition']}_{r['fusion']}_{k}"] = r[k]
+            for k in ("pearson_mean", "pearson_mean_sd", "mse", "weight_V", "weight_A", "weight_T", "loss_avoided"):
+                if np.isfinite(r[k]):
+                    flat[f"robustness_{r['condition']}_{r['fusion']}_{k}"] = r[k]
         return flat
 
 
-def headline(metrics: dict, splits: list[str], rob: pd.DataFrame) -> dict[str, float]:
+def headline(metrics: dict, splits: list[str], rob: pd.DataFrame) -> dict[str, float | None]:
     """The few numbers a run is compared by: mean Pearson and MSE per scored split, the fraction of the oracle
-    ceiling (embedded data), and per fusion the mean change of valid Pearson over the damage conditions."""
+    ceiling (embedded data), per fusion the mean change of valid Pearson over the damage conditions and the
+    fraction of average fusion's loss quality fusion avoids under mixed damage (both means over the seeds)."""
     out: dict[str, float] = {}
     for s in splits:
         out[f"{s}_pearson_mean"] = metrics[s]["pearson_mean"]
@@ -87,6 +90,8 @@ def headline(metrics: dict, splits: list[str], rob: pd.DataFrame) -> dict[str, f
     damaged = rob[rob["condition"] != "clean"]
     for fusion, delta in damaged.groupby("fusion", sort=False)["delta_pearson"].mean().items():
         out[f"robustness_{fusion}_mean_delta_pearson"] = float(delta)
+    mixed = rob[(rob["condition"] == MIXED) & (rob["fusion"] == "quality")]["loss_avoided"]
+    out["robustness_mixed_loss_avoided"] = finite(mixed.iloc[0]) if len(mixed) else None  # None: no loss to avoid
     return out
 
 
@@ -112,19 +117,42 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _average_model(params: Params, layout: Layout, saved: Stage2Params, parts: dict) -> tuple:
-    """Average fusion for the robustness comparison: the ablation stage's V+A+T cell, else trained now with the
-    saved model's settings (the two differ in fusion alone)."""
-    path = layout.ablation_models / f"{variant_name('VAT', 'average', saved.inputs)}.pt"
-    if path.is_file():
-        avg, p = load_fusion(path)
-        return avg, p.inputs, f"`{path}`"
-    p_avg = saved.model_copy(update={"fusion": "average"})
-    t0 = time.perf_counter()
-    train = with_copies(parts["train"], layout.augmented_file, p_avg.inputs)
-    avg, _, _ = train_model(p_avg, params.seed, train, parts["valid"], None, log_epochs=False)
-    log.info("evaluate: average-fusion model trained in %.1f s", time.perf_counter() - t0)
-    return avg, p_avg.inputs, f"trained here with the saved model's settings ({time.perf_counter() - t0:.1f} s)"
+def _seed_models(params: Params, layout: Layout, model, saved: Stage2Params, parts: dict) -> tuple[dict, list[str]]:
+    """Quality and average fusion per training seed i < ``evaluate.seeds`` (seed ``seed + i``) for the robustness
+    comparison: quality i = 0 is the saved Stage-II model; the others are the ablation stage's V+A+T cells
+    (``models/ablation``), else trained here with the saved model's settings (they differ in fusion and seed)."""
+    models: dict[str, list] = {fusion: [] for fusion in FUSIONS}
+    sources = []
+    for i in range(params.evaluate.seeds):
+        for fusion in models:
+            if fusion == saved.fusion and i == 0:
+                models[fusion].append((model, saved.inputs))
+                continue
+            path = layout.ablation_models / f"{variant_name('VAT', fusion, saved.inputs, i)}.pt"
+            if path.is_file():
+                m, p = load_fusion(path)
+                models[fusion].append((m, p.inputs))
+                sources.append(f"{fusion} seed {i}: `{path}`")
+                continue
+            p = saved.model_copy(update={"fusion": fusion})
+            t0 = time.perf_counter()
+            train = with_copies(parts["train"], layout.augmented_file, p.inputs)
+            m, _, _ = train_model(p, params.seed + i, train, parts["valid"], None, log_epochs=False)
+            log.info("evaluate: %s-fusion model (seed %d) trained in %.1f s", fusion, i, time.perf_counter() - t0)
+            models[fusion].append((m, p.inputs))
+            sources.append(f"{fusion} seed {i}: trained here with the saved model's settings")
+    return models, sources
+
+
+def _probes(params: Params, raw_dir: Path, parts: dict) -> tuple[pd.DataFrame | None, str]:
+    """The control probe table (embedded data), or None and why not."""
+    found = rendered_controls(raw_dir)
+    if found is None:
+        return None, ("no probe table: the dataset has no generator latents (`_generator/latents.csv`), so there "
+                      "are no rendered controls to probe for")
+    controls, source = found
+    table = control_probes(parts["train"], parts["valid"], controls, params.evaluate.probe_alphas)
+    return table, source
 
 
 @tracked("evaluate")
@@ -167,21 +195,27 @@ def evaluate(params: Params, layout: Layout, register: bool = True, show_progres
                 "test_source": (_read_json(layout.validation / "download.json") or {}).get("facts", {}).get(
                     "test_clips")}
 
-    # ---- robustness: quality model as saved, average fusion from the ablation stage or trained now
-    avg, avg_inputs, average_source = _average_model(params, layout, saved, parts)
-    phases["average_model"] = time.perf_counter() - started - sum(phases.values())
+    # ---- probes: what each modality's clip-mean features carry of the rendered controls (embedded data)
+    probe, probe_source = _probes(params, raw_dir, parts)
+    phases["probes"] = time.perf_counter() - started - sum(phases.values())
+
+    # ---- robustness: per seed, quality and average fusion (seed 0 quality: the saved model)
+    models, model_sources = _seed_models(params, layout, model, saved, parts)
+    phases["seed_models"] = time.perf_counter() - started - sum(phases.values())
     valid = parts["valid"]
     by_id = {c.id: c for c in list_clips(raw_dir)}
     cfg = params.extract
     device = resolve_device(cfg.device)
     encoders = load_encoders(cfg, device, resolve_dtype(cfg.dtype, device), {"visual", "audio", "text"},
                              load_tuned_encoders(alignment_path))
-    rob, rob_preds = robustness(Featurizer(cfg, params.data, encoders), params.evaluate.robustness, params.seed,
-                                valid, [by_id[i] for i in valid.ids], transcript_texts(layout.transcripts_table),
-                                alignment_path, {"quality": (model, inputs), "average": (avg, avg_inputs)}, batch,
-                                show_progress)
-    clean_diff = float(np.abs(rob_preds["clean/quality"][list(EMOTIONS)].to_numpy() - preds["valid"]).max()) if len(
-        valid) else 0.0
+    measured = robustness(Featurizer(cfg, params.data, encoders), params.evaluate.robustness, params.seed, valid,
+                          [by_id[i] for i in valid.ids], transcript_texts(layout.transcripts_table), alignment_path,
+                          models, batch, show_progress)
+    rob, mixed = summarize(measured)
+    # the saved model's clean re-decoded predictions (NaN when its fusion is not one the comparison runs)
+    same = measured.predictions.get(f"clean/{saved.fusion}/0")
+    clean_diff = float(np.abs(same[list(EMOTIONS)].to_numpy() - preds["valid"]).max()) if same is not None and len(
+        valid) else float("nan")
     phases["robustness"] = time.perf_counter() - started - sum(phases.values())
     if clean_diff > 1e-3:
         log.warning("evaluate: re-decoded clean validation clips predict up to %.3g away from the stored features",
@@ -196,19 +230,34 @@ def evaluate(params: Params, layout: Layout, register: bool = True, show_progres
     per_dim, scatter = _plot_tables(metrics, ceil, parts, preds, splits)
     paths.update(plots.write_plots(reports_dir, per_dim, scatter, rob))
     paths["robustness_csv"] = write_text(reports_dir / "robustness.csv", rob.to_csv(index=False, float_format="%.6f"))
-    paths["robustness_md"] = write_text(reports_dir / "robustness.md", robustness_markdown(rob, DAMAGED_MODALITY))
-    rob_json = {f"{r['condition']}/{r['fusion']}": {k: v for k, v in r.items() if k not in ("condition", "fusion")}
-                for r in rob.to_dict(orient="records")}  # DVC metrics want a mapping, not a list
-    rob_json["check"] = {"clean_vs_stored_max_abs_diff": clean_diff}
+    paths["robustness_seeds_csv"] = write_text(reports_dir / "robustness_seeds.csv",
+                                               measured.runs.to_csv(index=False, float_format="%.6f"))
+    r = params.evaluate.robustness
+    paths["robustness_md"] = write_text(reports_dir / "robustness.md",
+                                        robustness_markdown(rob, mixed, DAMAGED_MODALITY, r.mixed_rate))
+    # DVC metrics want a mapping, not a list (and JSON numbers: an undefined value is null)
+    rob_json = {f"{row['condition']}/{row['fusion']}": {k: finite(v) for k, v in row.items()
+                                                        if k not in ("condition", "fusion")}
+                for row in rob.to_dict(orient="records")}
+    rob_json.update({f"mixed_weights/{row['damage']}/{row['fusion']}": {
+        k: finite(v) for k, v in row.items() if k not in ("damage", "fusion")}
+        for row in mixed.to_dict(orient="records")})
+    rob_json["check"] = {"clean_vs_stored_max_abs_diff": finite(clean_diff)}
     paths["robustness_json"] = write_json(reports_dir / "robustness.json", rob_json)
+
+    # a declared DVC output: without rendered controls (licensed data) the header alone, the report says why
+    paths["probe"] = write_text(reports_dir / "probe.csv", (probe if probe is not None else pd.DataFrame(
+        columns=PROBE_COLUMNS)).to_csv(index=False, float_format="%.6f"))
 
     params_fp = fingerprint(params.model_dump(mode="json"))
     data_fp, data_files = data_fingerprint(raw_dir, layout.features)
     ablation_md = reports_dir / "ablation.md"
     ctx = {"metrics": metrics, "params": params, "splits": splits, "per_dim": per_dim, "robustness": rob,
-           "damaged_modality": DAMAGED_MODALITY, "clean_diff": clean_diff, "average_source": average_source,
+           "damaged_modality": DAMAGED_MODALITY, "clean_diff": clean_diff, "model_sources": model_sources,
+           "mixed": mixed, "probe": probe, "probe_source": probe_source,
            "ceiling_source": ceiling_source, "ablation_md": ablation_md.read_text() if ablation_md.is_file() else None,
-           "stage1": _read_json(layout.stage1 / "metrics.json"),
+           "stage1": _read_json(layout.stage1 / "metrics.json"), "ablation": _read_json(reports_dir / "ablation.json"),
+           "full_cell": f"V+A+T/{saved.fusion}/{saved.inputs}", "probe_cell": f"V+A+T/{LINEAR_PROBE}/{saved.inputs}",
            "manifest": _read_json(layout.features / "manifest.json"),
            "download": _read_json(layout.validation / "download.json"),
            "transcribe": _read_json(layout.validation / "transcribe.json"), "submission": sub_info,

@@ -178,8 +178,9 @@ def prediction_table(model: EMIFusionModel, parts: dict[str, SequenceData], batc
     return pd.DataFrame(rows)
 
 
-def variant_name(modalities: str, fusion: str, inputs: str) -> str:
-    return f"{modalities}-{fusion}-{inputs}"
+def variant_name(modalities: str, fusion: str, inputs: str, replica: int = 0) -> str:
+    """A saved ablation model's file stem; ``replica`` i > 0 is the training with seed ``seed + i``."""
+    return f"{modalities}-{fusion}-{inputs}" + (f"-seed{replica}" if replica else "")
 
 
 def prediction_frame(model: EMIFusionModel, data: SequenceData, batch_size: int) -> pd.DataFrame:

@@ -32,12 +32,15 @@ def test_dvc_metrics_file_is_a_headline_and_the_scores_file_has_every_dimension(
     scores_ = run.result.metrics
     assert set(head) == {"valid_pearson_mean", "valid_mse", "test_pearson_mean", "test_mse",
                          "valid_fraction_of_ceiling", "test_fraction_of_ceiling",
-                         "robustness_quality_mean_delta_pearson", "robustness_average_mean_delta_pearson"}
+                         "robustness_quality_mean_delta_pearson", "robustness_average_mean_delta_pearson",
+                         "robustness_mixed_loss_avoided"}
     assert head["valid_pearson_mean"] == scores_["valid"]["pearson_mean"] and head["test_mse"] == scores_["test"]["mse"]
     rob = run.result.robustness
     damaged = rob[(rob.condition != "clean") & (rob.fusion == "quality")]
     assert head["robustness_quality_mean_delta_pearson"] == pytest.approx(damaged["delta_pearson"].mean())
-    assert len(damaged) == 4
+    assert len(damaged) == len(CONDITIONS) - 1  # every damage kind and the mixed condition
+    mixed = rob[(rob.condition == "mixed") & (rob.fusion == "quality")]["loss_avoided"].item()
+    assert head["robustness_mixed_loss_avoided"] == (None if math.isnan(mixed) else pytest.approx(mixed))
 
 
 def test_scores_file_has_finite_scores_per_split_and_a_ceiling(run):
@@ -89,8 +92,27 @@ def test_report_reads_as_a_summary(run):
     assert "none: all encoders pretrained" in report and "extract.visual" in report
     assert "missing_audio" in report and "](figures/weights.png)" in report and "](figures/scatter.png)" in report
     assert "Stage I" in report and "a2t" in report
+    assert "| mixed | quality |" in report and "loss avoided" in report and "### Quality vs average fusion" in report
+    assert "linear probe" in report.split("## Per dimension")[0]  # headline: the network's margin over it
+    assert "## Probes: where information is lost" in report and "| face_smile |" in report
+    assert "Mean ± sd" not in report.split("## Ablation")[1].split("## Robustness")[0]  # tiny: one seed
     assert run.result.params_fingerprint == fingerprint(run.params.model_dump(mode="json"))
     assert run.result.data_fingerprint in report and run.params.profile in report
+
+
+def test_probe_table_and_per_seed_robustness_rows(run):
+    """probe.csv: R^2 on valid per rendered control and modality; robustness_seeds.csv: one row per training seed."""
+    probe = pd.read_csv(run.reports / "probe.csv")
+    assert list(probe.columns) == ["control", "V", "A", "T", "VAT"]
+    assert {"face_smile", "face_brow_raise", "pitch", "rate"} <= set(probe["control"])
+    assert (probe[["V", "A", "T", "VAT"]].to_numpy() <= 1).all()
+    seeds = pd.read_csv(run.reports / "robustness_seeds.csv")
+    assert len(seeds) == len(CONDITIONS) * len(FUSIONS) * run.params.evaluate.seeds
+    mixed = seeds[(seeds.condition == "mixed")]
+    assert (mixed["n_damaged"] == round(run.params.evaluate.robustness.mixed_rate * mixed["n"])).all()
+    robust = json.loads((run.reports / "robustness.json").read_text())
+    assert {"pearson_mean", "pearson_mean_sd", "loss_avoided", "weight_damaged"} <= set(robust["mixed/quality"])
+    assert any(k.startswith("mixed_weights/") for k in robust)
 
 
 def test_registry_runs_last_and_is_appended_to_the_report(run):
