@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from emi.config import MODALITIES, AugmentParams, Params
+from emi.cues import CUE_VERSION, CUES
 from emi.data.dataset import Clip
 from emi.data.store import Ragged, load_shard, pack, remove_leftovers, save_shard, shard_done, shard_path
 from emi.featurize import OK, Damage, Featurizer
@@ -97,7 +98,7 @@ def plan_shards(params: Params, copies: list[DamagedCopy], clips: dict[str, Clip
     shards = [copies[i:i + size] for i in range(0, len(copies), size)]
     common = {"extract": params.extract.model_dump(mode="json"), "data": params.data.model_dump(mode="json"),
               "occlusion_box": list(params.stage2.augment.occlusion_box), "seed": params.seed,
-              "alignment": sha256_file(alignment_path)}
+              "alignment": sha256_file(alignment_path), "cues": CUE_VERSION}
     keys = [fingerprint({**common, "copies": [(c.id, c.kind, c.snr_db, c.index, sha256_file(clips[c.source].path),
                                                texts.get(c.source)) for c in shard]}) for shard in shards]
     paths = {m: [shard_path(work, m, i) for i in range(len(shards))] for m in MODALITIES}
@@ -113,6 +114,7 @@ def run_shard(plan: AugmentPlan, i: int, featurizer: Featurizer, clips: dict[str
     shard = plan.shards[i]
     decoded = featurizer.decode([clips[c.source] for c in shard], MODALITIES)
     rows: dict[str, list] = {m: [] for m in MODALITIES}
+    cues: dict[str, list] = {m: [] for m in CUES}
     status: dict[str, list[str]] = {m: [] for m in MODALITIES}
     detail: list[str] = []
     dims = {m: getattr(featurizer.cfg, m).dim for m in MODALITIES}
@@ -121,18 +123,22 @@ def run_shard(plan: AugmentPlan, i: int, featurizer: Featurizer, clips: dict[str
             for m in MODALITIES:
                 rows[m].append(np.zeros((0 if m != "text" else 1, dims[m]), np.float32))
                 status[m].append("error")
+            for m, names in CUES.items():
+                cues[m].append(np.zeros((0, len(names)), np.float32))
             detail.append(d.detail)
             continue
         f = featurizer.encode([d], texts, MODALITIES, copy.damage(a), copy.rng(seed))
         rows["visual"].append(f.visual[0])
         rows["audio"].append(f.audio[0])
         rows["text"].append(f.text[:1])
+        for m in CUES:
+            cues[m].append(f.cues[m][0])
         for m in MODALITIES:
             status[m].append(f.status[m][0])
         detail.append(f.detail[0])
     ids = [c.id for c in shard]
     for m in MODALITIES:
-        save_shard(plan.paths[m][i], plan.keys[i], pack(ids, rows[m], status[m], detail),
+        save_shard(plan.paths[m][i], plan.keys[i], pack(ids, rows[m], status[m], detail, cues.get(m)),
                    {"modality": m, "copies": len(ids)})
 
 
@@ -162,8 +168,9 @@ def assemble(plan: AugmentPlan) -> tuple[SequenceData, dict[str, str]]:
             texts.append(parts["text"]["data"][j])
             masks.append([statuses[m][j] == OK for m in MODALITIES])
     visual, audio = (Ragged.from_npz(plan.paths[m], "data", seq_rows[m]) for m in ("visual", "audio"))
+    cues = {m: Ragged.from_npz(plan.paths[m], "cues", seq_rows[m]) for m in CUES}
     text = np.stack(texts).astype(np.float32) if texts else np.zeros((0, 0), np.float32)
-    return SequenceData(ids, visual, audio, text, np.array(masks, bool).reshape(-1, 3), None), problems
+    return SequenceData(ids, visual, audio, text, np.array(masks, bool).reshape(-1, 3), None, cues), problems
 
 
 def _meta(path: Path) -> dict[str, np.ndarray]:

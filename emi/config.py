@@ -274,6 +274,10 @@ class Stage2Params(Strict):
     dropout: float = Field(ge=0, lt=1)
     modalities: tuple[Literal["V", "A", "T"], ...] = Field(min_length=1)
     fusion: Literal["quality", "average", "concat"]
+    # quality fusion's scorer also reads each step's reliability cues (emi.cues: face found, expression confidence,
+    # brightness, dark pixels; audio level, speech probability, spectral flatness): it sees that a modality is
+    # damaged, not only what it says. Not in the paper (whose scorer sees h_m alone)
+    reliability_cues: bool
     # what Stage II reads per modality: the Stage-I projections (aligned), the standardized encoder features
     # (encoder), or both concatenated (the analogue of the paper's Stage-I-tuned encoder output)
     inputs: Literal["aligned", "encoder", "both"]

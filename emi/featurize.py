@@ -9,7 +9,8 @@ re-encoding after fine-tuning all call ``Featurizer``, so a clip gets the same n
 - text: one transcript per encoder call (a clip's vector never depends on its batch-mates);
 - damage (robustness, augmentation): an occlusion box over the frame, white noise at an SNR, or a dropped
   modality, applied before the face crop;
-- statuses per modality (``ok`` is usable; anything else masks the modality for that clip).
+- statuses per modality (``ok`` is usable; anything else masks the modality for that clip);
+- reliability cues per step for visual and audio (``emi.cues``): what the quality scorer sees of a damaged signal.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import av
 import numpy as np
 
 from emi.config import DataParams, ExtractParams, MODALITIES
+from emi.cues import audio_cues, visual_cues
 from emi.data.dataset import Clip, face_image_dir
 from emi.data.media import (AUDIO_SAMPLE_RATE, MediaError, decode_audio, grid_steps, image_sequence, rms_dbfs,
                             sample_frames, sample_images, step_times, video_duration)
@@ -42,6 +44,7 @@ class Decoded:
     visual_status: str = OK
     audio_status: str = OK
     detail: str = ""
+    face_found: list[bool] | None = None  # per frame, once the face cropper ran
 
 
 def decode_clip(clip: Clip, cfg: ExtractParams, data: DataParams, want_frames: bool, want_audio: bool) -> Decoded:
@@ -139,9 +142,10 @@ class FaceCropper:
         if not decoded.frames:
             return decoded, None
         crops = [self(f) for f in decoded.frames]
-        if not any(found for _, found in crops):
-            return decoded, False
-        return replace(decoded, frames=[crop for crop, _ in crops]), True
+        found = [bool(f) for _, f in crops]
+        if not any(found):
+            return replace(decoded, face_found=found), False
+        return replace(decoded, frames=[crop for crop, _ in crops], face_found=found), True
 
 
 # ----------------------------------------------------------------------------- damage
@@ -275,7 +279,8 @@ def text_status(clip_id: str, texts: dict[str, str | None]) -> str:
 @dataclass
 class Features:
     """Encoder features of a list of clips, for the modalities asked for (others are None), with each
-    modality's status per clip (``ok`` = usable) and why a clip could not be decoded."""
+    modality's status per clip (``ok`` = usable), why a clip could not be decoded and, for the visual and audio
+    modalities asked for, the reliability cues per clip (``emi.cues``: one row per feature row)."""
 
     ids: list[str]
     visual: list[np.ndarray] | None
@@ -283,6 +288,7 @@ class Features:
     text: np.ndarray | None
     status: dict[str, list[str]]
     detail: list[str]
+    cues: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     def mask(self) -> np.ndarray:
         """(N, 3) bool, V A T: the modality is usable for the clip."""
@@ -328,15 +334,20 @@ class Featurizer:
             decoded = [damage_clip(d, damage, rng) for d in decoded]
         ids = [d.clip.id for d in decoded]
         status: dict[str, list[str]] = {}
+        cues: dict[str, list[np.ndarray]] = {}
         visual = audio = text = None
         if "visual" in modalities:
             frames, found = self.cropped(decoded)
             visual = encode_frames(self.encoders["visual"], frames, cfg.batch_size)
             status["visual"] = [d.visual_status if f is not False else "no_face" for d, f in zip(decoded, found)]
+            cues["visual"] = [visual_cues(d.frames, d.face_found, x, self.encoders["visual"])
+                              for d, x in zip(frames, visual)]
         if "audio" in modalities:
-            audio = encode_audio(self.encoders["audio"], [usable_wave(d) for d in decoded],
-                                 [d.n_steps for d in decoded], cfg.fps, cfg.audio.window_s, cfg.batch_size)
+            waves = [usable_wave(d) for d in decoded]
+            audio = encode_audio(self.encoders["audio"], waves, [d.n_steps for d in decoded], cfg.fps,
+                                 cfg.audio.window_s, cfg.batch_size)
             status["audio"] = [d.audio_status for d in decoded]
+            cues["audio"] = [audio_cues(w, x.shape[0], cfg.fps) for w, x in zip(waves, audio)]
         if "text" in modalities:
             dropped = damage is not None and damage.drop_text
             text = np.zeros((len(decoded), cfg.text.dim), np.float32)
@@ -346,7 +357,7 @@ class Featurizer:
                     # one transcript per call: padding to a batch-mate's length moves the mean-pooled vector in
                     # the 7th digit, and a clip's features must not depend on which clips it is encoded with
                     text[k] = self.encoders["text"].encode([texts[clip_id]])[0]
-        return Features(ids, visual, audio, text, status, [d.detail for d in decoded])
+        return Features(ids, visual, audio, text, status, [d.detail for d in decoded], cues)
 
     def __call__(self, clips: list[Clip], texts: dict[str, str | None],
                  modalities: set[str] | tuple[str, ...] = MODALITIES, damage: Damage | None = None,

@@ -2,7 +2,8 @@
 
 Stage I  : ``AlignmentModel`` - projection heads + symmetric InfoNCE for vision<->text and audio<->text (eq. 1).
 Stage II : ``EMIFusionModel`` - TCN + segment pooling (eqs. 2, 5), gated BiLSTM (eqs. 3, 6), mapping MLPs (eq. 4),
-           quality-aware fusion (eqs. 7-8), Transformer encoder and sigmoid heads (eq. 9).
+           quality-aware fusion (eqs. 7-8), Transformer encoder and sigmoid heads (eq. 9); optionally the quality
+           scorer also sees each step's reliability cues (``stage2.reliability_cues``, not in the paper).
 
 Shapes: B clips, T timesteps (5 fps grid, padded at the end), D features, M selected modalities, W width.
 Masks are bool, True = real / usable. Modalities are always ordered V, A, T.
@@ -202,37 +203,53 @@ def mapping_mlp(in_dim: int, width: int, dropout: float) -> nn.Sequential:
 class QualityFusion(nn.Module):
     """beta^t = softmax_m(q_m^t), q_m = MLP_m(h_m) (eqs. 7-8); fused^t = sum_m beta_m^t h_m^t.
 
+    With reliability cues (``cue_dims``: cues per modality, 0 for none), q_m = MLP_m([h_m; c_m]): the scorer sees
+    evidence that a modality is damaged (a covered face, noise), not only what it says.
     Unavailable modalities get q = -inf, so their weight is exactly 0. A step with nothing available (all
     modalities missing, or padding) gets all-zero weights and a zero fused vector instead of NaN.
     ``average`` uses beta = 1/k over the k available modalities; ``concat`` feeds [h_V; h_A; h_T] (missing
     ones zeroed) to a Linear and reports the 1/k weights only for logging.
     """
 
-    def __init__(self, width: int, n_modalities: int, mode: str = "quality"):
+    def __init__(self, width: int, n_modalities: int, mode: str = "quality", cue_dims: tuple[int, ...] | None = None):
         super().__init__()
         if mode not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {mode!r}")
         self.mode = mode
+        self.cue_dims = tuple(cue_dims) if cue_dims is not None else (0,) * n_modalities
+        if len(self.cue_dims) != n_modalities:
+            raise ValueError(f"cue_dims {self.cue_dims} must give one width per modality ({n_modalities})")
         if mode == "quality":
             self.scorers = nn.ModuleList(
-                nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 1)) for _ in range(n_modalities)
+                nn.Sequential(nn.Linear(width + c, width), nn.GELU(), nn.Linear(width, 1)) for c in self.cue_dims
             )
         if mode == "concat":
             self.merge = nn.Linear(n_modalities * width, width)
 
-    def forward(self, h: Tensor, available: Tensor) -> tuple[Tensor, Tensor]:
-        """h (B, T, M, W), available (B, T, M) -> fused (B, T, W), weights (B, T, M)."""
+    def forward(self, h: Tensor, available: Tensor, cues: list[Tensor | None] | None = None) -> tuple[Tensor, Tensor]:
+        """h (B, T, M, W), available (B, T, M), cues per modality (B, T, C_m) or None -> fused (B, T, W),
+        weights (B, T, M)."""
         h = h.masked_fill(~available.unsqueeze(-1), 0.0)  # a missing modality's features never reach the output
         uniform = available.to(h.dtype) / available.sum(-1, keepdim=True).clamp(min=1)
         if self.mode == "concat":
             return self.merge(h.flatten(-2)), uniform
         if self.mode == "average":
             return (uniform.unsqueeze(-1) * h).sum(-2), uniform
-        q = torch.cat([score(h[..., i, :]) for i, score in enumerate(self.scorers)], dim=-1)
+        q = torch.cat([score(self._scorer_input(h, available, cues, i)) for i, score in enumerate(self.scorers)],
+                      dim=-1)
         q = q.masked_fill(~available, float("-inf"))
         nothing = ~available.any(-1, keepdim=True)
         weights = torch.softmax(q.masked_fill(nothing, 0.0), dim=-1).masked_fill(~available, 0.0)
         return (weights.unsqueeze(-1) * h).sum(-2), weights
+
+    def _scorer_input(self, h: Tensor, available: Tensor, cues: list[Tensor | None] | None, i: int) -> Tensor:
+        if not self.cue_dims[i]:
+            return h[..., i, :]
+        if cues is None or cues[i] is None:
+            raise ValueError("this quality fusion scores with reliability cues (stage2.reliability_cues) but got "
+                             "none: the features were stored without cues (run `emi extract` again)")
+        c = cues[i].to(h.dtype).masked_fill(~available[..., i:i + 1], 0.0)
+        return torch.cat([h[..., i, :], c], dim=-1)
 
 
 # ----------------------------------------------------------------------------- Stage II: the model (eq. 9)
@@ -258,6 +275,7 @@ class EMIFusionModel(nn.Module):
         dropout: float,
         n_outputs: int = 6,
         ff_mult: int = 4,
+        cue_dims: dict[str, int] | None = None,
     ):
         super().__init__()
         unknown = set(modalities) - set(MODALITIES)
@@ -277,7 +295,10 @@ class EMIFusionModel(nn.Module):
         if "T" in self.modalities:
             mapped_from["T"] = dims["T"]
         self.mapping = nn.ModuleDict({m: mapping_mlp(d, width, dropout) for m, d in mapped_from.items()})
-        self.fusion = QualityFusion(width, len(self.modalities), fusion)
+        # reliability cues per step for the quality scorer ({"V": C_v, "A": C_a}); text has none
+        self.cue_dims = {m: c for m, c in (cue_dims or {}).items() if m in self.modalities and c}
+        self.fusion = QualityFusion(width, len(self.modalities), fusion,
+                                    tuple(self.cue_dims.get(m, 0) for m in self.modalities))
         layer = nn.TransformerEncoderLayer(
             width, transformer_heads, ff_mult * width, dropout, activation="gelu", batch_first=True, norm_first=True
         )
@@ -288,6 +309,15 @@ class EMIFusionModel(nn.Module):
 
     @classmethod
     def from_params(cls, p: Stage2Params, dims: dict[str, int]) -> EMIFusionModel:
+        """``dims``: feature widths V, A, T and, for ``stage2.reliability_cues``, the cue widths ``cues_V``,
+        ``cues_A`` (``emi.train.fusion.dims_of``)."""
+        cue_dims = None
+        if p.reliability_cues and p.fusion == "quality":  # only the quality scorer reads cues
+            missing = [f"cues_{m}" for m in ("V", "A") if m in p.modalities and f"cues_{m}" not in dims]
+            if missing:
+                raise ValueError(f"stage2.reliability_cues is on but the features carry no cues ({missing} not in "
+                                 "dims): extract them again, or set stage2.reliability_cues: false")
+            cue_dims = {m: dims[f"cues_{m}"] for m in ("V", "A") if f"cues_{m}" in dims}
         return cls(
             dims,
             modalities=tuple(p.modalities),
@@ -300,6 +330,7 @@ class EMIFusionModel(nn.Module):
             transformer_layers=p.transformer_layers,
             transformer_heads=p.transformer_heads,
             dropout=p.dropout,
+            cue_dims=cue_dims,
         )
 
     def encode(self, v: Tensor | None, a: Tensor | None, t: Tensor | None, time_mask: Tensor) -> dict[str, Tensor]:
@@ -314,8 +345,11 @@ class EMIFusionModel(nn.Module):
         return h
 
     def forward(
-        self, v: Tensor | None, a: Tensor | None, t: Tensor | None, time_mask: Tensor, modality_mask: Tensor
+        self, v: Tensor | None, a: Tensor | None, t: Tensor | None, time_mask: Tensor, modality_mask: Tensor,
+        cues: dict[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
+        """``cues``: per-step reliability cues {"V": (B, T, C_v), "A": (B, T, C_a)}, read only by a model built
+        with ``cue_dims``."""
         B, T = time_mask.shape
         cols = [MODALITIES.index(m) for m in self.modalities]
         usable = modality_mask[:, cols]  # (B, M)
@@ -327,7 +361,8 @@ class EMIFusionModel(nn.Module):
         h = self.encode(inputs["V"], inputs["A"], inputs["T"], time_mask)
         stacked = torch.stack([h[m] for m in self.modalities], dim=2)  # (B, T, M, W)
         available = usable.unsqueeze(1) & time_mask.unsqueeze(-1)
-        fused, weights = self.fusion(stacked, available)
+        scorer_cues = [None if cues is None else cues.get(m) for m in self.modalities]
+        fused, weights = self.fusion(stacked, available, scorer_cues)
         x = fused + sinusoidal_positions(T, fused.shape[-1], device=fused.device)
         # a clip with no valid step attends to everything rather than to nothing (which would be NaN)
         ignore = ~time_mask & time_mask.any(1, keepdim=True)

@@ -112,7 +112,8 @@ class Predictor:
                     errors[clip.id] = f"cannot use this video: {detail}"
             good = [i for i, c in enumerate(usable) if c.id not in errors]
             if good:
-                data = SequenceData(feats.ids, feats.visual, feats.audio, feats.text, feats.mask(), None).subset(good)
+                data = SequenceData(feats.ids, feats.visual, feats.audio, feats.text, feats.mask(), None,
+                                    feats.cues).subset(good)
                 table = prediction_frame(self.fusion, aligned_inputs(data, (self.alignment, self.norm),
                                                                        self.trained.inputs), p.stage2.batch_size)
                 notes = feats.notes()

@@ -88,6 +88,7 @@ def condition_chunks(featurizer: Featurizer, clips: list[Clip], texts: dict[str,
         out = {}
         for name, assigned in plan.items():
             cols = {m: list(getattr(clean, m)) for m in MODALITIES}
+            cues = {m: list(c) for m, c in clean.cues.items()}
             status = {m: list(clean.status[m]) for m in MODALITIES}
             for kind, damage in kinds.items():
                 idx = [j for j in range(len(chunk)) if assigned.get(start + j) == kind]
@@ -98,10 +99,12 @@ def condition_chunks(featurizer: Featurizer, clips: list[Clip], texts: dict[str,
                 for m in touched:
                     for k, j in enumerate(idx):
                         cols[m][j], status[m][j] = getattr(redone, m)[k], redone.status[m][k]
+                        if m in cues:
+                            cues[m][j] = redone.cues[m][k]
             out[name] = SequenceData(
                 [c.id for c in chunk], cols["visual"], cols["audio"],
                 np.stack(cols["text"]).astype(np.float32) if cols["text"] else np.zeros((0, text_dim), np.float32),
-                np.array([[s == OK for s in status[m]] for m in MODALITIES], bool).T.reshape(-1, 3), None)
+                np.array([[s == OK for s in status[m]] for m in MODALITIES], bool).T.reshape(-1, 3), None, cues)
         if progress:
             progress.advance(task, len(chunk))
         yield out
@@ -115,7 +118,9 @@ def condition_features(featurizer: Featurizer, clips: list[Clip], texts: dict[st
     return {name: SequenceData([i for p in parts for i in p[name].ids],
                                [x for p in parts for x in p[name].visual], [x for p in parts for x in p[name].audio],
                                np.concatenate([p[name].text for p in parts]),
-                               np.concatenate([p[name].mask for p in parts]), None) for name in plan}
+                               np.concatenate([p[name].mask for p in parts]), None,
+                               {m: [x for p in parts for x in p[name].cues[m]] for m in parts[0][name].cues})
+            for name in plan}
 
 
 @dataclass

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from emi.config import MODALITIES, load_params
+from emi.cues import AUDIO_CUES, VISUAL_CUES
 from emi.data.dataset import Clip, list_clips, split_ids, transcript_texts
 from emi.data.store import load_features
 from emi.encoders.base import resolve_device, resolve_dtype
@@ -42,6 +43,16 @@ def test_fast_damage_path_matches_clip_features(tiny_dataset, tmp_path):
             np.testing.assert_allclose(got.audio[i], want.audio[j], atol=1e-5, err_msg=f"{name} A {i}")
             np.testing.assert_allclose(got.text[i], want.text[j], atol=1e-5, err_msg=f"{name} T {i}")
             assert (got.mask[i] == want.mask()[j]).all(), name
+            for m in ("visual", "audio"):
+                np.testing.assert_allclose(got.cues[m][i], want.cues[m][j], atol=1e-5, err_msg=f"{name} {m} cues {i}")
+    # the cues see the damage: a covered lower face is darker, a missing track reads zero, noise is flat
+    dark, level, flat = VISUAL_CUES.index("dark_fraction"), AUDIO_CUES.index("level"), AUDIO_CUES.index("flatness")
+    for i in rows:
+        assert fast["occluded_face"].cues["visual"][i][:, dark].mean() > fast["clean"].cues["visual"][i][:, dark].mean()
+        assert (fast["missing_audio"].cues["audio"][i] == 0).all()
+        if fast["clean"].mask[i, 1]:
+            assert fast["noisy_audio"].cues["audio"][i][:, flat].mean() > fast["clean"].cues["audio"][i][:, flat].mean()
+            assert fast["clean"].cues["audio"][i][:, level].max() > 0
     # the mixed condition: each chosen clip carries its own damage kind, the others stay clean
     mixed = mixed_damage(len(clips), 0.5, params.seed)
     got = condition_features(featurizer, clips, texts, kinds, {"mixed": mixed}, params.seed, chunk_size=2)["mixed"]
@@ -91,8 +102,12 @@ def test_predict_features_equal_stored_training_features_with_face_crop(tiny_dat
         np.testing.assert_allclose(feats.visual[k], stored.visual[j], atol=1e-4, err_msg=f"{clip_id} V")
         np.testing.assert_allclose(feats.audio[k], stored.audio[j], atol=1e-4, err_msg=f"{clip_id} A")
         np.testing.assert_allclose(feats.text[k], stored.text[j], atol=1e-4, err_msg=f"{clip_id} T")
+        for m in ("visual", "audio"):
+            np.testing.assert_allclose(feats.cues[m][k], stored.cues[m][j], atol=1e-4, err_msg=f"{clip_id} {m} cues")
         assert (mask[k] == stored.mask[j]).all(), (clip_id, mask[k], stored.mask[j])
     assert feats.status["visual"] == ["ok", "ok", "no_face"]
+    face_found = VISUAL_CUES.index("face_found")
+    assert (feats.cues["visual"][2][:, face_found] == 0).all() and feats.cues["visual"][0][:, face_found].max() == 1
     assert "visual (no_face)" in feats.notes()[2] and "visual" not in feats.notes()[0]
 
     # and the crop changed what the visual encoder saw: whole frames give other features for a clip with a face

@@ -225,10 +225,61 @@ def test_one_step_and_all_masked_clips_give_finite_predictions():
 
 def test_model_builds_from_profile_params_and_rejects_bad_heads():
     p = load_params(None, profile="tiny").stage2
-    model = EMIFusionModel.from_params(p, {"V": 32, "A": 32, "T": 32})
+    model = EMIFusionModel.from_params(p, {"V": 32, "A": 32, "T": 32, "cues_V": 5, "cues_A": 3})
     assert model.modalities == tuple(m for m in "VAT" if m in p.modalities)
+    assert model.cue_dims == ({"V": 5, "A": 3} if p.reliability_cues else {})
+    with pytest.raises(ValueError, match="reliability_cues"):
+        EMIFusionModel.from_params(p.model_copy(update={"reliability_cues": True}), {"V": 32, "A": 32, "T": 32})
+    paper = EMIFusionModel.from_params(load_params(None, profile="paper").stage2, {"V": 32, "A": 32, "T": 32})
+    assert paper.cue_dims == {}, "the paper's scorer sees h_m only"
     with pytest.raises(ValueError, match="divisible"):
         EMIFusionModel(DIMS, ("V",), "quality", 10, 3, (1,), 2, 4, 1, 3, 0.0)
+
+
+# ----------------------------------------------------------------------------- reliability cues
+CUES = {"V": 5, "A": 3}
+
+
+def cue_model(modalities=("V", "A", "T")) -> EMIFusionModel:
+    torch.manual_seed(0)
+    return EMIFusionModel(
+        DIMS, modalities=modalities, fusion="quality", width=16, tcn_kernel=3, tcn_dilations=(1, 2),
+        segments=3, lstm_hidden=8, transformer_layers=2, transformer_heads=4, dropout=0.0, cue_dims=CUES,
+    )
+
+
+def cues_for(time_mask, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    B, T = time_mask.shape
+    return {m: torch.rand(B, T, c, generator=g) * time_mask[..., None] for m, c in CUES.items()}
+
+
+def test_the_scorer_reads_cues_and_a_missing_modality_still_weighs_nothing():
+    model = cue_model().eval()
+    v, a, t, time_mask, modality_mask = batch()
+    cues = cues_for(time_mask)
+    out = model(v, a, t, time_mask, modality_mask, cues)
+    assert out["weights"].shape == (3, 7, 3) and out["pred"].shape == (3, 6)
+    assert [s[0].in_features for s in model.fusion.scorers] == [16 + 5, 16 + 3, 16], "text has no cue"
+    other = model(v, a, t, time_mask, modality_mask, {m: 1 - c for m, c in cues.items()})
+    assert not torch.allclose(out["weights"], other["weights"]), "the weights must depend on the cues"
+    modality_mask[0, 0] = False  # clip 0 without a visual modality: whatever its cues say, weight 0
+    masked = model(v, a, t, time_mask, modality_mask, {m: c * 100 for m, c in cues.items()})
+    assert (masked["weights"][0, :, 0] == 0).all() and masked["weights"].isfinite().all()
+    assert (masked["clip_weights"][0, 0] == 0)
+    valid = time_mask[1:].unsqueeze(-1).float()
+    torch.testing.assert_close(masked["weights"][1:].sum(-1, keepdim=True) * valid, valid)
+    with pytest.raises(ValueError, match="reliability_cues"):
+        model(v, a, t, time_mask, modality_mask)
+
+
+def test_cues_are_ignored_by_a_model_built_without_cue_dims():
+    v, a, t, time_mask, modality_mask = batch()
+    plain = small_model().eval()
+    torch.testing.assert_close(plain(v, a, t, time_mask, modality_mask, cues_for(time_mask))["pred"],
+                               plain(v, a, t, time_mask, modality_mask)["pred"])
+    only_text = cue_model(("T",)).eval()
+    assert only_text.cue_dims == {} and only_text(v, a, t, time_mask, modality_mask)["pred"].isfinite().all()
 
 
 # ----------------------------------------------------------------------------- losses

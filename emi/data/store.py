@@ -1,8 +1,9 @@
 """The feature store on disk: few files, not one per clip, written atomically so a killed run resumes.
 
-``<features>/{visual,audio,text}/shard-NNNNN.npz`` (arrays only, read with ``allow_pickle=False``), each followed
-by a ``.json`` receipt holding the fingerprint of exactly what the shard depends on; ``index.csv`` (id -> shard,
-offset, steps, per-modality status) and ``manifest.json``. A shard is complete only when its receipt matches.
+``<features>/{visual,audio,text}/shard-NNNNN.npz`` (arrays only, read with ``allow_pickle=False``; visual and audio
+shards also hold the per-step reliability cues, ``emi.cues``), each followed by a ``.json`` receipt holding the
+fingerprint of exactly what the shard depends on; ``index.csv`` (id -> shard, offset, steps, per-modality status)
+and ``manifest.json``. A shard is complete only when its receipt matches.
 """
 
 from __future__ import annotations
@@ -84,13 +85,24 @@ def features_fingerprint(out_dir: Path) -> str:
     return fingerprint([(p.parent.name, p.name, json.loads(p.read_text())["fingerprint"]) for p in receipts])
 
 
-def pack(ids: list[str], feats: list[np.ndarray], status: list[str], detail: list[str]) -> dict[str, np.ndarray]:
-    """One modality of one shard: per-clip sequences concatenated, with lengths, statuses and details."""
+def pack(ids: list[str], feats: list[np.ndarray], status: list[str], detail: list[str],
+         cues: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """One modality of one shard: per-clip sequences concatenated, with lengths, statuses and details, and the
+    per-step reliability cues (``cues``, rows like the sequences' rows) of the visual and audio modalities."""
     lengths = np.array([f.shape[0] for f in feats], np.int64)
-    dim = feats[0].shape[1] if feats else 0
-    data = np.concatenate(feats) if lengths.sum() else np.zeros((0, dim), np.float32)
-    return {"ids": np.array(ids), "lengths": lengths, "data": data.astype(np.float32), "status": np.array(status),
-            "detail": np.array(detail)}
+    out = {"ids": np.array(ids), "lengths": lengths, "data": _rows(feats), "status": np.array(status),
+           "detail": np.array(detail)}
+    if cues is not None:
+        if [c.shape[0] for c in cues] != lengths.tolist():
+            raise ValueError("reliability cues must have one row per feature row of each clip")
+        out["cues"] = _rows(cues)
+    return out
+
+
+def _rows(parts: list[np.ndarray]) -> np.ndarray:
+    dim = parts[0].shape[1] if parts else 0
+    total = sum(p.shape[0] for p in parts)
+    return (np.concatenate(parts) if total else np.zeros((0, dim))).astype(np.float32)
 
 
 def build_index(shards: list[list[Clip]], paths: dict[str, list[Path]]) -> pd.DataFrame:
@@ -270,6 +282,7 @@ class FeatureSet:
     mask: np.ndarray  # (N, 3) bool: modality usable
     dims: dict[str, int]
     encoders: list[dict]
+    cues: dict[str, Ragged] | None = None  # visual, audio: per-step reliability cues (None: a store without them)
 
 
 def load_features(out_dir: Path, splits: tuple[str, ...] | None = None) -> FeatureSet:
@@ -283,10 +296,12 @@ def load_features(out_dir: Path, splits: tuple[str, ...] | None = None) -> Featu
         index = index[index["split"].isin(splits)]
     shards = sorted(set(index["shard"].astype(int)))
     slot = {s: k for k, s in enumerate(shards)}
-    visual = Ragged.from_npz([shard_path(out_dir, "visual", s) for s in shards], "data",
-                             [(slot[r.shard], r.offset, r.n_steps) for r in index.itertuples()])
-    audio = Ragged.from_npz([shard_path(out_dir, "audio", s) for s in shards], "data",
-                            [(slot[r.shard], r.audio_offset, r.n_audio_steps) for r in index.itertuples()])
+    files = {m: [shard_path(out_dir, m, s) for s in shards] for m in ("visual", "audio")}
+    rows = {"visual": [(slot[r.shard], r.offset, r.n_steps) for r in index.itertuples()],
+            "audio": [(slot[r.shard], r.audio_offset, r.n_audio_steps) for r in index.itertuples()]}
+    visual, audio = (Ragged.from_npz(files[m], "data", rows[m]) for m in ("visual", "audio"))
+    cues = ({m: Ragged.from_npz(files[m], "cues", rows[m]) for m in files}
+            if all("cues" in npz_arrays(p) for m in files for p in files[m]) else None)
     parts: dict[int, tuple[dict[str, int], np.ndarray]] = {}
 
     def text_of(shard: int, clip: str) -> np.ndarray:
@@ -302,5 +317,5 @@ def load_features(out_dir: Path, splits: tuple[str, ...] | None = None) -> Featu
         ids=index["id"].tolist(), splits=index["split"].tolist(), visual=visual, audio=audio,
         text=np.stack(text) if text else np.zeros((0, dims["text"]), np.float32),
         mask=index[["has_visual", "has_audio", "has_text"]].to_numpy(bool), dims=dims,
-        encoders=manifest["encoders"],
+        encoders=manifest["encoders"], cues=cues,
     )

@@ -152,6 +152,9 @@ def load_keras_mini_xception(path: Path) -> MiniXception:
     return model.eval()
 
 
+N_EXPRESSIONS = 7  # FER2013's classes: angry, disgust, fear, happy, sad, surprise, neutral
+
+
 class FerEncoder:
     """Pretrained facial-expression CNN: pooled last feature maps (grid×grid×128) + the 7 expression logits."""
 
@@ -162,7 +165,7 @@ class FerEncoder:
         model = MiniXception() if resolved.random_init else load_keras_mini_xception(Path(resolved.location))
         self.model = model.for_inference().to(device)
         self.grid = spec.pool_grid or 1
-        self.dim = 128 * self.grid * self.grid + 7
+        self.dim = 128 * self.grid * self.grid + N_EXPRESSIONS
         self.device, self.resolved = device, resolved
         check_dim(resolved.role, spec, self.dim)
 
@@ -189,6 +192,12 @@ class FerEncoder:
 
     def blocks(self) -> TunableBlocks:
         return TunableBlocks(self.model, [f"blocks.{i}" for i in range(len(self.model.blocks))], ["classifier"])
+
+    @staticmethod
+    def expression_logits(features: np.ndarray) -> np.ndarray:
+        """The 7 expression logits of ``encode``'s features (its last columns): the reliability cue
+        ``expression_confidence`` (``emi.cues``) is their max softmax."""
+        return features[:, -N_EXPRESSIONS:]
 
 
 class OpenClipEncoder:

@@ -3,7 +3,8 @@
 
 Shards are computed in the work folder (``emi.paths.work_dir``), then linked into the output folder that DVC
 records. A shard's receipt fingerprints exactly what its features depend on (encoder spec and code revision, the
-grid, the clips' bytes, for text the transcripts), so a killed run redoes only unfinished shards and changing e.g.
+grid, the clips' bytes, for text the transcripts, for visual and audio the version of the reliability cues stored
+beside the features), so a killed run redoes only unfinished shards and changing e.g.
 the text encoder recomputes text shards alone. Shards are independent: the Prefect flow runs them as Dask tasks
 before DVC runs this stage, which then finds every shard finished by its receipt.
 """
@@ -19,6 +20,7 @@ from rich.progress import Progress
 
 from emi.config import MODALITIES, Params
 from emi.contracts.features import validate_features
+from emi.cues import CUE_VERSION
 from emi.contracts.report import ValidationReport
 from emi.data.dataset import Clip, face_image_dir, list_clips, transcript_texts
 from emi.data.media import image_sequence
@@ -93,9 +95,9 @@ def plan_extract(params: Params, raw_dir: Path, transcripts: Path, out_dir: Path
         keys.append({
             "visual": fingerprint({**encoder_key(cfg, "visual"), "face_crop": cfg.face_crop,
                                    "face_margin": cfg.face_margin if cfg.face_crop else None, **common, "clips": ids,
-                                   **images}),
+                                   **images, "cues": CUE_VERSION}),
             "audio": fingerprint({**encoder_key(cfg, "audio"), "silence_dbfs": params.data.silence_dbfs, **common,
-                                  "clips": ids}),
+                                  "clips": ids, "cues": CUE_VERSION}),
             "text": fingerprint({**encoder_key(cfg, "text"), "per_clip": True, "threads": 1,
                                  "clips": [(c.id, texts.get(c.id)) for c in shard]}),
         })
@@ -130,7 +132,8 @@ def run_shard(plan: ExtractPlan, i: int, featurizer: Featurizer | None = None) -
         if m == "text":  # one vector per clip
             arrays = [row[None] for row in arrays]
         detail = feats.detail if m != "text" else [""] * len(feats.ids)
-        save_shard(plan.paths[m][i], plan.keys[i][m], pack(feats.ids, arrays, feats.status[m], detail),
+        save_shard(plan.paths[m][i], plan.keys[i][m], pack(feats.ids, arrays, feats.status[m], detail,
+                                                           feats.cues.get(m)),
                    {"modality": m, "clips": len(feats.ids)})
     return sum(len(f) for f in feats.visual) if feats.visual is not None else 0
 

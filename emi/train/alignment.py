@@ -48,7 +48,7 @@ class Alignment:
 
 def feature_data(features_dir: Path, splits: tuple[str, ...] | None = None) -> tuple[SequenceData, list[str], dict]:
     fs = load_features(features_dir, splits)
-    data = SequenceData(fs.ids, fs.visual, fs.audio, fs.text.astype(np.float32), fs.mask, None)
+    data = SequenceData(fs.ids, fs.visual, fs.audio, fs.text.astype(np.float32), fs.mask, None, fs.cues)
     dims = {"V": fs.dims["visual"], "A": fs.dims["audio"], "T": fs.dims["text"]}
     return data, fs.splits, dims
 

@@ -195,35 +195,45 @@ class Finetuner:
     def reencode(self, data: SequenceData, work_dir: Path) -> SequenceData:
         """Every clip's tuned modalities encoded again by the one featurize path (extract.dtype, batched), written
         chunk by chunk to ``work_dir/<modality>.bin`` and read back from there per clip (``Ragged``): memory holds a
-        chunk, not the dataset. The caller removes ``work_dir`` once the aligned file is written."""
+        chunk, not the dataset. Their reliability cues are taken again too (the expression confidence comes from
+        the tuned classifier), as ``predict`` will see them. The caller removes ``work_dir`` once the aligned file
+        is written."""
         tuned = self.tuned()
         encoders = load_encoders(self.cfg, self.device, resolve_dtype(self.cfg.dtype, self.device), set(tuned), tuned)
         featurizer = Featurizer(self.cfg, self.params.data, encoders)
         work_dir = Path(work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
         out = {"visual": data.visual, "audio": data.audio}
-        sinks = {m: open(work_dir / f"{m}.bin", "wb") for m in tuned}
-        rows: dict[str, list[tuple[int, int, int]]] = {m: [] for m in tuned}
-        dims: dict[str, int] = {}
-        written = dict.fromkeys(tuned, 0)
+        cues = dict(data.cues) if data.cues is not None else None
+        parts = [(m, kind) for m in tuned for kind in (("features", "cues") if cues is not None else ("features",))]
+        sinks = {part: open(work_dir / f"{part[0]}-{part[1]}.bin", "wb") for part in parts}
+        rows: dict[tuple[str, str], list[tuple[int, int, int]]] = {part: [] for part in parts}
+        dims: dict[tuple[str, str], int] = {}
+        written = dict.fromkeys(parts, 0)
         try:
             step = self.cfg.shard_size
             for start in range(0, len(data), step):
                 chunk = list(range(start, min(start + step, len(data))))
                 feats = featurizer.encode(self._decode(chunk), {}, set(tuned))
-                for m in tuned:
+                for m, kind in parts:
+                    new_rows = getattr(feats, m) if kind == "features" else feats.cues[m]
                     for k, i in enumerate(chunk):
-                        new = self._same_length(getattr(feats, m)[k], out[m][i], data.ids[i])
-                        dims[m] = new.shape[1]
-                        sinks[m].write(np.ascontiguousarray(new).tobytes())
-                        rows[m].append((0, written[m], new.shape[0]))
-                        written[m] += new.shape[0]
+                        new = self._same_length(new_rows[k], out[m][i], data.ids[i])
+                        dims[m, kind] = new.shape[1]
+                        sinks[m, kind].write(np.ascontiguousarray(new).tobytes())
+                        rows[m, kind].append((0, written[m, kind], new.shape[0]))
+                        written[m, kind] += new.shape[0]
         finally:
             for fh in sinks.values():
                 fh.close()
-        for m in tuned:
-            out[m] = Ragged([(work_dir / f"{m}.bin", 0, np.dtype(np.float32), dims.get(m, 1))], rows[m])
-        return SequenceData(data.ids, out["visual"], out["audio"], data.text, data.mask, data.labels)
+        for m, kind in parts:
+            seq = Ragged([(work_dir / f"{m}-{kind}.bin", 0, np.dtype(np.float32), dims.get((m, kind), 1))],
+                         rows[m, kind])
+            if kind == "features":
+                out[m] = seq
+            else:
+                cues[m] = seq
+        return SequenceData(data.ids, out["visual"], out["audio"], data.text, data.mask, data.labels, cues)
 
     @staticmethod
     def _same_length(new: np.ndarray, old: np.ndarray, clip_id: str) -> np.ndarray:

@@ -21,8 +21,8 @@ from emi.metrics import scores
 from emi.model import EMIFusionModel, emi_loss
 from emi.paths import COPY_SEPARATOR
 from emi.train.projection import load_aligned
-from emi.train.loop import (SequenceData, ema_of, load_checkpoint, modality_dropout, restore_rng, rng_state,
-                            save_checkpoint, seed_everything, sgdr)
+from emi.train.loop import (SequenceData, batch_cues, ema_of, load_checkpoint, modality_dropout, restore_rng,
+                            rng_state, save_checkpoint, seed_everything, sgdr)
 from emi.utils import fingerprint
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,11 @@ def with_copies(train: SequenceData, augmented: Path | None, inputs: str) -> Seq
 
 
 def dims_of(data: SequenceData) -> dict[str, int]:
-    return {"V": data.visual[0].shape[1], "A": data.audio[0].shape[1], "T": data.text.shape[1]}
+    """Feature widths V, A, T, and the reliability cues' widths (``cues_V``, ``cues_A``) when the data has cues."""
+    dims = {"V": data.visual[0].shape[1], "A": data.audio[0].shape[1], "T": data.text.shape[1]}
+    if data.cues is not None:
+        dims |= {"cues_V": data.cues["visual"][0].shape[1], "cues_A": data.cues["audio"][0].shape[1]}
+    return dims
 
 
 @torch.no_grad()
@@ -77,7 +81,7 @@ def predict(model: EMIFusionModel, data: SequenceData, batch_size: int) -> tuple
     device = next(model.parameters()).device
     preds, weights = [], []
     for b in data.chunks(batch_size, device):
-        out = model(b["v"], b["a"], b["t"], b["time_mask"], b["modality_mask"])
+        out = model(b["v"], b["a"], b["t"], b["time_mask"], b["modality_mask"], batch_cues(b))
         preds.append(out["pred"].float().cpu().numpy())
         weights.append(out["clip_weights"].float().cpu().numpy())
     if not preds:
@@ -123,7 +127,7 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
             if p.augment.modality_dropout > 0:  # drawn from the training generator: the same for a seed
                 available = modality_dropout(available.cpu(), p.augment.modality_dropout, used,
                                              generator).to(device)
-            out = model(b["v"], b["a"], b["t"], b["time_mask"], available)
+            out = model(b["v"], b["a"], b["t"], b["time_mask"], available, batch_cues(b))
             loss = emi_loss(out["pred"], b["y"], p.pearson_loss_weight)
             optimizer.zero_grad()
             loss.backward()
@@ -155,7 +159,7 @@ def save_model(path: Path, model: EMIFusionModel, p: Stage2Params, dims: dict[st
 def load_fusion(path: Path) -> tuple[EMIFusionModel, Stage2Params]:
     """A saved Stage-II model and the params it was trained with (e.g. which Stage-I view it reads), in one read."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    p = Stage2Params.model_validate(state["params"])
+    p = Stage2Params.model_validate({"reliability_cues": False, **state["params"]})  # saved before the cues
     model = EMIFusionModel.from_params(p, state["dims"])
     model.load_state_dict(state["model"])
     return model.eval(), p

@@ -62,10 +62,23 @@ def restore_rng(state: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- data
+CUE_KEYS = {"visual": "cues_v", "audio": "cues_a"}
+"""A batch's padded reliability cues (B, T, cues) per modality, when the data has them."""
+
+
+def batch_cues(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The cues of a batch as ``EMIFusionModel`` takes them ({"V": ..., "A": ...}), None without cues."""
+    if CUE_KEYS["visual"] not in batch:
+        return None
+    return {"V": batch[CUE_KEYS["visual"]], "A": batch[CUE_KEYS["audio"]]}
+
+
 @dataclass
 class SequenceData:
     """Per-clip sequences and masks, padded per batch. ``visual``/``audio`` are lists of arrays or on-disk
-    sequences (``emi.data.store.Ragged``): a clip's rows are read when its batch is built."""
+    sequences (``emi.data.store.Ragged``): a clip's rows are read when its batch is built. ``cues`` are the
+    per-step reliability cues of the visual and audio modalities (``emi.cues``, raw: never projected), or None
+    for features stored without them."""
 
     ids: list[str]
     visual: Sequence[np.ndarray]
@@ -73,6 +86,7 @@ class SequenceData:
     text: np.ndarray
     mask: np.ndarray  # (N, 3) V, A, T usable
     labels: np.ndarray | None  # (N, 6) or None
+    cues: dict[str, Sequence[np.ndarray]] | None = None  # {"visual": ..., "audio": ...}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -80,7 +94,8 @@ class SequenceData:
     def subset(self, rows: list[int] | np.ndarray) -> SequenceData:
         rows = list(rows)
         return SequenceData([self.ids[i] for i in rows], take(self.visual, rows), take(self.audio, rows),
-                            self.text[rows], self.mask[rows], None if self.labels is None else self.labels[rows])
+                            self.text[rows], self.mask[rows], None if self.labels is None else self.labels[rows],
+                            None if self.cues is None else {m: take(c, rows) for m, c in self.cues.items()})
 
     def batch(self, rows: list[int], device: torch.device | str = "cpu") -> dict[str, Tensor]:
         vs, as_ = [self.visual[i] for i in rows], [self.audio[i] for i in rows]
@@ -93,6 +108,12 @@ class SequenceData:
             v[j, :n], a[j, :n], time_mask[j, :n] = vs[j], as_[j][:n], True
         out = {"v": torch.from_numpy(v), "a": torch.from_numpy(a), "t": torch.from_numpy(self.text[rows]),
                "time_mask": torch.from_numpy(time_mask), "modality_mask": torch.from_numpy(self.mask[rows])}
+        for m, key in CUE_KEYS.items() if self.cues is not None else ():
+            cs = [self.cues[m][i] for i in rows]
+            padded = np.zeros((len(rows), T, cs[0].shape[1]), np.float32)
+            for j, n in enumerate(lengths):
+                padded[j, :n] = cs[j][:n]
+            out[key] = torch.from_numpy(padded)
         if self.labels is not None:
             out["y"] = torch.from_numpy(self.labels[rows].astype(np.float32))
         return {k: v.to(device) for k, v in out.items()}
@@ -100,9 +121,11 @@ class SequenceData:
     def followed_by(self, other: SequenceData) -> SequenceData:
         """These clips, then ``other``'s (both labelled, or neither)."""
         labels = None if self.labels is None else np.concatenate([self.labels, other.labels]).astype(np.float32)
+        cues = (None if self.cues is None or other.cues is None  # cues for some clips only: for none
+                else {m: Chained([self.cues[m], other.cues[m]]) for m in self.cues})
         return SequenceData(self.ids + other.ids, Chained([self.visual, other.visual]),
                             Chained([self.audio, other.audio]), np.concatenate([self.text, other.text]),
-                            np.concatenate([self.mask, other.mask]), labels)
+                            np.concatenate([self.mask, other.mask]), labels, cues)
 
     def chunks(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
         """Batches in clip order (inference): memory is one batch, whatever the number of clips."""

@@ -1,6 +1,7 @@
 """Stage I at inference (paper section 3.3): the frozen heads and the encoder-feature standardization a Stage-I
 model carries, projecting a clip's features with them, and composing Stage II's inputs (aligned, encoder or both);
-the aligned sequences on disk (``aligned.npz``). Training is ``emi.train.alignment``."""
+the aligned sequences on disk (``aligned.npz``), with the clips' reliability cues as extracted (never projected).
+Training is ``emi.train.alignment``."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def project_clip(model: AlignmentModel, norm: dict, v: np.ndarray, a: np.ndarray
 
 
 VIEWS = ("aligned", "encoder")
+CUE_MODALITIES = ("visual", "audio")  # the modalities with per-step reliability cues (emi.cues.CUES)
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same inputs give the same bytes
 
 
@@ -56,12 +58,12 @@ def write_aligned(model: AlignmentModel, norm: dict, data: SequenceData, splits:
             for view in VIEWS:
                 texts[view].append(views[view]["T"].astype(np.float32))
                 for m, key in (("visual", "V"), ("audio", "A")):
-                    x = np.ascontiguousarray(views[view][key], dtype=np.float32)
-                    name = f"{view}_{m}"
-                    if name not in sinks:
-                        file = Path(tmp) / f"{name}.bin"
-                        sinks[name] = (file, files.enter_context(open(file, "wb")), x.shape[1])
-                    sinks[name][1].write(x.tobytes())
+                    _sink(sinks, files, tmp, f"{view}_{m}", views[view][key])
+            for m in CUE_MODALITIES if data.cues is not None else ():
+                cues = data.cues[m][i]
+                if cues.shape[0] != lengths[i]:
+                    raise ValueError(f"{data.ids[i]}: {cues.shape[0]} rows of {m} cues for {lengths[i]} steps")
+                _sink(sinks, files, tmp, f"cues_{m}", cues)
         for _, fh, _ in sinks.values():
             fh.close()
         total = int(lengths.sum())
@@ -75,7 +77,19 @@ def write_aligned(model: AlignmentModel, norm: dict, data: SequenceData, splits:
                     file, _, dim = sinks[f"{view}_{m}"]
                     _write_member(zf, f"{view}_{m}", file, shape=(total, dim))
                 _write_member(zf, f"{view}_text", np.stack(texts[view]))
+            for m in CUE_MODALITIES if data.cues is not None else ():
+                file, _, dim = sinks[f"cues_{m}"]
+                _write_member(zf, f"cues_{m}", file, shape=(total, dim))
     return path
+
+
+def _sink(sinks: dict, files: ExitStack, tmp: str, name: str, rows: np.ndarray) -> None:
+    """Append one clip's rows to the raw float32 file of member ``name`` (opened on first use)."""
+    x = np.ascontiguousarray(rows, dtype=np.float32)
+    if name not in sinks:
+        file = Path(tmp) / f"{name}.bin"
+        sinks[name] = (file, files.enter_context(open(file, "wb")), x.shape[1])
+    sinks[name][1].write(x.tobytes())
 
 
 def _write_member(zf: zipfile.ZipFile, name: str, source: np.ndarray | Path,
@@ -105,11 +119,13 @@ def load_aligned(path: Path, inputs: str = "aligned") -> tuple[SequenceData, lis
     with np.load(path, allow_pickle=False) as z:
         ids, splits, lengths, mask = [str(i) for i in z["ids"]], [str(s) for s in z["splits"]], z["lengths"], z["mask"]
         text = np.concatenate([z[f"{view}_text"] for view in views], axis=-1)
+        has_cues = all(f"cues_{m}" in z.files for m in CUE_MODALITIES)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     rows = [(0, int(s), int(n)) for s, n in zip(starts, lengths)]
     seqs = {m: [Ragged.from_npz([path], f"{view}_{m}", rows) for view in views] for m in ("visual", "audio")}
     visual, audio = ((Joined(seqs[m]) if len(views) > 1 else seqs[m][0]) for m in ("visual", "audio"))
-    return SequenceData(ids, visual, audio, text, mask, None), splits
+    cues = {m: Ragged.from_npz([path], f"cues_{m}", rows) for m in CUE_MODALITIES} if has_cues else None
+    return SequenceData(ids, visual, audio, text, mask, None, cues), splits
 
 
 def load_tuned_encoders(path: Path) -> dict | None:
@@ -140,4 +156,4 @@ def aligned_inputs(raw: SequenceData, alignment_path: Path | tuple[AlignmentMode
         vs.append(x["visual"].astype(np.float32))
         as_.append(x["audio"].astype(np.float32))
         ts.append(x["text"].astype(np.float32))
-    return SequenceData(raw.ids, vs, as_, np.stack(ts), raw.mask.copy(), None)
+    return SequenceData(raw.ids, vs, as_, np.stack(ts), raw.mask.copy(), None, raw.cues)

@@ -15,8 +15,9 @@ from emi.utils import write_json, write_text
 DIMS = {"visual": 4, "audio": 3, "text": 2}
 
 
-def write_store(out: Path, shards: list[list[tuple[str, str, int, str]]]) -> dict:
-    """A feature store by hand: per shard, clips as (id, split, steps, audio status); visual[k] = clip number."""
+def write_store(out: Path, shards: list[list[tuple[str, str, int, str]]], cues: bool = False) -> dict:
+    """A feature store by hand: per shard, clips as (id, split, steps, audio status); visual[k] = clip number;
+    with ``cues``, visual and audio shards hold 2 cues per step: (clip number + 0.5, step)."""
     paths = {m: [shard_path(out, m, i) for i in range(len(shards))] for m in MODALITIES}
     clip_shards, expected, n = [], {}, 0
     for i, shard in enumerate(shards):
@@ -28,8 +29,11 @@ def write_store(out: Path, shards: list[list[tuple[str, str, int, str]]]) -> dic
             expected[clip] = (vv, aa, tt[0])
         n += len(shard)
         status = {"visual": ["ok"] * len(shard), "audio": [c[3] for c in shard], "text": ["ok"] * len(shard)}
+        c = [np.stack([np.full(steps, n - len(shard) + k + 0.5), np.arange(steps)], 1).astype(np.float32)
+             for k, (_, _, steps, _) in enumerate(shard)] if cues else None
         for m, arrays in (("visual", v), ("audio", a), ("text", t)):
-            save_shard(paths[m][i], f"key-{m}-{i}", pack(ids, arrays, status[m], [""] * len(shard)), {"modality": m})
+            save_shard(paths[m][i], f"key-{m}-{i}", pack(ids, arrays, status[m], [""] * len(shard),
+                                                         c if m != "text" else None), {"modality": m})
         clip_shards.append([Clip(c[0], c[1], out / "raw" / f"{c[0]}.mp4") for c in shard])
     index = build_index(clip_shards, paths)
     write_text(out / INDEX_FILE, index.to_csv(index=False))
@@ -149,3 +153,19 @@ def test_chained_sequences_read_each_part_in_turn_and_pick_views_of_them():
     picked = take(chain, [4, 0, 3])
     assert isinstance(picked, Picked) and [x[0, 0] for x in picked] == [11, 0, 10]
     assert [x[0, 0] for x in take(picked, [2, 0])] == [10, 11]
+
+
+def test_reliability_cues_are_stored_beside_the_features_and_read_back_per_clip(tmp_path):
+    write_store(tmp_path / "with", [[("00001", "train", 3, "ok"), ("00002", "valid", 2, "no_audio")],
+                                    [("00003", "train", 4, "ok")]], cues=True)
+    fs = load_features(tmp_path / "with")
+    assert set(fs.cues) == {"visual", "audio"}
+    for i, clip in enumerate(fs.ids):
+        for m in ("visual", "audio"):
+            want = np.stack([np.full(fs.visual[i].shape[0], int(clip) - 1 + 0.5), np.arange(fs.visual[i].shape[0])], 1)
+            np.testing.assert_array_equal(fs.cues[m][i], want)
+    assert [c.shape[0] for c in load_features(tmp_path / "with", ("train",)).cues["audio"]] == [3, 4]
+    write_store(tmp_path / "without", [[("00001", "train", 3, "ok")]])
+    assert load_features(tmp_path / "without").cues is None, "a store written before the cues reads without them"
+    with pytest.raises(ValueError, match="one row per feature row"):
+        pack(["a"], [np.ones((2, 4))], ["ok"], [""], [np.ones((3, 2))])

@@ -14,7 +14,7 @@ from emi.config import EMOTIONS
 from emi.paths import Layout
 from emi.robustness import CONDITIONS, FUSIONS
 from emi.stages.evaluate import EvaluateError, evaluate
-from emi.train.fusion import save_model, split_data, train_model, variant_name
+from emi.train.fusion import dims_of, save_model, split_data, train_model, variant_name, with_copies
 from emi.utils import fingerprint
 from tests.conftest import link_layout
 
@@ -129,13 +129,14 @@ def test_given_average_model_is_used_instead_of_training_one(run, tmp_path):
     params, src = run.params, run.layout
     parts = split_data(src.aligned_file, src.raw, params.stage2.inputs)
     p = params.stage2.model_copy(update={"fusion": "average"})
-    model, _, _ = train_model(p, params.seed, parts["train"], parts["valid"], None, log_epochs=False)
+    train = with_copies(parts["train"], src.augmented_file, p.inputs)  # as evaluate trains it: copies included
+    model, _, _ = train_model(p, params.seed, train, parts["valid"], None, log_epochs=False)
     # the same pipeline, plus the ablation stage's V+A+T average-fusion model where evaluate looks for it
-    layout = link_layout(src, tmp_path / "root", "raw", "transcripts", "features", "aligned", "stage1", "stage2")
+    layout = link_layout(src, tmp_path / "root", "raw", "transcripts", "features", "aligned", "stage1", "augmented",
+                         "stage2")
     path = layout.ablation_models / f"{variant_name('VAT', 'average', params.stage2.inputs)}.pt"
     path.parent.mkdir(parents=True)
-    save_model(path, model, p, {"V": parts["train"].visual[0].shape[1], "A": parts["train"].audio[0].shape[1],
-                                "T": parts["train"].text.shape[1]})
+    save_model(path, model, p, dims_of(parts["train"]))
     result = evaluate(params, layout, register=False, show_progress=False)
     assert str(path) in (layout.reports / "report.md").read_text()
     assert result.registry is None and not (layout.reports / "registry.json").exists()

@@ -18,6 +18,7 @@ from emi.train.fusion import load_model, save_model
 from emi.train.loop import save_checkpoint
 
 DIMS = {"V": 12, "A": 10, "T": 8}
+FUSION_DIMS = DIMS | {"cues_V": 5, "cues_A": 3}  # the tiny profile's scorer reads reliability cues
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def weights(tmp_path_factory):
     save_checkpoint(root / "alignment.pt", {
         "model": alignment.state_dict(), "dims": DIMS, "params": p.stage1.model_dump(mode="json"),
         "norm": {m: [torch.zeros(d), torch.ones(d)] for m, d in DIMS.items()}})
-    save_model(root / "model.pt", EMIFusionModel.from_params(p.stage2, DIMS), p.stage2, DIMS)
+    save_model(root / "model.pt", EMIFusionModel.from_params(p.stage2, FUSION_DIMS), p.stage2, FUSION_DIMS)
     return root / "alignment.pt", root / "model.pt"
 
 

@@ -150,3 +150,21 @@ def test_aligned_file_is_written_clip_by_clip_and_read_back_lazily(tmp_path):
             want = [views[v]["V"] for v in (("aligned", "encoder") if inputs == "both" else (inputs,))]
             np.testing.assert_allclose(back.visual[i], np.concatenate(want, axis=-1), rtol=0, atol=0)
         assert back.subset([5, 1]).visual[0].shape == back.visual[5].shape
+
+
+def test_reliability_cues_travel_raw_through_the_aligned_file_and_inference_inputs(tmp_path):
+    data = features(n=5)
+    rng = np.random.default_rng(3)
+    data.cues = {m: [rng.random((v.shape[0], c), dtype=np.float32) for v in data.visual]
+                 for m, c in (("visual", 5), ("audio", 3))}
+    model, norm = heads(), feature_norm(data, range(5))
+    path = write_aligned(model, norm, data, ["train"] * 5, tmp_path / "a.npz")
+    for inputs in ("aligned", "both"):
+        back, _ = load_aligned(path, inputs)
+        for m in ("visual", "audio"):
+            for i in range(5):
+                np.testing.assert_array_equal(back.cues[m][i], data.cues[m][i])  # never projected
+    served = aligned_inputs(data, (model, norm), "both")
+    assert served.cues is data.cues
+    data.cues = None
+    assert load_aligned(write_aligned(model, norm, data, ["train"] * 5, tmp_path / "b.npz"))[0].cues is None

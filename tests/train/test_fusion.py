@@ -16,6 +16,7 @@ from emi.train.loop import SequenceData
 from tests.conftest import tiny
 
 DIMS = {"V": 12, "A": 10, "T": 8}
+CUE_DIMS = {"cues_V": 5, "cues_A": 3}
 
 
 
@@ -30,8 +31,10 @@ def clips(n: int, seed: int, labels: bool = True) -> SequenceData:
     y = 1 / (1 + np.exp(-np.stack([v.mean(0)[:6] for v in visual]) - text[:, :6]))
     mask = np.ones((n, 3), bool)
     mask[0, 1] = False  # one clip without audio
+    cues = {m: [rng.random((L, CUE_DIMS[f"cues_{k}"]), dtype=np.float32) for L in lengths]
+            for m, k in (("visual", "V"), ("audio", "A"))}
     return SequenceData([f"{seed}{i:04d}" for i in range(n)], visual, audio, text, mask,
-                        y.astype(np.float32) if labels else None)
+                        y.astype(np.float32) if labels else None, cues)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +87,7 @@ def test_saved_model_reloads_to_the_same_predictions(trained, tmp_path):
     model, _, _, train, valid = trained
     p = tiny().stage2
     save_model(tmp_path / "model.pt", model, p, dims_of(train))
-    assert dims_of(train) == DIMS
+    assert dims_of(train) == DIMS | CUE_DIMS
     loaded = load_model(tmp_path / "model.pt")
     assert not loaded.training
     np.testing.assert_allclose(predict(loaded, valid, 4)[0], predict(model, valid, 4)[0], atol=1e-6)
@@ -112,3 +115,80 @@ def test_split_data_labels_train_and_valid_and_keeps_an_unlabelled_test(tmp_path
     assert parts["train"].labels.shape == (2, 6) and parts["train"].labels[0, 5] == pytest.approx(1.0)
     assert parts["test"].ids == data.ids[4:] and parts["test"].labels is None
     assert parts["train"].visual[0].shape[1] == 4 + DIMS["V"]
+
+
+def test_a_model_saved_before_the_cues_loads_and_predicts_without_them(trained, tmp_path):
+    """Models trained before ``stage2.reliability_cues`` existed (no such key, no cue dims) still load and run."""
+    _, _, _, train, valid = trained
+    p = tiny("stage2.reliability_cues=false", "stage2.schedule.epochs=1").stage2
+    model, _, _ = train_model(p, 1, train.subset(range(4)), valid, None, log_epochs=False)
+    params = p.model_dump(mode="json")
+    del params["reliability_cues"]
+    torch.save({"model": model.state_dict(), "dims": DIMS, "params": params}, tmp_path / "old.pt")
+    loaded, saved = load_fusion(tmp_path / "old.pt")
+    assert saved.reliability_cues is False and loaded.cue_dims == {}
+    np.testing.assert_allclose(predict(loaded, valid, 4)[0], predict(model, valid, 4)[0], atol=1e-6)
+    no_cues = valid.subset(range(len(valid)))
+    no_cues.cues = None
+    np.testing.assert_allclose(predict(loaded, no_cues, 4)[0], predict(model, valid, 4)[0], atol=1e-6)
+
+
+def test_a_cue_model_refuses_features_without_cues(trained):
+    model, _, _, _, valid = trained
+    assert model.cue_dims == {"V": 5, "A": 3}
+    no_cues = valid.subset(range(len(valid)))
+    no_cues.cues = None
+    with pytest.raises(ValueError, match="reliability_cues"):
+        predict(model, no_cues, 4)
+    with pytest.raises(ValueError, match="reliability_cues"):
+        train_model(tiny().stage2, 1, no_cues, valid, None, log_epochs=False)
+
+
+def occlusion_clips(n: int, seed: int, occluded: np.ndarray) -> SequenceData:
+    """Clips whose V features tell the labels precisely and A features poorly, except that an occluded clip's V
+    features are another face's (the same distribution, so h_V alone cannot tell): only its visual cue
+    (dark_fraction, the last of emi.cues.VISUAL_CUES) says that the face is covered."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(4, 7, n)
+    z = rng.standard_normal((n, 6)).astype(np.float32)
+    other = rng.standard_normal((n, 6)).astype(np.float32)
+
+    def steps(latent: np.ndarray, length: int, noise: float) -> np.ndarray:
+        return (latent[None] + noise * rng.standard_normal((length, 6))).astype(np.float32)
+
+    visual = [steps(other[i] if occluded[i] else z[i], L, 0.1) for i, L in enumerate(lengths)]
+    audio = [steps(z[i], L, 3.0) for i, L in enumerate(lengths)]
+    dark = [(0.3 + 0.2 * rng.random((L, 1))) if occ else 0.05 * rng.random((L, 1)) for L, occ in zip(lengths, occluded)]
+    cues = {"visual": [np.concatenate([rng.random((L, 4)), d], 1).astype(np.float32) for L, d in zip(lengths, dark)],
+            "audio": [rng.random((L, 3), dtype=np.float32) for L in lengths]}
+    y = (1 / (1 + np.exp(-z))).astype(np.float32)
+    text = np.zeros((n, DIMS["T"]), np.float32)
+    return SequenceData([f"{seed}-{i}" for i in range(n)], visual, audio, text, np.ones((n, 3), bool), y, cues)
+
+
+@pytest.fixture
+def one_thread():
+    """A model this small trains ~10x faster on one thread than on several contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cues", [True, False])
+def test_with_reliability_cues_an_occluded_face_gets_less_visual_weight_than_its_clean_version(cues, one_thread):
+    """Issue 15's check: trained on clean clips and occluded copies, the quality scorer gives a fully occluded
+    clip less V weight than the same clip clean, when it sees the cues. Without them (the control) it cannot tell
+    the two apart: the gap is the cues' doing."""
+    train = occlusion_clips(256, 1, np.arange(256) % 2 == 1)
+    clean, occluded = (occlusion_clips(16, 2, np.full(16, flag)) for flag in (False, True))
+    p = tiny("stage2.modalities=[V,A]", "stage2.width=16", "stage2.lstm_hidden=8", "stage2.transformer_layers=1",
+             "stage2.transformer_heads=2", "stage2.dropout=0", "stage2.ema_decay=0.9", "stage2.batch_size=16",
+             "stage2.augment.modality_dropout=0", "stage2.schedule.lr_max=0.01", "stage2.schedule.epochs=10",
+             "stage2.schedule.cycle_epochs=10", f"stage2.reliability_cues={str(cues).lower()}").stage2
+    model, _, _ = train_model(p, 0, train, clean.subset([0, 1]), None, log_epochs=False)
+    v_clean, v_occluded = (predict(model, data, 16)[1][:, 0].mean() for data in (clean, occluded))
+    if cues:
+        assert v_occluded < v_clean - 0.05, (v_clean, v_occluded)
+    else:
+        assert abs(v_occluded - v_clean) < 0.05, (v_clean, v_occluded)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from emi.config import load_params
-from emi.train.loop import (SequenceData, ema_of, load_checkpoint, restore_rng, rng_state, save_checkpoint,
+from emi.train.loop import (SequenceData, batch_cues, ema_of, load_checkpoint, restore_rng, rng_state, save_checkpoint,
                             seed_everything, sgdr)
 
 
@@ -112,3 +112,23 @@ def test_modality_dropout_hides_modalities_by_the_generator_and_leaves_every_cli
     assert 0.35 < 1 - out[50:].float().mean() < 0.5  # about half hidden (less: the kept-one rule)
     only_v = modality_dropout(mask, 0.9, torch.tensor([True, False, False]), torch.Generator().manual_seed(1))
     assert only_v[:, 0].all()  # the one modality a V-only model reads is always kept
+
+
+def test_sequence_data_carries_reliability_cues_through_subsets_joins_and_batches():
+    rng = np.random.default_rng(1)
+    lengths = (3, 1, 2)
+    cues = {"visual": [rng.random((n, 5), dtype=np.float32) for n in lengths],
+            "audio": [rng.random((n, 3), dtype=np.float32) for n in lengths]}
+    data = SequenceData(["a", "b", "c"], [rng.random((n, 4), dtype=np.float32) for n in lengths],
+                        [rng.random((n, 2), dtype=np.float32) for n in lengths], rng.random((3, 5), dtype=np.float32),
+                        np.ones((3, 3), bool), rng.random((3, 6)), cues)
+    b = data.batch([1, 0])
+    assert b["cues_v"].shape == (2, 3, 5) and b["cues_a"].shape == (2, 3, 3)
+    assert (b["cues_v"][0, 1:] == 0).all(), "padding must be zeros"
+    np.testing.assert_array_equal(b["cues_a"][1].numpy(), cues["audio"][0])
+    assert batch_cues(b)["V"] is b["cues_v"] and batch_cues(data.subset([0]).followed_by(data).batch([0])) is not None
+    joined = data.subset([2]).followed_by(data.subset([0, 1]))
+    np.testing.assert_array_equal(joined.cues["visual"][1], cues["visual"][0])
+    plain = SequenceData(data.ids, data.visual, data.audio, data.text, data.mask, data.labels)
+    assert batch_cues(plain.batch([0, 1])) is None and "cues_v" not in plain.batch([0])
+    assert data.followed_by(plain).cues is None, "cues for some clips only: none"
