@@ -154,9 +154,9 @@ def assemble(plan: AugmentPlan) -> tuple[SequenceData, dict[str, str]]:
     texts, masks = [], []
     problems: dict[str, str] = {}
     for s in range(len(plan.shards)):
-        parts = {m: load_shard(plan.paths[m][s]) for m in ("text",)}
+        text = load_shard(plan.paths["text"][s])  # one vector per copy: small enough to hold
         meta = {m: _meta(plan.paths[m][s]) for m in ("visual", "audio")}
-        statuses = {m: (meta[m]["status"] if m != "text" else parts["text"]["status"]) for m in MODALITIES}
+        statuses = {"visual": meta["visual"]["status"], "audio": meta["audio"]["status"], "text": text["status"]}
         starts = {m: np.concatenate([[0], np.cumsum(meta[m]["lengths"])[:-1]]) for m in ("visual", "audio")}
         for j, clip in enumerate(meta["visual"]["ids"].tolist()):
             if statuses["visual"][j] == "error":
@@ -165,7 +165,7 @@ def assemble(plan: AugmentPlan) -> tuple[SequenceData, dict[str, str]]:
             ids.append(clip)
             for m in ("visual", "audio"):
                 seq_rows[m].append((s, int(starts[m][j]), int(meta[m]["lengths"][j])))
-            texts.append(parts["text"]["data"][j])
+            texts.append(text["data"][j])
             masks.append([statuses[m][j] == OK for m in MODALITIES])
     visual, audio = (Ragged.from_npz(plan.paths[m], "data", seq_rows[m]) for m in ("visual", "audio"))
     cues = {m: Ragged.from_npz(plan.paths[m], "cues", seq_rows[m]) for m in CUES}

@@ -21,9 +21,7 @@ import pandas as pd
 from emi.config import EMOTIONS, Params, Stage2Params
 from emi.data.dataset import list_clips, split_ids, transcript_texts
 from emi.data.store import data_fingerprint, skipped_clips
-from emi.encoders.base import resolve_device, resolve_dtype
-from emi.encoders.registry import load_encoders
-from emi.featurize import Featurizer
+from emi.encoders.registry import load_featurizer
 from emi.metrics import ceiling, rendered_controls, scores
 from emi.paths import Layout
 from emi.report import plots
@@ -204,11 +202,8 @@ def evaluate(params: Params, layout: Layout, register: bool = True, show_progres
     phases["seed_models"] = time.perf_counter() - started - sum(phases.values())
     valid = parts["valid"]
     by_id = {c.id: c for c in list_clips(raw_dir)}
-    cfg = params.extract
-    device = resolve_device(cfg.device)
-    encoders = load_encoders(cfg, device, resolve_dtype(cfg.dtype, device), {"visual", "audio", "text"},
-                             load_tuned_encoders(alignment_path))
-    measured = robustness(Featurizer(cfg, params.data, encoders), params.evaluate.robustness, params.seed, valid,
+    featurizer = load_featurizer(params.extract, params.data, tuned=load_tuned_encoders(alignment_path))
+    measured = robustness(featurizer, params.evaluate.robustness, params.seed, valid,
                           [by_id[i] for i in valid.ids], transcript_texts(layout.transcripts_table), alignment_path,
                           models, batch, show_progress)
     rob, mixed = summarize(measured)
