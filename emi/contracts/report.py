@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from emi.data.dataset import SPLITS, DatasetError
-from emi.report.markdown import md_table
+from emi.report.tables import md_table
 from emi.utils import write_json, write_text
 
 

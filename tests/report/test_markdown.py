@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from emi.config import EMOTIONS
-from emi.report.markdown import ablation_markdown, md_table, robustness_verdict
+from emi.report.markdown import ablation_markdown, robustness_verdict
+from emi.report.tables import md_table
 
 
 def test_floats_get_the_digits_and_nan_is_a_dash():
