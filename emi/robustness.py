@@ -6,7 +6,7 @@ does quality fusion avoid, over several training seeds?"""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,10 @@ MIXED = "mixed"
 CONDITIONS = ("clean", *DAMAGES, MIXED)
 DAMAGED_MODALITY = {"occluded_face": "V", "noisy_audio": "A", "missing_audio": "A", "missing_text": "T"}
 FUSIONS = ("quality", "average")
+MASKED_DAMAGES = ("missing_audio", "missing_text")
+"""Damage the modality mask already says: both fusions give the lost modality weight exactly 0."""
+DROPPED = "dropped"
+"""Prediction key suffix: the condition with each damaged clip's damaged modality marked unavailable."""
 
 
 class RobustnessError(RuntimeError):
@@ -123,12 +127,33 @@ def condition_features(featurizer: Featurizer, clips: list[Clip], texts: dict[st
             for name in plan}
 
 
+def drop_damaged(data: SequenceData, assigned: dict[int, str], start: int = 0) -> SequenceData:
+    """``data`` (the clips from row ``start`` on) with the modality each damaged clip lost (``assigned``: row ->
+    damage kind) marked unavailable: what quality fusion predicts when its scorer gives the damaged modality
+    weight 0, the most that lowering that weight can do. Text and features are left as they are."""
+    mask = data.mask.copy()
+    for row, kind in assigned.items():
+        if start <= row < start + len(data):
+            mask[row - start, "VAT".index(DAMAGED_MODALITY[kind])] = False
+    return replace(data, mask=mask)
+
+
+def _hybrid(clean: pd.DataFrame, damaged: pd.DataFrame, rows: list[int]) -> np.ndarray:
+    """Clean predictions with ``rows`` taken from ``damaged``: the loss those clips alone cause."""
+    out = clean[list(EMOTIONS)].to_numpy(float).copy()
+    out[rows] = damaged[list(EMOTIONS)].to_numpy(float)[rows]
+    return out
+
+
 @dataclass
 class Robustness:
     """What ``robustness`` measured, one row per training seed: ``runs`` (condition x fusion x seed: scores over
-    all validation clips, weights over the damaged ones), ``mixed`` (damage kind x fusion x seed, the mixed
-    condition's clips of that kind: the damaged modality's weight there and on the same clips clean) and each
-    model's predictions (``<condition>/<fusion>/<seed>``)."""
+    all validation clips, weights over the damaged ones, and ``delta_pearson_dropped``, the change had the
+    damaged modality been dropped instead), ``mixed`` (damage kind x fusion x seed, the mixed condition's clips
+    of that kind: the damaged modality's weight there and on the same clips clean, ``delta_pearson_kind``, the
+    change in mean Pearson when only those clips are damaged, and ``delta_pearson_kind_dropped``, the same with
+    their damaged modality dropped) and each model's predictions (``<condition>/<fusion>/<seed>``, and
+    ``<condition>:dropped/<fusion>/<seed>``)."""
 
     runs: pd.DataFrame
     mixed: pd.DataFrame
@@ -146,47 +171,68 @@ def robustness(featurizer: Featurizer, r: RobustnessParams, seed: int, valid: Se
     """Condition x fusion x training seed (``models``: per fusion, one (model, inputs) per seed; the damage is
     the same for every seed, chosen with ``seed``): mean Pearson and MSE over all validation clips (the damaged
     ones included), the mean fusion weight per modality over the damaged clips (for ``clean``, the clips the
-    all-clips conditions damage) and ``weight_damaged``, the mean weight of the modality each damaged clip lost."""
+    all-clips conditions damage) and ``weight_damaged``, the mean weight of the modality each damaged clip lost.
+
+    Where a loss comes from: a condition with damage the mask does not say (a covered face, noise) is also
+    predicted with the damaged modality dropped (``drop_damaged``), and the mixed condition's loss is split by
+    damage kind (only that kind's clips damaged, the rest clean)."""
     plan = damage_plan(r, len(clips), seed)
     alignment = load_alignment(alignment_path)
-    keys = [(name, fusion, k) for name in CONDITIONS for fusion in models for k in range(len(models[fusion]))]
+    droppable = [name for name in CONDITIONS if any(k not in MASKED_DAMAGES for k in plan[name].values())]
+    names = [*CONDITIONS, *(f"{name}:{DROPPED}" for name in droppable)]
+    keys = [(name, fusion, k) for name in names for fusion in models for k in range(len(models[fusion]))]
     parts: dict[tuple, list[pd.DataFrame]] = {key: [] for key in keys}
     with Progress(disable=not show_progress) as progress:
+        start = 0
         for chunk in condition_chunks(featurizer, clips, texts, damages(r), plan, seed, featurizer.cfg.shard_size,
                                       progress):
+            chunk |= {f"{name}:{DROPPED}": drop_damaged(chunk[name], plan[name], start) for name in droppable}
             for name, fusion, k in keys:
                 model, inputs = models[fusion][k]
                 parts[(name, fusion, k)].append(
                     prediction_frame(model, aligned_inputs(chunk[name], alignment, inputs), batch_size))
+            start += len(chunk["clean"])
     predictions = {key: pd.concat(frames, ignore_index=True) for key, frames in parts.items()}
+
+    def pearson(predicted: pd.DataFrame | np.ndarray) -> float:
+        values = predicted[list(EMOTIONS)].to_numpy(float) if isinstance(predicted, pd.DataFrame) else predicted
+        return scores(values, valid.labels)["pearson_mean"]
+    clean_score = {(fusion, k): pearson(predictions[("clean", fusion, k)]) for fusion in models
+                   for k in range(len(models[fusion]))}
     clean_rows = damaged_rows(len(clips), r.rate, seed).tolist()
     runs, mixed = [], []
-    for name, fusion, k in keys:
+    for name, fusion, k in [key for key in keys if key[0] in CONDITIONS]:
         out = predictions[(name, fusion, k)]
         s = scores(out[list(EMOTIONS)].to_numpy(float), valid.labels)
+        base = clean_score[(fusion, k)]
+        dropped = predictions.get((f"{name}:{DROPPED}", fusion, k), out)  # masked damage: already dropped
         rows = sorted(plan[name]) if name != "clean" else clean_rows
         damaged = [out.iloc[i][f"weight_{DAMAGED_MODALITY[kind]}"] for i, kind in sorted(plan[name].items())]
         runs.append({"condition": name, "fusion": fusion, "seed": k, "pearson_mean": s["pearson_mean"],
-                     "mse": s["mse"], **dict(zip(("weight_V", "weight_A", "weight_T"), _weights(out, rows))),
+                     "delta_pearson": s["pearson_mean"] - base, "mse": s["mse"],
+                     **dict(zip(("weight_V", "weight_A", "weight_T"), _weights(out, rows))),
                      "weight_damaged": float(np.mean(damaged)) if damaged else float("nan"),
+                     "delta_pearson_dropped": pearson(dropped) - base,
                      "n_damaged": len(plan[name]), "n": len(clips)})
         if name == MIXED:
             clean = predictions[("clean", fusion, k)]
             for kind in DAMAGES:
                 hit = [i for i, kd in sorted(plan[name].items()) if kd == kind]
                 col = f"weight_{DAMAGED_MODALITY[kind]}"
-                mixed.append({"damage": kind, "modality": DAMAGED_MODALITY[kind], "fusion": fusion, "seed": k,
+                mixed.append({"damage": kind, "modality": DAMAGED_MODALITY[kind], "masked": kind in MASKED_DAMAGES,
+                              "fusion": fusion, "seed": k,
                               "n": len(hit), "weight_clean": float(clean.iloc[hit][col].mean()) if hit else np.nan,
-                              "weight_damaged": float(out.iloc[hit][col].mean()) if hit else np.nan})
-    runs = pd.DataFrame(runs)
-    clean = runs[runs.condition == "clean"].set_index(["fusion", "seed"])["pearson_mean"]
-    runs.insert(4, "delta_pearson", runs["pearson_mean"].to_numpy() - clean.loc[
-        list(zip(runs["fusion"], runs["seed"]))].to_numpy())
-    return Robustness(runs, pd.DataFrame(mixed),
+                              "weight_damaged": float(out.iloc[hit][col].mean()) if hit else np.nan,
+                              "delta_pearson_kind": pearson(_hybrid(clean, out, hit)) - base if hit else np.nan,
+                              "delta_pearson_kind_dropped": pearson(_hybrid(clean, dropped, hit)) - base
+                              if hit else np.nan})
+    return Robustness(pd.DataFrame(runs), pd.DataFrame(mixed),
                       {f"{name}/{fusion}/{k}": frame for (name, fusion, k), frame in predictions.items()})
 
 
-SUMMED = ("pearson_mean", "delta_pearson", "mse", "weight_V", "weight_A", "weight_T", "weight_damaged")
+SUMMED = ("pearson_mean", "delta_pearson", "mse", "weight_V", "weight_A", "weight_T", "weight_damaged",
+          "delta_pearson_dropped")
+KIND_SUMMED = ("weight_clean", "weight_damaged", "delta_pearson_kind", "delta_pearson_kind_dropped")
 
 
 def summarize(result: Robustness) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -214,8 +260,8 @@ def summarize(result: Robustness) -> tuple[pd.DataFrame, pd.DataFrame]:
         table.loc[at, ["loss_avoided", "quality_minus_average", "quality_minus_average_sd", "exceeds_2sd"]] = [
             np.nan if avoided is None else avoided, diff, sd, exceeds]
     mixed = result.mixed
-    per_kind = mean_sd(mixed, ["damage", "modality", "fusion"], ["weight_clean", "weight_damaged"]) if len(
-        mixed) else mixed
+    keys = ["damage", "modality", "masked", "fusion"]
+    per_kind = mean_sd(mixed, keys, list(KIND_SUMMED)) if len(mixed) else mixed
     if len(mixed):
-        per_kind.insert(3, "n", mixed.groupby(["damage", "modality", "fusion"], sort=False)["n"].first().to_numpy())
+        per_kind.insert(4, "n", mixed.groupby(keys, sort=False)["n"].first().to_numpy())
     return table, per_kind

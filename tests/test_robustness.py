@@ -10,8 +10,9 @@ import pytest
 from emi.config import SIGNIFICANT_SD, load_params
 from emi.featurize import Damage
 from emi.metrics import loss_avoided, mean_sd, paired_difference
-from emi.robustness import (CONDITIONS, DAMAGED_MODALITY, DAMAGES, FUSIONS, MIXED, Robustness, damage_plan,
-                             damaged_rows, damages, mixed_damage, summarize)
+from emi.robustness import (CONDITIONS, DAMAGED_MODALITY, DAMAGES, FUSIONS, MASKED_DAMAGES, MIXED, Robustness,
+                             damage_plan, damaged_rows, damages, drop_damaged, mixed_damage, summarize)
+from emi.train.loop import SequenceData
 
 
 def test_damages_break_the_modality_they_name():
@@ -39,13 +40,27 @@ def test_mixed_condition_gives_round_rate_n_clips_one_seeded_random_damage_each(
     assert all(full[kind] == dict.fromkeys(rows, kind) for kind in DAMAGES)  # the all-clips conditions as before
 
 
+def test_drop_damaged_marks_only_the_damaged_modality_of_the_damaged_clips_missing():
+    n = 6
+    data = SequenceData([f"c{i}" for i in range(n)], [np.ones((4, 2), np.float32)] * n,
+                        [np.ones((4, 3), np.float32)] * n, np.ones((n, 5), np.float32), np.ones((n, 3), bool), None)
+    data.mask[5, 2] = False  # a clip without a transcript stays without one
+    # rows 10..15 of the split: 11 lost its face, 13 its audio to noise, 20 is in another chunk
+    out = drop_damaged(data, {11: "occluded_face", 13: "noisy_audio", 20: "occluded_face"}, start=10)
+    expected = np.ones((n, 3), bool)
+    expected[1, 0] = expected[3, 1] = expected[5, 2] = False
+    assert (out.mask == expected).all()
+    assert data.mask[1].all() and data.mask[3].all()  # the input is not changed
+    assert out.visual is data.visual and out.ids == data.ids  # features as they are: only the mask says it
+
+
 def _runs(deltas: dict[tuple[str, str], list[float]]) -> Robustness:
     """A measured robustness table: clean Pearson 0.6 per fusion and seed, the given deltas per condition."""
     rows = []
     for (cond, fusion), ds in deltas.items():
         for k, d in enumerate(ds):
             rows.append({"condition": cond, "fusion": fusion, "seed": k, "pearson_mean": 0.6 + d, "mse": 0.05,
-                         "delta_pearson": d, "weight_V": 0.4, "weight_A": 0.3, "weight_T": 0.3,
+                         "delta_pearson": d, "delta_pearson_dropped": d, "weight_V": 0.4, "weight_A": 0.3, "weight_T": 0.3,
                          "weight_damaged": np.nan if cond == "clean" else 0.2, "n_damaged": 6, "n": 20})
     return Robustness(pd.DataFrame(rows), pd.DataFrame(), {})
 
@@ -111,8 +126,17 @@ def test_robustness_table_covers_every_condition_and_fusion(tiny_pipeline):
     assert t.loc[("missing_audio", "quality"), "weight_A"] == 0.0  # masked: its weight is exactly 0
     assert t.loc[("missing_text", "quality"), "weight_T"] == 0.0
     assert t.loc[("missing_audio", "quality"), ["weight_V", "weight_T"]].sum() == pytest.approx(1, abs=1e-5)
+    # where the loss comes from: a missing modality is already dropped; the other damage also has a dropped score
+    for kind in MASKED_DAMAGES:
+        assert (t.loc[kind, "delta_pearson_dropped"] == t.loc[kind, "delta_pearson"]).all()
+    assert (t.loc["clean", "delta_pearson_dropped"] == 0).all()
+    assert np.isfinite(t.loc["occluded_face", "delta_pearson_dropped"]).all()
+    seeds = pd.read_csv(run.reports / "robustness_seeds.csv")
+    assert (seeds["delta_pearson_dropped"] != seeds["delta_pearson"]).any()  # dropping a damaged face changes it
     robust = json.loads((run.reports / "robustness.json").read_text())
     assert "missing_audio/quality" in robust and "clean/average" in robust
+    kinds = [v for k, v in robust.items() if k.startswith("mixed_weights/")]
+    assert kinds and all({"delta_pearson_kind", "delta_pearson_kind_dropped", "masked"} <= set(v) for v in kinds)
     # the clean re-decoded clips are the stored features: same predictions as the metrics
     assert robust["check"]["clean_vs_stored_max_abs_diff"] < 1e-4
     assert t.loc[("clean", "quality"), "pearson_mean"] == pytest.approx(run.result.metrics["valid"]["pearson_mean"],
