@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 
+TEMP_MARK = ".tmp"
+"""In the name of ``atomic_path``'s temporary files (``.<name>.<random>.tmp<suffix>``)."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds.
@@ -23,7 +27,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_MARK + path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual mode
@@ -32,6 +36,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files ``atomic_path`` left in ``folder`` (not below it) when its process was killed
+    mid-write (a kill skips the cleanup); returns them. Run before resuming into a folder whose files all become an
+    output, or the leftovers would become part of it."""
+    folder = Path(folder)
+    stale = sorted(p for p in folder.glob(f".*{TEMP_MARK}*") if p.is_file()) if folder.is_dir() else []
+    for p in stale:
+        p.unlink()
+    return stale
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

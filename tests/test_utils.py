@@ -5,7 +5,8 @@ import platform
 
 import pytest
 
-from emi.utils import atomic_path, fingerprint, finite, keep_freed_memory, sha256_file, write_json, write_text
+from emi.utils import (atomic_path, fingerprint, finite, keep_freed_memory, remove_temporaries, sha256_file, write_json,
+                       write_text)
 
 
 def test_atomic_write_leaves_no_temp_file_and_the_old_content_on_exception(tmp_path):
@@ -17,6 +18,23 @@ def test_atomic_write_leaves_no_temp_file_and_the_old_content_on_exception(tmp_p
         raise RuntimeError("killed")
     assert target.read_text() == "old\n", "a failed write must leave the previous file intact"
     assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"], "temporary file left behind"
+
+
+def test_a_killed_atomic_write_leaves_a_temporary_that_remove_temporaries_deletes(tmp_path):
+    import subprocess
+    import sys
+
+    write_text(tmp_path / "clip.mp4", "done")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").write_text("a user's file")
+    killed = ("import os, sys; from emi.utils import atomic_path\n"
+              "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_text('half')\n    os._exit(9)")
+    assert subprocess.run([sys.executable, "-c", killed, str(tmp_path / "next.mp4")]).returncode == 9
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".next.mp4.")]
+    assert len(left) == 1  # a kill skips the cleanup
+    assert [p.name for p in remove_temporaries(tmp_path)] == left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "clip.mp4", "sub"]
+    assert remove_temporaries(tmp_path / "missing") == []
 
 
 def test_atomic_write_replaces_the_file_with_the_usual_mode(tmp_path):

@@ -43,10 +43,12 @@ class DownloadResult:
     source: str
     report: ValidationReport
     seconds: float
+    rendered_now: int | None = None  # synthetic source: clips rendered by this run (the rest resumed)
 
     def tracking(self) -> dict:
+        run = {} if self.rendered_now is None else {"rendered_now": self.rendered_now}
         return {"metrics": {"rows": self.report.n_rows, "bad_rows": self.report.n_bad_rows,
-                            "error_fraction": self.report.error_fraction, "seconds": self.seconds},
+                            "error_fraction": self.report.error_fraction, "seconds": self.seconds, **run},
                 "artifacts": [self.report.json_path, self.report.md_path]}
 
 
@@ -57,8 +59,12 @@ def download(params: Params, out_dir: Path, report_dir: Path | None, show_progre
     cfg = params.download
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")
+    rendered_now = None
     if cfg.source == "synthetic":
         summary = generate(cfg.synthetic, params.seed, staging, show_progress=show_progress)
+        # how many clips this run rendered is a fact of the run, not of the data: it goes to the tracking run, and
+        # _source.json (inside the DVC output) stays the same whether the clips were rendered now or resumed
+        rendered_now = summary.pop("rendered_now")
         provenance = {"source": "synthetic", "seed": params.seed, **summary}
     elif cfg.source == "local":
         provenance = _from_local(cfg, staging)
@@ -75,7 +81,7 @@ def download(params: Params, out_dir: Path, report_dir: Path | None, show_progre
     if report_dir is not None:
         write_report(report, Path(report_dir))
     report.raise_if_failed()
-    return DownloadResult(out_dir, cfg.source, report, time.perf_counter() - start)
+    return DownloadResult(out_dir, cfg.source, report, time.perf_counter() - start, rendered_now)
 
 
 def _du(path: Path) -> int:

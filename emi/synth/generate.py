@@ -20,7 +20,7 @@ from emi.config import EMOTIONS, SPLIT_HEADER, SyntheticParams
 from emi.data.dataset import GENERATOR_DIR, LATENTS_FILE
 from emi.data.media import write_mp4
 from emi.synth import face, latent, speech
-from emi.utils import fingerprint, write_json, write_text
+from emi.utils import fingerprint, remove_temporaries, write_json, write_text
 
 SPEECH_LEAD_S = (0.2, 0.6)  # silence before the speech starts
 SPEECH_TAIL_S = 0.25  # silence kept after it ends
@@ -158,7 +158,9 @@ def _render_job(args: tuple[ClipPlan, SyntheticParams, Path, Path]) -> dict:
 
 
 def generate(params: SyntheticParams, seed: int, out_dir: Path, show_progress: bool = True) -> dict:
-    """Write the dataset into ``out_dir`` (resuming clips already rendered there for the same params)."""
+    """Write the dataset into ``out_dir`` (resuming clips already rendered there for the same params). Returns its
+    provenance (``n_clips``, ``fingerprint``: the same for the same params and seed) and ``rendered_now``, how many
+    clips this run rendered (a fact of the run, not of the data)."""
     out_dir = Path(out_dir)
     clip_dir = out_dir / "raw"
     gen_dir = out_dir / GENERATOR_DIR
@@ -171,6 +173,8 @@ def generate(params: SyntheticParams, seed: int, out_dir: Path, show_progress: b
         for p in [*clip_dir.glob("*.mp4"), *receipt_dir.glob("*.json")]:
             p.unlink()
     write_text(stamp, key)
+    for folder in (clip_dir, receipt_dir):  # a run killed mid-write leaves temporaries the output would take in
+        remove_temporaries(folder)
 
     plans = plan_dataset(params, seed)
     todo = [p for p in plans if not (receipt_dir / f"{p.id}.json").exists() or not (clip_dir / f"{p.id}.mp4").exists()]

@@ -33,6 +33,26 @@ def shipped_copy(tiny_dataset: Path, dst: Path) -> list[str]:
     return [line.split(",")[0] for line in (tiny_dataset / "test_split.csv").read_text().splitlines()[1:]]
 
 
+@pytest.mark.slow  # renders the tiny dataset twice
+def test_a_resumed_synthetic_download_writes_the_same_bytes_as_a_fresh_one(tmp_path):
+    """A run killed mid-render leaves data/raw.partial with some clips and a temporary file; the next run renders
+    the rest, and data/raw (a DVC output) is byte-equal to a fresh run's: no leftover, no run count inside."""
+    from emi.synth.generate import generate
+
+    params = params_for()
+    fresh = download(params, tmp_path / "fresh" / "raw", None, show_progress=False)
+    partial = tmp_path / "resumed" / "raw.partial"
+    generate(params.download.synthetic, params.seed, partial, show_progress=False)
+    clips = sorted((partial / "raw").glob("*.mp4"))
+    for clip in clips[:2]:
+        clip.unlink()
+    (partial / "raw" / f".{clips[0].name}.k1ll3d.tmp.mp4").write_bytes(b"half a clip")
+    resumed = download(params, tmp_path / "resumed" / "raw", None, show_progress=False)
+    assert (fresh.rendered_now, resumed.rendered_now) == (len(clips), 2)
+    assert tree_digest(tmp_path / "resumed" / "raw") == tree_digest(tmp_path / "fresh" / "raw")
+    assert resumed.tracking()["metrics"]["rendered_now"] == 2  # the run's count goes to the tracking run
+
+
 @pytest.mark.slow  # the stage end to end
 def test_unlisted_clips_become_the_unlabelled_test_split(tiny_dataset, tmp_path):
     test_ids = shipped_copy(tiny_dataset, tmp_path / "hume")

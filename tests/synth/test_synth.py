@@ -75,6 +75,12 @@ def test_resume_renders_only_missing_clips(tmp_path, tiny_params):
     (root / "raw" / "00002.mp4").unlink()  # as if killed while writing clip 2
     assert generate(syn, 3, root, show_progress=False)["rendered_now"] == 1
     assert sha256_file(root / "raw" / "00000.mp4") == before
+    # a run killed mid-write leaves atomic_path's temporary file: the resume removes it, nothing else changes
+    stale = root / "raw" / ".00001.mp4.x1y2z3.tmp.mp4"
+    stale.write_bytes(b"half a clip")
+    assert generate(syn, 3, root, show_progress=False)["rendered_now"] == 0
+    assert not stale.exists() and sorted(p.name for p in (root / "raw").iterdir()) == [
+        f"{i:05d}.mp4" for i in range(4)]
     changed = syn.model_copy(update={"label_noise": 0.05})
     assert generate(changed, 3, root, show_progress=False)["rendered_now"] == 4  # params changed: redo all
 
