@@ -20,7 +20,7 @@ import pandas as pd
 
 from emi.config import MODALITIES
 from emi.data.dataset import SPLITS, Clip, split_path
-from emi.utils import atomic_path, fingerprint, link_or_copy, sha256_file, write_json
+from emi.utils import atomic_path, fingerprint, link_or_copy, remove_temporaries, sha256_file, write_json
 
 INDEX_FILE = "index.csv"
 MANIFEST_FILE = "manifest.json"
@@ -59,8 +59,7 @@ def remove_leftovers(out_dir: Path, keep: dict[str, list[Path]]) -> None:
 
 
 def remove_leftovers_of(folder: Path, keep: set[Path]) -> None:
-    for leftover in folder.glob(".shard-*.tmp*"):
-        leftover.unlink()
+    remove_temporaries(folder)
     for stale in folder.glob("shard-*"):
         if stale.suffix in (".npz", ".json") and stale.with_suffix(".npz") not in keep:
             stale.unlink()
