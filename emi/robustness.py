@@ -28,8 +28,6 @@ MIXED = "mixed"
 CONDITIONS = ("clean", *DAMAGES, MIXED)
 DAMAGED_MODALITY = {"occluded_face": "V", "noisy_audio": "A", "missing_audio": "A", "missing_text": "T"}
 FUSIONS = ("quality", "average")
-MASKED_DAMAGES = ("missing_audio", "missing_text")
-"""Damage the modality mask already says: both fusions give the lost modality weight exactly 0."""
 DROPPED = "dropped"
 """Prediction key suffix: the condition with each damaged clip's damaged modality marked unavailable."""
 
@@ -127,6 +125,12 @@ def condition_features(featurizer: Featurizer, clips: list[Clip], texts: dict[st
             for name in plan}
 
 
+def masked(damage: Damage) -> bool:
+    """Whether a damage removes its modality outright (no audio track, no transcript): the modality mask says so
+    and both fusions give it weight exactly 0, so dropping it changes nothing."""
+    return damage.drop_audio or damage.drop_text
+
+
 def drop_damaged(data: SequenceData, assigned: dict[int, str], start: int = 0) -> SequenceData:
     """``data`` (the clips from row ``start`` on) with the modality each damaged clip lost (``assigned``: row ->
     damage kind) marked unavailable: what quality fusion predicts when its scorer gives the damaged modality
@@ -176,15 +180,15 @@ def robustness(featurizer: Featurizer, r: RobustnessParams, seed: int, valid: Se
     Where a loss comes from: a condition with damage the mask does not say (a covered face, noise) is also
     predicted with the damaged modality dropped (``drop_damaged``), and the mixed condition's loss is split by
     damage kind (only that kind's clips damaged, the rest clean)."""
-    plan = damage_plan(r, len(clips), seed)
+    plan, kinds = damage_plan(r, len(clips), seed), damages(r)
     alignment = load_alignment(alignment_path)
-    droppable = [name for name in CONDITIONS if any(k not in MASKED_DAMAGES for k in plan[name].values())]
+    droppable = [name for name in CONDITIONS if any(not masked(kinds[k]) for k in plan[name].values())]
     names = [*CONDITIONS, *(f"{name}:{DROPPED}" for name in droppable)]
     keys = [(name, fusion, k) for name in names for fusion in models for k in range(len(models[fusion]))]
     parts: dict[tuple, list[pd.DataFrame]] = {key: [] for key in keys}
     with Progress(disable=not show_progress) as progress:
         start = 0
-        for chunk in condition_chunks(featurizer, clips, texts, damages(r), plan, seed, featurizer.cfg.shard_size,
+        for chunk in condition_chunks(featurizer, clips, texts, kinds, plan, seed, featurizer.cfg.shard_size,
                                       progress):
             chunk |= {f"{name}:{DROPPED}": drop_damaged(chunk[name], plan[name], start) for name in droppable}
             for name, fusion, k in keys:
@@ -219,7 +223,7 @@ def robustness(featurizer: Featurizer, r: RobustnessParams, seed: int, valid: Se
             for kind in DAMAGES:
                 hit = [i for i, kd in sorted(plan[name].items()) if kd == kind]
                 col = f"weight_{DAMAGED_MODALITY[kind]}"
-                mixed.append({"damage": kind, "modality": DAMAGED_MODALITY[kind], "masked": kind in MASKED_DAMAGES,
+                mixed.append({"damage": kind, "modality": DAMAGED_MODALITY[kind], "masked": masked(kinds[kind]),
                               "fusion": fusion, "seed": k,
                               "n": len(hit), "weight_clean": float(clean.iloc[hit][col].mean()) if hit else np.nan,
                               "weight_damaged": float(out.iloc[hit][col].mean()) if hit else np.nan,

@@ -10,8 +10,8 @@ import pytest
 from emi.config import SIGNIFICANT_SD, load_params
 from emi.featurize import Damage
 from emi.metrics import loss_avoided, mean_sd, paired_difference
-from emi.robustness import (CONDITIONS, DAMAGED_MODALITY, DAMAGES, FUSIONS, MASKED_DAMAGES, MIXED, Robustness,
-                             damage_plan, damaged_rows, damages, drop_damaged, mixed_damage, summarize)
+from emi.robustness import (CONDITIONS, DAMAGED_MODALITY, DAMAGES, FUSIONS, MIXED, Robustness,
+                             damage_plan, damaged_rows, damages, drop_damaged, masked, mixed_damage, summarize)
 from emi.train.loop import SequenceData
 
 
@@ -24,6 +24,7 @@ def test_damages_break_the_modality_they_name():
     touched = {"V": "visual", "A": "audio", "T": "text"}
     for name, m in DAMAGED_MODALITY.items():
         assert kinds[name].touched() == {touched[m]}, name
+    assert [name for name, d in kinds.items() if masked(d)] == ["missing_audio", "missing_text"]
 
 
 def test_mixed_condition_gives_round_rate_n_clips_one_seeded_random_damage_each():
@@ -60,7 +61,8 @@ def _runs(deltas: dict[tuple[str, str], list[float]]) -> Robustness:
     for (cond, fusion), ds in deltas.items():
         for k, d in enumerate(ds):
             rows.append({"condition": cond, "fusion": fusion, "seed": k, "pearson_mean": 0.6 + d, "mse": 0.05,
-                         "delta_pearson": d, "delta_pearson_dropped": d, "weight_V": 0.4, "weight_A": 0.3, "weight_T": 0.3,
+                         "delta_pearson": d, "delta_pearson_dropped": d, "weight_V": 0.4, "weight_A": 0.3,
+                         "weight_T": 0.3,
                          "weight_damaged": np.nan if cond == "clean" else 0.2, "n_damaged": 6, "n": 20})
     return Robustness(pd.DataFrame(rows), pd.DataFrame(), {})
 
@@ -127,7 +129,7 @@ def test_robustness_table_covers_every_condition_and_fusion(tiny_pipeline):
     assert t.loc[("missing_text", "quality"), "weight_T"] == 0.0
     assert t.loc[("missing_audio", "quality"), ["weight_V", "weight_T"]].sum() == pytest.approx(1, abs=1e-5)
     # where the loss comes from: a missing modality is already dropped; the other damage also has a dropped score
-    for kind in MASKED_DAMAGES:
+    for kind in ("missing_audio", "missing_text"):
         assert (t.loc[kind, "delta_pearson_dropped"] == t.loc[kind, "delta_pearson"]).all()
     assert (t.loc["clean", "delta_pearson_dropped"] == 0).all()
     assert np.isfinite(t.loc["occluded_face", "delta_pearson_dropped"]).all()
