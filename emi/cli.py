@@ -24,7 +24,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-params_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
+params_app = typer.Typer(help="params.yaml: write it from a profile, change or show its values.", no_args_is_help=True)
 app.add_typer(params_app, name="params")
 validate_app = typer.Typer(help="Run a data-validation checkpoint on its own.", no_args_is_help=True)
 app.add_typer(validate_app, name="validate")
@@ -34,10 +34,10 @@ registry_app = typer.Typer(help="The MLflow model registry (emi-fusion): compare
 app.add_typer(registry_app, name="registry")
 console = Console(stderr=True)
 
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file layered over its profile.")]
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="the params file (every key; `emi params use` writes it).")]
 ProfileOpt = Annotated[
     Optional[str],
-    typer.Option("--profile", help=f"profile to use instead of params.yaml's `profile` ({', '.join(available_profiles())})."),
+    typer.Option("--profile", help=f"a profile's values instead of params.yaml's ({', '.join(available_profiles())})."),
 ]
 SetOpt = Annotated[
     Optional[list[str]],
@@ -454,7 +454,7 @@ def params_show(
     overrides: SetOpt = None,
     section: Annotated[Optional[str], typer.Argument(help="only this top-level section, e.g. download.")] = None,
 ) -> None:
-    """Print the fully resolved configuration (profile + params.yaml + overrides) as YAML."""
+    """Print the values a command would use (params.yaml, or --profile, plus --set overrides) as YAML."""
     data = _load(params_path, profile, overrides).model_dump(mode="json")
     if section is not None:
         if section not in data:
@@ -464,27 +464,34 @@ def params_show(
     typer.echo(yaml.safe_dump(data, sort_keys=False))
 
 
-PARAMS_HEADER = """\
-# Which named profile fills every key (emi/profiles/<name>.yaml): embedded (offline default) | paper | tiny
-# Below, every key of the configuration: null = the profile's value; a value set here wins over the profile.
-# `emi params show` prints the result. One experiment without editing: dvc exp run -S stage2.width=64
-# Licensed data: profile: paper, then download.local.path: /data/Hume-Vidmimic2
-# (this list is `emi params template`; dvc.yaml tracks each stage's section here)
-"""
-
-
-@params_app.command("template")
-def params_template_cmd(
-    profile: Annotated[str, typer.Option(help="the profile the file names.")] = "embedded",
+@params_app.command("use")
+def params_use(
+    profile: Annotated[str, typer.Argument(help=f"the profile to write ({', '.join(available_profiles())}).")],
+    overrides: SetOpt = None,
+    params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """A params.yaml listing every key with null (= the profile's value), so that `dvc exp run -S key=value` can set
-    any key in its plain form."""
-    from emi.config import available_profiles, params_template
+    """Write PROFILE's values (with --set overrides) into params.yaml: every key the pipeline reads, each with its
+    meaning as a comment. `emi params use paper --set download.local.path=/data/Hume-Vidmimic2` switches to the
+    licensed data."""
+    from emi.params_yaml import use
 
-    if profile not in available_profiles():
-        console.print(f"[red]error:[/red] unknown profile {profile!r}; available: {', '.join(available_profiles())}")
-        raise typer.Exit(2)
-    typer.echo(PARAMS_HEADER + yaml.safe_dump(params_template() | {"profile": profile}, sort_keys=False), nl=False)
+    with _fails_with(ConfigError, code=2):
+        use(profile, overrides or [], params_path)
+    console.print(f"{params_path}: the values of profile {profile!r}"
+                  + (f" with {', '.join(overrides)}" if overrides else ""), highlight=False)
+
+
+@params_app.command("set")
+def params_set(
+    overrides: Annotated[list[str], typer.Argument(help="key=value pairs, e.g. stage2.width=64.")],
+    params_path: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Change values of params.yaml in place (checked first; what `dvc exp run -S` does, without an experiment)."""
+    from emi.params_yaml import set_values
+
+    with _fails_with(ConfigError, code=2):
+        set_values(overrides, params_path)
+    console.print(f"{params_path}: {', '.join(overrides)}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,8 @@
-"""Typed configuration: ``params.yaml`` layered over a named profile, parsed once.
-
-Resolution order (later wins):
-  1. the profile file ``emi/profiles/<profile>.yaml`` (and the profiles it ``extends``),
-  2. the sections of ``params.yaml`` (everything except the ``profile`` key),
-  3. ``--set key.path=value`` overrides from the command line.
-The merged mapping is validated into frozen pydantic models; unknown keys and wrong types
-are errors that name the key, the file it came from and, for typos, the closest known key.
+"""Typed configuration, parsed once: ``params.yaml`` holds every value a run uses (``emi params use PROFILE``
+writes it from a named profile, ``emi/profiles/<name>.yaml``, which may ``extend`` another); ``--set key.path=value``
+overrides a value for one command. The mapping is validated into frozen pydantic models whose field descriptions
+are params.yaml's comments; unknown keys and wrong types are errors that name the key, the file it came from and,
+for typos, the closest known key.
 """
 
 from __future__ import annotations
@@ -33,11 +30,15 @@ MODALITIES: tuple[str, ...] = ("visual", "audio", "text")
 """The three modalities, in the order every array, mask and table uses."""
 MODALITY_KEYS: dict[str, str] = dict(zip(MODALITIES, "VAT"))
 """Their one-letter names in the paper (V, A, T), used by the models and ablation names."""
+DAMAGE_KINDS: tuple[str, ...] = ("occluded_face", "noisy_audio", "missing_audio", "missing_text")
+"""The damage kinds of corruption-aware training and of the robustness conditions (``emi.features.damage`` says
+what each does); a muted track is missing audio to this pipeline, which masks a track below ``data.silence_dbfs``."""
 SIGNIFICANT_SD = 2.0
 """Reports mark a difference between two variants when its mean over training seeds exceeds this many standard
 deviations of the paired per-seed difference (with 60 validation clips a 0.01 gap can be noise)."""
 PROFILES_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PARAMS = Path("params.yaml")
+DEFAULT_PROFILE = "embedded"
 
 
 class ConfigError(ValueError):
@@ -50,12 +51,12 @@ class Strict(BaseModel):
 
 # ----------------------------------------------------------------------------- download
 class CorruptionParams(Strict):
-    """Fraction of clips receiving each corruption (a clip gets at most one)."""
+    """Share of generated clips that get each corruption (a clip gets at most one)."""
 
-    occlusion: float = Field(ge=0, le=1)
-    heavy_noise: float = Field(ge=0, le=1)
-    muted_audio: float = Field(ge=0, le=1)
-    missing_audio: float = Field(ge=0, le=1)
+    occlusion: float = Field(ge=0, le=1, description="share of clips with an object over the lower face")
+    heavy_noise: float = Field(ge=0, le=1, description="share of clips mixed with noise at heavy_noise_snr_db")
+    muted_audio: float = Field(ge=0, le=1, description="share of clips whose audio track is silent")
+    missing_audio: float = Field(ge=0, le=1, description="share of clips without an audio track")
 
     @model_validator(mode="after")
     def _total_at_most_one(self) -> CorruptionParams:
@@ -66,9 +67,11 @@ class CorruptionParams(Strict):
 
 
 class SplitFractions(Strict):
-    train: float = Field(gt=0, le=1)
-    valid: float = Field(gt=0, le=1)
-    test: float = Field(ge=0, le=1)
+    """How the generated clips are split (fractions adding up to 1)."""
+
+    train: float = Field(gt=0, le=1, description="share of clips in the training split")
+    valid: float = Field(gt=0, le=1, description="share of clips in the validation split")
+    test: float = Field(ge=0, le=1, description="share of clips in the test split")
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitFractions:
@@ -79,16 +82,16 @@ class SplitFractions(Strict):
 
 
 class SyntheticParams(Strict):
-    """The embedded "vidmimic-synth" generator (see DESIGN.md)."""
+    """The embedded "vidmimic-synth" generator (docs/data.md)."""
 
-    n_clips: int = Field(ge=3)
-    splits: SplitFractions
-    duration_s: tuple[float, float]
-    video_fps: int = Field(ge=1)
+    n_clips: int = Field(ge=3, description="clips to generate")
+    splits: SplitFractions = Field(description="train / valid / test fractions")
+    duration_s: tuple[float, float] = Field(description="clip duration range in seconds [min, max]")
+    video_fps: int = Field(ge=1, description="frame rate of the rendered video")
     resolution: int = Field(ge=32, multiple_of=2, description="square frame side in pixels (even: 4:2:0 video)")
-    audio_sample_rate: int = Field(ge=8000)
-    snr_db: tuple[float, float] = Field(description="background noise SNR range for clean clips")
-    heavy_noise_snr_db: float
+    audio_sample_rate: int = Field(ge=8000, description="sample rate of the rendered audio track (Hz)")
+    snr_db: tuple[float, float] = Field(description="background noise SNR range for clean clips (dB)")
+    heavy_noise_snr_db: float = Field(description="SNR of the heavy_noise corruption (dB)")
     label_noise: float = Field(ge=0, description="std of annotator noise added to the latent labels")
     label_skew: float = Field(gt=0, description="exponent on the copula marginals; >1 skews labels low")
     latent_correlation: dict[str, float] = Field(
@@ -97,9 +100,8 @@ class SyntheticParams(Strict):
     individual_variation: float = Field(
         ge=0, description="std of per-person expressiveness; bounds the oracle ceiling below 1"
     )
-    voices: tuple[str, ...] = Field(min_length=1)
-    corruptions: CorruptionParams
-    workers: int = Field(ge=1)
+    voices: tuple[str, ...] = Field(min_length=1, description="espeak-ng voices the speakers are drawn from")
+    corruptions: CorruptionParams = Field(description="share of clips with each corruption")
 
     @model_validator(mode="after")
     def _ranges(self) -> SyntheticParams:
@@ -117,16 +119,20 @@ class SyntheticParams(Strict):
 
 
 class LocalParams(Strict):
-    path: Path | None = None
-    mode: Literal["copy", "symlink"] = "copy"
+    """A Hume-Vidmimic2 folder on this machine (the source is only read)."""
+
+    path: Path | None = Field(default=None, description="the folder holding raw/<id>.mp4 and *_split.csv")
+    mode: Literal["copy", "symlink"] = Field(default="copy", description="copy | symlink the clips into data/raw")
 
 
 class UrlParams(Strict):
-    url: str | None = None
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
-    cache_dir: Path = Path("data/cache")
-    timeout_s: float = Field(default=60, gt=0)
-    retries: int = Field(default=3, ge=0)
+    """An archive of the dataset, downloaded resumably and checked."""
+
+    url: str | None = Field(default=None, description="http(s):// or file:// archive (.zip, .tar, .tar.gz)")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="the archive's sha256")
+    cache_dir: Path = Field(default=Path("data/cache"), description="where the archive is downloaded to")
+    timeout_s: float = Field(default=60, gt=0, description="network timeout per request (s)")
+    retries: int = Field(default=3, ge=0, description="retries of a failed download")
 
 
 class TestClipsParams(Strict):
@@ -134,8 +140,9 @@ class TestClipsParams(Strict):
     ``raw/`` that no split file lists (the ABAW release); ``folder``: the clips of ``folder``, brought into ``raw/``;
     ``none``: no test set. download writes the result as ``test_split.csv`` (ids only when unlabelled)."""
 
-    clips: Literal["auto", "split", "unlisted", "folder", "none"] = "auto"
-    folder: Path | None = None
+    clips: Literal["auto", "split", "unlisted", "folder", "none"] = Field(
+        default="auto", description="auto | split | unlisted | folder | none (auto: test_split.csv, else unlisted)")
+    folder: Path | None = Field(default=None, description="clips: folder -> a folder of test videos")
 
     @model_validator(mode="after")
     def _folder(self) -> TestClipsParams:
@@ -145,20 +152,25 @@ class TestClipsParams(Strict):
 
 
 class DownloadParams(Strict):
-    source: Literal["synthetic", "local", "url"]
-    synthetic: SyntheticParams
-    local: LocalParams = LocalParams()
-    url: UrlParams = UrlParams()
-    test: TestClipsParams = TestClipsParams()
+    """Where the dataset comes from: generated, a local copy, or an archive."""
+
+    source: Literal["synthetic", "local", "url"] = Field(description="synthetic | local | url")
+    synthetic: SyntheticParams = Field(description="the embedded generator (source: synthetic)")
+    local: LocalParams = Field(default=LocalParams(), description="a local copy (source: local)")
+    url: UrlParams = Field(default=UrlParams(), description="an archive (source: url)")
+    test: TestClipsParams = Field(default=TestClipsParams(), description="where the test clips come from")
+    workers: int = Field(ge=1, description="processes rendering synthetic clips (the bytes do not depend on it)")
 
 
 class DataParams(Strict):
     """What every stage that reads clips shares: the clip contract and the error tolerance."""
 
-    max_error_fraction: float = Field(ge=0, le=1)  # fail when more than this fraction of clips has a problem
-    min_duration_s: float = Field(gt=0)
-    max_duration_s: float = Field(gt=0)  # longer clips are flagged in the raw-data report (never refused)
-    silence_dbfs: float  # an audio track quieter than this (RMS, dBFS) counts as missing audio
+    max_error_fraction: float = Field(ge=0, le=1, description="fail when more than this fraction of clips has a "
+                                                              "problem")
+    min_duration_s: float = Field(gt=0, description="shorter clips are refused (one 5 fps step)")
+    max_duration_s: float = Field(gt=0, description="longer clips are flagged (never refused) and featurized on "
+                                                    "extract.max_steps steps")
+    silence_dbfs: float = Field(description="an audio track quieter than this (RMS, dBFS) counts as missing audio")
 
     @model_validator(mode="after")
     def _durations(self) -> DataParams:
@@ -167,94 +179,98 @@ class DataParams(Strict):
         return self
 
 
-# ----------------------------------------------------------- later stages (read by their issues)
+# ----------------------------------------------------------------------------- encoders, transcribe, extract
 class EncoderSpec(Strict):
     """An encoder: a hub id or a local path, and whether random init is explicitly allowed."""
 
-    kind: str
-    name: str
-    pretrained: str | None = None
-    path: Path | None = None
-    allow_random_init: bool = False
-    dim: int = Field(ge=1)
-    pool_grid: int | None = Field(default=None, ge=1)  # CNN visual encoders: grid of pooled feature maps
-    window_s: float | None = Field(default=None, gt=0)  # audio encoders: length of the windows encoded at once
+    kind: str = Field(description="encoder family (faster-whisper, fer, open_clip, whisper-encoder, wav2vec2, bert)")
+    name: str = Field(description="model name or hub id")
+    pretrained: str | None = Field(default=None, description="pretrained tag (open_clip), or 'random'")
+    path: Path | None = Field(default=None, description="a local copy of the weights; wins over hub and package")
+    allow_random_init: bool = Field(default=False, description="random weights when none resolve (reports say so)")
+    dim: int = Field(ge=1, description="feature width the encoder outputs")
+    pool_grid: int | None = Field(default=None, ge=1, description="CNN encoders: grid of pooled feature maps")
+    window_s: float | None = Field(default=None, gt=0, description="audio encoders: seconds encoded at once")
 
 
 class TranscribeParams(Strict):
-    asr: EncoderSpec
-    language: str
-    beam_size: int = Field(ge=1)
-    vad: bool
-    device: Literal["auto", "cpu", "cuda"]
-    compute_type: str
-    shard_size: int = Field(ge=1)
-    workers: int = Field(ge=1)  # clips transcribed concurrently (CTranslate2 workers, CPU threads split among them)
-    # decoding temperatures: whisper retries a window at the next one when its log-prob or compression ratio fails;
-    # above 0 it samples, from an unseeded per-thread RNG, so transcripts change from run to run
-    temperatures: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
+    """Speech to text with faster-whisper."""
+
+    asr: EncoderSpec = Field(description="the ASR model")
+    language: str = Field(description="spoken language")
+    beam_size: int = Field(ge=1, description="beam search width")
+    vad: bool = Field(description="skip non-speech with Silero VAD")
+    device: Literal["auto", "cpu", "cuda"] = Field(description="auto | cpu | cuda")
+    compute_type: str = Field(description="CTranslate2 compute type (int8 on CPU, float16 on GPU)")
+    shard_size: int = Field(ge=1, description="clips per resumable part")
+    workers: int = Field(ge=1, description="clips transcribed concurrently; CPU threads are split among them")
+    # above 0 whisper samples, from an unseeded per-thread RNG, so transcripts would change from run to run
+    temperatures: list[Annotated[float, Field(ge=0)]] = Field(
+        min_length=1, description="decoding temperatures ([0.0]: no sampling fallback, reproducible)")
 
 
 class ExtractParams(Strict):
-    fps: float = Field(gt=0)
-    face_crop: bool
-    visual: EncoderSpec
-    audio: EncoderSpec
-    text: EncoderSpec
-    device: Literal["auto", "cpu", "cuda"]
-    dtype: Literal["fp32", "fp16", "bf16"]
-    batch_size: int = Field(ge=1)
-    decode_workers: int = Field(ge=0)
-    shard_size: int = Field(ge=1)
-    frame_max_side: int = Field(ge=16)  # frames are downscaled to this at decode: a 4K clip cannot exhaust memory
-    # a clip with more grid steps is featurized on this many steps spread uniformly over it (frames and audio alike),
-    # so one 20-minute clip costs what a 10-minute one does and fits in memory; its index row says so
-    max_steps: int = Field(ge=1)
-    visual_source: Literal["frames", "face_images"]  # face_images: the organisers' crops, <dataset>/face_images/<id>/
-    face_margin: float = Field(ge=0)  # face_crop: box grown by this fraction on each side
+    """Per-step visual and audio features on the fps grid, one text vector per clip."""
+
+    fps: float = Field(gt=0, description="steps per second of the feature grid")
+    face_crop: bool = Field(description="crop the largest face per frame (OpenCV's Haar detector)")
+    visual: EncoderSpec = Field(description="the visual encoder")
+    audio: EncoderSpec = Field(description="the audio encoder")
+    text: EncoderSpec = Field(description="the text encoder")
+    device: Literal["auto", "cpu", "cuda"] = Field(description="auto | cpu | cuda")
+    dtype: Literal["fp32", "fp16", "bf16"] = Field(description="encoder dtype on a GPU (fp32 on CPU)")
+    batch_size: int = Field(ge=1, description="frames / audio windows per encoder call")
+    decode_workers: int = Field(ge=0, description="threads decoding clips (the features do not depend on it)")
+    shard_size: int = Field(ge=1, description="clips per feature shard (the unit of resume)")
+    frame_max_side: int = Field(ge=16, description="frames are downscaled to this side at decode")
+    max_steps: int = Field(ge=1, description="steps per clip at most, spread uniformly over a longer clip")
+    visual_source: Literal["frames", "face_images"] = Field(
+        description="frames | face_images (the organisers' crops in <dataset>/face_images/<id>/)")
+    face_margin: float = Field(ge=0, description="face_crop: the box grown by this fraction on each side")
 
 
+# ----------------------------------------------------------------------------- training
 class ScheduleParams(Strict):
     """SGDR (cosine annealing with warm restarts), paper section 4.3."""
 
-    lr_max: float = Field(gt=0)
-    lr_min: float = Field(ge=0)
-    cycle_epochs: int = Field(ge=1)
-    epochs: int = Field(ge=1)
+    lr_max: float = Field(gt=0, description="peak learning rate of each cycle")
+    lr_min: float = Field(ge=0, description="learning rate at the end of each cycle")
+    cycle_epochs: int = Field(ge=1, description="epochs per cycle (T_i)")
+    epochs: int = Field(ge=1, description="training epochs")
 
 
 class FinetuneParams(Strict):
     """Stage I end to end: the last k blocks of the visual/audio encoders trained with the heads, from frames and
     waveforms (paper section 3.3). k = 0 trains the heads alone over the cached features."""
 
-    last_k_blocks: int = Field(ge=0)
-    modalities: tuple[Literal["visual", "audio"], ...] = Field(min_length=1)
-    lr: float = Field(gt=0)  # the encoder blocks' peak learning rate (the heads use schedule.lr_max)
-    frames_per_clip: int = Field(ge=1)  # frames sampled from a clip's 5 fps grid per step (memory knob)
-    audio_seconds: float = Field(gt=0)  # waveform crop per clip per step
+    last_k_blocks: int = Field(ge=0, description="encoder blocks trained with the heads (0: heads only)")
+    modalities: tuple[Literal["visual", "audio"], ...] = Field(min_length=1, description="encoders fine-tuned")
+    lr: float = Field(gt=0, description="peak learning rate of the encoder blocks (the heads use schedule.lr_max)")
+    frames_per_clip: int = Field(ge=1, description="frames sampled per clip per step (memory knob)")
+    audio_seconds: float = Field(gt=0, description="waveform crop per clip per step (s)")
 
 
 class Stage1Params(Strict):
-    embed_dim: int = Field(ge=1)
-    temperature_init: float = Field(gt=0)
-    finetune: FinetuneParams
-    batch_size: int = Field(ge=2)
-    weight_decay: float = Field(ge=0)
-    schedule: ScheduleParams
+    """Stage I: vision-text and audio-text contrastive alignment."""
 
-
-AUGMENT_KINDS = ("occluded_face", "noisy_audio", "missing_audio", "missing_text")
+    embed_dim: int = Field(ge=1, description="width of the shared embedding")
+    temperature_init: float = Field(gt=0, description="initial InfoNCE temperature (learned)")
+    finetune: FinetuneParams = Field(description="end-to-end tuning of the last encoder blocks")
+    batch_size: int = Field(ge=2, description="clips per batch (InfoNCE negatives)")
+    weight_decay: float = Field(ge=0, description="AdamW weight decay")
+    schedule: ScheduleParams = Field(description="SGDR schedule")
 
 
 class AugmentParams(Strict):
     """Corruption-aware Stage II training: one damaged copy of a share of the training clips (made once by the
     ``augment`` stage, through the one featurize path) and modality dropout per clip in every training batch."""
 
-    fraction: float = Field(ge=0, le=1)  # share of training clips that get a damaged copy (0: none)
-    kinds: tuple[Literal[AUGMENT_KINDS], ...] = Field(min_length=1)  # a copy's damage: one, drawn uniformly
-    occlusion_box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the frame
-    noise_snr_db: tuple[float, float]  # a noisy copy's SNR, drawn uniformly from [low, high]
-    modality_dropout: float = Field(ge=0, lt=1)  # per clip and modality; a clip keeps at least one modality
+    fraction: float = Field(ge=0, le=1, description="share of training clips that get one damaged copy (0: none)")
+    kinds: tuple[Literal[DAMAGE_KINDS], ...] = Field(min_length=1, description="damages a copy draws from")
+    occlusion_box: tuple[float, float, float, float] = Field(
+        description="occluded_face: box x0, y0, x1, y1 as fractions of the frame")
+    noise_snr_db: tuple[float, float] = Field(description="noisy_audio: SNR drawn from [low, high] (dB)")
+    modality_dropout: float = Field(ge=0, lt=1, description="per clip and modality in each training batch")
 
     @model_validator(mode="after")
     def _snr_range(self) -> AugmentParams:
@@ -264,31 +280,30 @@ class AugmentParams(Strict):
 
 
 class Stage2Params(Strict):
-    width: int = Field(ge=1)
-    tcn_kernel: int = Field(ge=1)
-    tcn_dilations: tuple[int, ...] = Field(min_length=1)
-    segments: int = Field(ge=1)
-    lstm_hidden: int = Field(ge=1)
-    transformer_layers: int = Field(ge=1)
-    transformer_heads: int = Field(ge=1)
-    dropout: float = Field(ge=0, lt=1)
-    modalities: tuple[Literal["V", "A", "T"], ...] = Field(min_length=1)
-    fusion: Literal["quality", "average", "concat"]
-    # quality fusion's scorer also reads each step's reliability cues (emi.cues: face found, expression confidence,
-    # brightness, dark pixels; audio level, speech probability, spectral flatness): it sees that a modality is
-    # damaged, not only what it says. Not in the paper (whose scorer sees h_m alone)
-    reliability_cues: bool
-    # what Stage II reads per modality: the Stage-I projections (aligned), the standardized encoder features
-    # (encoder), or both concatenated (the analogue of the paper's Stage-I-tuned encoder output)
-    inputs: Literal["aligned", "encoder", "both"]
-    pearson_loss_weight: float = Field(ge=0)
-    ema_decay: float = Field(gt=0, lt=1)
-    device: Literal["auto", "cpu", "cuda"]
-    ablation_workers: int = Field(ge=1)  # processes training ablation cells side by side
-    augment: AugmentParams
-    batch_size: int = Field(ge=1)
-    weight_decay: float = Field(ge=0)
-    schedule: ScheduleParams
+    """Stage II: temporal blocks, quality-aware fusion and the Transformer over the frozen Stage-I features."""
+
+    width: int = Field(ge=1, description="shared width W of the mapped modalities")
+    tcn_kernel: int = Field(ge=1, description="TCN kernel size")
+    tcn_dilations: tuple[int, ...] = Field(min_length=1, description="dilation of each TCN block")
+    segments: int = Field(ge=1, description="M segments of the segment-wise average pooling (eq. 5)")
+    lstm_hidden: int = Field(ge=1, description="hidden units per direction of the audio BiLSTM")
+    transformer_layers: int = Field(ge=1, description="Transformer encoder layers")
+    transformer_heads: int = Field(ge=1, description="attention heads (must divide width)")
+    dropout: float = Field(ge=0, lt=1, description="dropout in the mapping MLPs, TCN and Transformer")
+    modalities: tuple[Literal["V", "A", "T"], ...] = Field(min_length=1, description="modalities the model reads")
+    fusion: Literal["quality", "average", "concat"] = Field(description="quality (the paper's) | average | concat")
+    reliability_cues: bool = Field(description="the quality scorer also reads per-step damage cues (not in the paper)")
+    inputs: Literal["aligned", "encoder", "both"] = Field(
+        description="Stage-I projections | standardized encoder features | both concatenated")
+    pearson_loss_weight: float = Field(ge=0, description="loss = MSE + this x (1 - Pearson) (0: the paper's MSE)")
+    ema_decay: float = Field(gt=0, lt=1, description="EMA of the weights (validated and saved)")
+    device: Literal["auto", "cpu", "cuda"] = Field(description="auto | cpu | cuda (CPU runs are bit-reproducible)")
+    ablation_workers: int = Field(ge=1, description="processes training ablation cells side by side (each gets "
+                                                    "cores / workers threads)")
+    augment: AugmentParams = Field(description="corruption-aware training (not in the paper)")
+    batch_size: int = Field(ge=1, description="clips per batch")
+    weight_decay: float = Field(ge=0, description="AdamW weight decay")
+    schedule: ScheduleParams = Field(description="SGDR schedule")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> Stage2Params:
@@ -297,75 +312,85 @@ class Stage2Params(Strict):
         return self
 
 
+# ----------------------------------------------------------------------------- evaluation, tracking, orchestration
 class RobustnessParams(Strict):
     """Damage applied to the validation clips for the robustness table (each at its own rate of clips)."""
 
-    rate: float = Field(ge=0, le=1)
-    occlusion_box: tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the frame
-    noise_snr_db: float
-    mixed_rate: float = Field(ge=0, le=1)  # the mixed condition: this fraction of clips, one random damage each
+    rate: float = Field(ge=0, le=1, description="share of validation clips damaged in each single-damage condition")
+    occlusion_box: tuple[float, float, float, float] = Field(
+        description="occluded face: box x0, y0, x1, y1 as fractions of the frame")
+    noise_snr_db: float = Field(description="noisy audio: SNR (dB)")
+    mixed_rate: float = Field(ge=0, le=1, description="the mixed condition: share of clips, one random damage each")
 
 
 class EvaluateParams(Strict):
-    splits: tuple[Literal["train", "valid", "test"], ...] = Field(min_length=1)
-    robustness: RobustnessParams
-    ceiling_alpha: float = Field(gt=0)  # ridge penalty of the oracle regressor on the rendered latents
-    # Stage-II trainings per ablation cell and robustness model (seed i = seed + i; i = 0 is the stage2 model):
-    # the tables show mean +- sd over them
-    seeds: int = Field(ge=1)
-    # ridge penalties the linear probes choose from by leave-one-out on train (the ablation's linear-probe row,
-    # the per-modality probe table of rendered controls)
-    probe_alphas: tuple[Annotated[float, Field(gt=0)], ...] = Field(min_length=1)
-    # a test clip no prediction reached (unreadable): `mean` submits the mean training label, `drop` leaves its row
-    # out; either way the report lists it with the reason, and more than data.max_error_fraction of them fail
-    unreadable_test: Literal["mean", "drop"]
+    """What evaluate scores and how the evidence over seeds is gathered."""
+
+    splits: tuple[Literal["train", "valid", "test"], ...] = Field(min_length=1, description="splits scored")
+    robustness: RobustnessParams = Field(description="the robustness conditions")
+    ceiling_alpha: float = Field(gt=0, description="ridge penalty of the oracle on the rendered controls")
+    seeds: int = Field(ge=1, description="Stage-II trainings per ablation cell (seed + i); tables show mean +- sd")
+    probe_alphas: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        min_length=1, description="ridge penalties the linear probes choose from (leave-one-out on train)")
+    unreadable_test: Literal["mean", "drop"] = Field(
+        description="a test clip without a prediction: mean training label | no row")
 
 
 class TrackingParams(Strict):
     """MLflow: where runs go (MLFLOW_TRACKING_URI overrides the uri) and when a new model becomes champion."""
 
-    uri: str
-    experiment: str
-    registered_model: str
-    metric: str
-    promote: Literal["better", "always", "never"]
-    min_delta: float = Field(ge=0)
+    uri: str = Field(description="MLflow tracking store")
+    experiment: str = Field(description="MLflow experiment")
+    registered_model: str = Field(description="name in the model registry")
+    metric: str = Field(description="what 'better' means for promotion to champion")
+    promote: Literal["better", "always", "never"] = Field(description="better | always | never")
+    min_delta: float = Field(ge=0, description="promote when the metric beats the champion's by more than this")
 
 
 class DaskParams(Strict):
-    address: str | None  # an existing cluster (tcp://host:8786); null starts a LocalCluster
-    n_workers: int = Field(ge=1)
-    threads_per_worker: int = Field(ge=1)
+    """The Dask cluster extraction fans out on."""
+
+    address: str | None = Field(description="an existing cluster (tcp://host:8786); null starts a LocalCluster")
+    n_workers: int = Field(ge=1, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(ge=1, description="LocalCluster threads per worker")
 
 
 class OrchestrationParams(Strict):
     """Prefect flow settings: retries for transient failures, where extraction fans out, how long a run waits for
     a busy checkout, whether stages sync with the DVC remote, and which stages run on other work pools."""
 
-    retries: int = Field(ge=0)
-    retry_delay_s: float = Field(ge=0)
-    extract_fanout: Literal["none", "dask"]
-    dask: DaskParams
-    lock_wait_s: float = Field(ge=0)
-    use_remote: bool
-    # stage -> the work pool that runs it (its `emi-stage/<pool>` deployment); a stage not listed runs in the flow's
-    # own process. Stages on a pool exchange outputs through the DVC remote, which they then need.
-    pools: dict[str, str]
-    pool_start_timeout_s: float = Field(gt=0)  # a stage no worker of its pool has started by then fails
+    retries: int = Field(ge=0, description="retries per stage task (transient failures)")
+    retry_delay_s: float = Field(ge=0, description="seconds between retries")
+    extract_fanout: Literal["none", "dask"] = Field(description="none | dask: extraction shards as Dask tasks")
+    dask: DaskParams = Field(description="the Dask cluster")
+    lock_wait_s: float = Field(ge=0, description="a second run on the same checkout waits this long")
+    use_remote: bool = Field(description="restore stages from the default DVC remote and push what ran")
+    pools: dict[str, str] = Field(description="stage -> work pool that runs it ({}: all in the flow's process)")
+    pool_start_timeout_s: float = Field(gt=0, description="a pooled stage no worker starts within this fails")
 
 
 class Params(Strict):
-    profile: str
-    seed: int
-    data: DataParams
-    download: DownloadParams
-    transcribe: TranscribeParams
-    extract: ExtractParams
-    stage1: Stage1Params
-    stage2: Stage2Params
-    evaluate: EvaluateParams
-    tracking: TrackingParams
-    orchestration: OrchestrationParams
+    """Everything a run reads."""
+
+    profile: str = Field(description="the profile these values were written from (provenance only)")
+    seed: int = Field(description="the seed every random stream derives from")
+    data: DataParams = Field(description="the clip contract every stage shares")
+    download: DownloadParams = Field(description="download: the dataset in the Hume-Vidmimic2 layout")
+    transcribe: TranscribeParams = Field(description="transcribe: speech to text")
+    extract: ExtractParams = Field(description="extract: encoder features")
+    stage1: Stage1Params = Field(description="stage1: contrastive alignment")
+    stage2: Stage2Params = Field(description="stage2: the fusion network (also ablate and augment)")
+    evaluate: EvaluateParams = Field(description="evaluate and ablate: scores, robustness, seeds")
+    tracking: TrackingParams = Field(description="MLflow tracking and the model registry")
+    orchestration: OrchestrationParams = Field(description="the Prefect flow")
+
+
+UNTRACKED: frozenset[str] = frozenset({
+    "profile", "download.workers", "extract.decode_workers", "tracking", "orchestration"})
+"""Keys (or sections) that cannot change an output: the profile the values came from, how many processes do the
+same work, where MLflow logs, how Prefect schedules. dvc.yaml does not track them, so changing one reruns nothing.
+(transcribe.workers and stage2.ablation_workers are tracked: they split the CPU threads among the workers, and float
+kernels round differently by thread count.)"""
 
 
 # ----------------------------------------------------------------------------- loading
@@ -416,6 +441,9 @@ def parse_override(item: str) -> dict[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r} must look like key.path=value")
+    if key.strip() == "profile":
+        raise ConfigError("profile is where params.yaml's values came from, not a value to set: pass --profile NAME, "
+                          "or write another profile's values with `emi params use NAME`")
     value = yaml.safe_load(raw) if raw.strip() else None
     node: dict[str, Any] = {}
     cursor = node
@@ -450,24 +478,28 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
-def _describe(exc: ValidationError, origins: list[tuple[str, dict[str, Any]]]) -> str:
+def _describe(exc: ValidationError, origins: list[tuple[str, dict[str, Any]]], hint: str) -> str:
     lines = []
+    missing = False
     for err in exc.errors():
         loc = tuple(err["loc"])
         dotted = ".".join(str(p) for p in loc) or "<top level>"
-        origin = next((name for name, layer in reversed(origins) if _has_path(layer, loc)), None)
+        origin = next((name for name, layer in reversed(origins) if _has_path(layer, loc)), origins[0][0])
         where = f"{origin}: " if origin else ""
         if err["type"] == "extra_forbidden":
             known = _known_keys(Params, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            hint = f" (did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))}?)" if close else ""
-            lines.append(f"{where}{dotted}: unknown key{hint}")
+            suggestion = f" (did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))}?)" if close else ""
+            lines.append(f"{where}{dotted}: unknown key{suggestion}")
         elif err["type"] == "missing":
+            missing = True
             lines.append(f"{where}{dotted}: required key is missing")
         else:
             got = err.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"  # a whole section says nothing more
             lines.append(f"{where}{dotted}: {err['msg']}{shown}")
+    if missing and hint:
+        lines.append(hint)
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
@@ -476,57 +508,36 @@ def load_params(
     overrides: list[str] | tuple[str, ...] = (),
     profile: str | None = None,
 ) -> Params:
-    """Parse ``params.yaml`` (optional) over its profile, plus dotted overrides, into ``Params``."""
-    user: dict[str, Any] = {}
-    user_name = "params"
-    if path is not None:
-        path = Path(path)
-        user_name = str(path)
-        user = _read_yaml(path)
+    """The configuration a run uses, parsed once into ``Params``: the values of ``params.yaml`` (every key:
+    ``emi params use`` writes the file), or with ``profile`` (or no path) the named profile's values; then
+    ``key.path=value`` overrides. Errors name the key, the file it came from and, for typos, the closest key."""
     override_layer: dict[str, Any] = {}
     for item in overrides:
         override_layer = deep_merge(override_layer, parse_override(item))
-    user = inherit_nulls(user)  # null in params.yaml: the profile's value (every key is listed, for `dvc exp run -S`)
-    chosen = profile or override_layer.get("profile") or user.get("profile") or "embedded"
-    if not isinstance(chosen, str):
-        raise ConfigError(f"{user_name}: profile must be a profile name, got {chosen!r}")
-    base = load_profile(chosen)
-    merged = deep_merge(deep_merge(base, user), override_layer)
-    merged["profile"] = chosen
-    origins = [
-        (f"profile {chosen!r} ({PROFILES_DIR / (chosen + '.yaml')})", base),
-        (user_name, user),
-        ("--set override", override_layer),
-    ]
+    if profile is not None or path is None:
+        name = profile or DEFAULT_PROFILE
+        base, origin = load_profile(name) | {"profile": name}, f"profile {name!r} ({PROFILES_DIR / (name + '.yaml')})"
+        hint = ""
+    else:
+        base, origin = _read_yaml(Path(path)), str(path)
+        hint = (f"{path} lacks keys a run reads: write the complete file with `emi params use "
+                f"{base.get('profile', DEFAULT_PROFILE)}` (your values: --set key=value)")
+    merged = deep_merge(base, override_layer)
     try:
         return Params.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origins)) from None
+        raise ConfigError(_describe(exc, [(origin, base), ("--set override", override_layer)], hint)) from None
 
 
-def inherit_nulls(layer: dict[str, Any]) -> dict[str, Any]:
-    """``layer`` without its null leaves (and the sections left empty): in params.yaml a null means "the profile's
-    value". params.yaml lists every key, so that DVC's plain ``dvc exp run -S stage2.width=64`` finds the key it
-    sets (Hydra refuses to set a key the file does not hold); a deliberate null over a profile's value goes through
-    ``--set`` instead."""
-    out: dict[str, Any] = {}
-    for key, value in layer.items():
-        if isinstance(value, dict):
-            inner = inherit_nulls(value)
-            if inner or not value:
-                out[key] = inner
-        elif value is not None:
-            out[key] = value
-    return out
-
-
-def params_template(model: type[BaseModel] = None) -> dict[str, Any]:  # type: ignore[assignment]
-    """Every key of the configuration with a null value (nested as the sections are), for params.yaml."""
-    model = model or Params
-    out: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
+def leaf_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the configuration, in the order params.yaml lists them."""
+    out: list[str] = []
+    for name, field in (model or Params).model_fields.items():
         kind = field.annotation
-        out[name] = params_template(kind) if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out += leaf_keys(kind, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
     return out
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from emi.config import UNTRACKED, leaf_keys
 from emi.paths import Layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,13 +156,58 @@ def test_dvc_yaml_paths_are_the_layout():
     assert not strays, f"dvc.yaml names paths outside emi.paths.Layout: {strays}"
 
 
-def test_each_stage_reads_its_own_params_section_and_the_shared_data_keys():
-    stages = dvc_stages()
+def params_read(name: str) -> set[str]:
+    """The config keys (or sections) the code of a stage reads: every ``params.<key path>`` in the modules of its
+    import closure, taken as long as it names a key or section (``params.extract.fps`` -> ``extract.fps``;
+    ``cfg = params.extract`` -> the whole ``extract`` section)."""
+    keys = set(leaf_keys())
+    known = keys | {".".join(k.split(".")[:i]) for k in keys for i in range(1, k.count(".") + 1)}
+    found = set()
+    for mod in closure(name):
+        tree = ast.parse(module_file(mod).read_text(encoding="utf-8"))
+        inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute) or id(node) in inner:
+                continue
+            parts, base = [], node
+            while isinstance(base, ast.Attribute):
+                parts.append(base.attr)
+                base = base.value
+            if isinstance(base, ast.Name) and base.id == "params":
+                parts.reverse()
+                named = [".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in known]
+                found.update(named[-1:])
+    return found
+
+
+def tracked_leaves(entries: list[str]) -> set[str]:
+    """Every leaf key the given keys/sections cover, without the untracked ones."""
+    def untracked(k: str) -> bool:
+        return any(k == u or k.startswith(u + ".") for u in UNTRACKED)
+
+    return {k for k in leaf_keys() for e in entries if (k == e or k.startswith(e + ".")) and not untracked(k)}
+
+
+def test_dvc_yaml_tracks_exactly_the_params_each_stage_reads():
+    """dvc.yaml's params (all in params.yaml) cover every key a stage's code reads, except the ones that cannot
+    change an output (emi.config.UNTRACKED), and nothing else: a change reruns the stages it affects, only those."""
+    wrong = {}
+    for stage, module in STAGE_MODULE.items():
+        listed = dvc_stages()[stage].get("params", [])
+        assert all(isinstance(p, str) for p in listed), f"{stage}: params come from params.yaml only"
+        assert not [p for p in listed if p not in set(leaf_keys()) | {".".join(k.split(".")[:i]) for k in
+                                                                      leaf_keys() for i in range(1, 4)}], stage
+        covered_now, needed = tracked_leaves(listed), tracked_leaves(sorted(params_read(module)))
+        if covered_now != needed:
+            wrong[stage] = {"missing": sorted(needed - covered_now), "needless": sorted(covered_now - needed)}
+    assert not wrong, f"dvc.yaml params differ from what the stages read: {wrong}"
+
+
+def test_untracked_keys_are_listed_by_no_stage():
     for stage in STAGES:
-        own = [p for p in stages[stage]["params"] if isinstance(p, str)]
-        section = {"ablate": "stage2", "augment": "stage2.augment"}.get(stage, stage)
-        assert section in own and "profile" in own, stage
-        assert "download" not in own or stage == "download", f"{stage} reads the download section"
+        for entry in dvc_stages()[stage].get("params", []):
+            assert not any(entry == u or entry.startswith(u + ".") or u.startswith(entry + ".") for u in UNTRACKED), (
+                f"{stage} tracks {entry}, which holds a key that cannot change an output (emi.config.UNTRACKED)")
 
 
 # ----------------------------------------------------------------------------- layering

@@ -61,7 +61,7 @@ def download(params: Params, out_dir: Path, report_dir: Path | None, show_progre
     staging = out_dir.with_name(out_dir.name + ".partial")
     rendered_now = None
     if cfg.source == "synthetic":
-        summary = generate(cfg.synthetic, params.seed, staging, show_progress=show_progress)
+        summary = generate(cfg.synthetic, params.seed, staging, cfg.workers, show_progress=show_progress)
         # how many clips this run rendered is a fact of the run, not of the data: it goes to the tracking run, and
         # _source.json (inside the DVC output) stays the same whether the clips were rendered now or resumed
         rendered_now = summary.pop("rendered_now")

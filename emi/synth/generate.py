@@ -157,8 +157,10 @@ def _render_job(args: tuple[ClipPlan, SyntheticParams, Path, Path]) -> dict:
     return facts
 
 
-def generate(params: SyntheticParams, seed: int, out_dir: Path, show_progress: bool = True) -> dict:
-    """Write the dataset into ``out_dir`` (resuming clips already rendered there for the same params). Returns its
+def generate(params: SyntheticParams, seed: int, out_dir: Path, workers: int = 1,
+             show_progress: bool = True) -> dict:
+    """Write the dataset into ``out_dir`` (resuming clips already rendered there for the same params), rendering in
+    ``workers`` processes (the bytes do not depend on how many). Returns its
     provenance (``n_clips``, ``fingerprint``: the same for the same params and seed) and ``rendered_now``, how many
     clips this run rendered (a fact of the run, not of the data)."""
     out_dir = Path(out_dir)
@@ -179,7 +181,7 @@ def generate(params: SyntheticParams, seed: int, out_dir: Path, show_progress: b
     plans = plan_dataset(params, seed)
     todo = [p for p in plans if not (receipt_dir / f"{p.id}.json").exists() or not (clip_dir / f"{p.id}.mp4").exists()]
     jobs = [(p, params, clip_dir / f"{p.id}.mp4", receipt_dir / f"{p.id}.json") for p in todo]
-    workers = min(params.workers, os.cpu_count() or 1, max(len(jobs), 1))
+    workers = min(workers, os.cpu_count() or 1, max(len(jobs), 1))
     with Progress(disable=not show_progress) as progress:
         task = progress.add_task(f"rendering {len(jobs)} clips", total=len(jobs))
         if workers > 1:

@@ -54,10 +54,10 @@ def test_clips_are_real_video_with_speech_track(tiny_dataset, tiny_params):
 
 @pytest.mark.slow  # ~5 s: three generator runs
 def test_same_seed_same_dataset_other_seed_differs(tmp_path, tiny_params):
-    syn = tiny_params.download.synthetic.model_copy(update={"n_clips": 4, "workers": 1})
+    syn = tiny_params.download.synthetic.model_copy(update={"n_clips": 4})
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     generate(syn, 7, a, show_progress=False)
-    generate(syn.model_copy(update={"workers": 2}), 7, b, show_progress=False)
+    generate(syn, 7, b, workers=2, show_progress=False)
     generate(syn, 8, c, show_progress=False)
     for name in ("train_split.csv", "valid_split.csv", "test_split.csv", "_generator/latents.csv"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
@@ -68,7 +68,7 @@ def test_same_seed_same_dataset_other_seed_differs(tmp_path, tiny_params):
 
 @pytest.mark.slow  # ~5 s: three generator runs
 def test_resume_renders_only_missing_clips(tmp_path, tiny_params):
-    syn = tiny_params.download.synthetic.model_copy(update={"n_clips": 4, "workers": 1})
+    syn = tiny_params.download.synthetic.model_copy(update={"n_clips": 4})
     root = tmp_path / "d"
     assert generate(syn, 3, root, show_progress=False)["rendered_now"] == 4
     before = sha256_file(root / "raw" / "00000.mp4")
@@ -106,7 +106,7 @@ def test_corruption_fractions_follow_params():
 
 def test_missing_audio_clip_has_no_audio_stream(tmp_path, tiny_params):
     syn = SyntheticParams.model_validate({
-        **tiny_params.download.synthetic.model_dump(), "n_clips": 3, "workers": 1,
+        **tiny_params.download.synthetic.model_dump(), "n_clips": 3,
         "corruptions": {"occlusion": 0.0, "heavy_noise": 0.0, "muted_audio": 0.34, "missing_audio": 0.34}})
     root = tmp_path / "d"
     generate(syn, 5, root, show_progress=False)
