@@ -28,7 +28,7 @@ from emi.encoders.audio import load_audio  # noqa: E402
 from emi.encoders.base import packaged_path, resolve_device, resolve_dtype  # noqa: E402
 from emi.encoders.visual import load_visual  # noqa: E402
 from emi.train.fusion import load_model, predict, save_model, train_model  # noqa: E402
-from emi.train.loop import SequenceData  # noqa: E402
+from emi.data.sequences import SequenceData
 
 FAILED: list[str] = []
 

@@ -14,7 +14,8 @@ from emi.config import Params
 from emi.data.dataset import list_clips
 from emi.encoders.base import resolve_device, resolve_dtype
 from emi.encoders.visual import load_visual
-from emi.featurize import decode_clip, encode_frames
+from emi.features.decode import decode_clip
+from emi.features.encode import encode_frames
 
 
 @dataclass

@@ -205,7 +205,7 @@ def augment(
 ) -> None:
     """Damaged copies (occluded face, audio noise, missing audio, missing transcript) of stage2.augment.fraction of
     the training clips, for corruption-aware Stage II training; validation and test clips are never copied."""
-    from emi.augmentation import AugmentError
+    from emi.train.augmentation import AugmentError
     from emi.stages.augment import augment as run_augment
 
     params = _load(params_path, profile, overrides)
@@ -271,9 +271,9 @@ def evaluate_cmd(
     progress: ProgressOpt = True,
 ) -> None:
     """Metrics (+ ceiling), robustness table, report, ABAW submission; then the registry decision."""
-    from emi.robustness import RobustnessError
+    from emi.evaluation.robustness import RobustnessError
     from emi.stages.evaluate import EvaluateError, evaluate
-    from emi.submission import SubmissionError
+    from emi.evaluation.submission import SubmissionError
 
     params = _load(params_path, profile, overrides)
     with _fails_with(EvaluateError, RobustnessError, SubmissionError, *_stage_errors()):

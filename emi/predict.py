@@ -21,7 +21,7 @@ import pandas as pd
 from emi.config import EMOTIONS, MODALITIES, Params
 from emi.data.dataset import Clip
 from emi.data.media import probe
-from emi.submission import submission
+from emi.evaluation.submission import submission
 from emi.utils import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Predictor:
         """A row (``COLUMNS``) per clip id; a clip that fails to transcribe or decode gets an error row."""
         from emi.encoders.asr import transcribe_clip
         from emi.train.fusion import prediction_frame
-        from emi.train.loop import SequenceData
+        from emi.data.sequences import SequenceData
         from emi.train.projection import aligned_inputs
 
         p = self.params

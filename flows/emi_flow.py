@@ -1,6 +1,6 @@
 """Prefect flow ``emi``: one task per DVC stage of dvc.yaml (wiring only; the logic lives in ``emi``).
 
-Each task runs ``dvc repro --single-item <stage>`` in the checkout (``emi.orchestrate``), so DVC decides what is
+Each task runs ``dvc repro --single-item <stage>`` in the checkout (``emi.orchestration.dvc``), so DVC decides what is
 stale, runs the stage's ``emi`` command and records dvc.lock and its cache: after a flow run ``dvc status`` is
 clean and ``dvc repro`` does nothing. With a default DVC remote, a task restores a stage DVC has seen before from
 the remote's run-cache instead of running it, and pushes what it produced. Extraction fans out first: one task
@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from emi.config import Params, load_params
-from emi.orchestrate import DvcPipeline, PipelineError, apply_overrides, check_pools, pipeline_lock, run_on_pool
+from emi.orchestration.dvc import DvcPipeline, PipelineError, apply_overrides, check_pools, pipeline_lock, run_on_pool
 from emi.paths import Layout
 from emi.report.markdown import md_table
 
@@ -47,7 +47,7 @@ def stage_task(params: Params, stage: str, remote: bool) -> dict:
 
 @task(name="extract-shard")
 def extract_shard_task(params: Params, paths: Layout, shard: int) -> int:
-    from emi.stages.extract import plan_extract, run_shard
+    from emi.features.extraction import plan_extract, run_shard
 
     plan = plan_extract(params, paths.raw, paths.transcripts_table, paths.features)
     return run_shard(plan, shard) if shard in plan.shards_to_run else 0
@@ -56,7 +56,7 @@ def extract_shard_task(params: Params, paths: Layout, shard: int) -> int:
 @flow(name="emi-extract-shards", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def extract_shards(params: Params, paths: Layout) -> dict:
     """The extraction shards DVC's extract stage will need, one task per shard (Dask when asked)."""
-    from emi.stages.extract import plan_extract
+    from emi.features.extraction import plan_extract
 
     plan = plan_extract(params, paths.raw, paths.transcripts_table, paths.features)
     futures = extract_shard_task.map(unmapped(params), unmapped(paths), plan.shards_to_run)

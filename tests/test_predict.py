@@ -61,7 +61,7 @@ def test_video_without_audio_predicts_with_audio_weight_zero(pipeline, tmp_path)
     assert row["weight_A"] == 0 and row["weight_T"] == 0  # no audio, so no speech either
     assert row["weight_V"] == pytest.approx(1)
     assert np.isfinite(row[list(EMOTIONS)].to_numpy(float)).all()
-    # the notes name each unusable modality with its status (the wording of emi.featurize.Features.notes)
+    # the notes name each unusable modality with its status (the wording of emi.features.featurize.Features.notes)
     assert "no usable audio" in row["warning"] and "audio (no_audio)" in row["warning"]
 
 

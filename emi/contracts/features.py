@@ -11,7 +11,7 @@ import pandas as pd
 from emi.config import MODALITIES
 from emi.contracts.report import Problem, ValidationReport, expectation_row, run_suite, write_report
 from emi.data.dataset import split_ids
-from emi.data.store import load_shard, shard_path
+from emi.features.store import load_shard, shard_path
 
 
 def feature_table(out_dir: Path) -> tuple[pd.DataFrame, dict]:

@@ -13,7 +13,7 @@ from emi.encoders.base import EncoderError, resolve_device, resolve_dtype
 from emi.encoders.text import TEXT_FACTORIES, load_text
 from emi.encoders.tuning import load_block_state
 from emi.encoders.visual import VISUAL_FACTORIES, load_visual
-from emi.featurize import Featurizer
+from emi.features.featurize import Featurizer
 
 log = logging.getLogger(__name__)
 

@@ -196,7 +196,7 @@ class FerEncoder:
     @staticmethod
     def expression_logits(features: np.ndarray) -> np.ndarray:
         """The 7 expression logits of ``encode``'s features (its last columns): the reliability cue
-        ``expression_confidence`` (``emi.cues``) is their max softmax."""
+        ``expression_confidence`` (``emi.features.cues``) is their max softmax."""
         return features[:, -N_EXPRESSIONS:]
 
 

@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 
 from emi.config import EMOTIONS, MODALITY_KEYS, Params
-from emi.metrics import mean_sd, paired_difference
-from emi.probes import LINEAR_PROBE as PROBE, linear_probe
+from emi.evaluation.seeds import mean_sd, paired_difference
+from emi.evaluation.probes import LINEAR_PROBE as PROBE, linear_probe
 from emi.report.markdown import ablation_markdown
 from emi.tracking import runs
 from emi.tracking.runs import tracked
@@ -42,7 +42,7 @@ def _ablation_job(job: tuple) -> dict:
     return {**scores, "seconds": round(time.perf_counter() - start, 1), "reused": reuse is not None}
 
 
-def summarize(runs: pd.DataFrame, full: tuple[str, str, str]) -> pd.DataFrame:
+def ablation_table(runs: pd.DataFrame, full: tuple[str, str, str]) -> pd.DataFrame:
     """One row per cell: mean over seeds of every score, sd of the mean Pearson and MSE, and the difference to the
     ``full`` cell's mean Pearson, paired by seed (mean, sd, whether it exceeds ``SIGNIFICANT_SD`` sds)."""
     keys = ["modalities", "fusion", "inputs"]
@@ -116,7 +116,7 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
     rows += [{"modalities": "+".join(MODALITY_KEYS.values()), "fusion": PROBE, "inputs": base.inputs, "seed": k,
               **probe, "seconds": seconds if k == 0 else 0.0, "reused": False} for k in range(params.evaluate.seeds)]
     runs_table = pd.DataFrame(rows)
-    table = summarize(runs_table, ("V+A+T", base.fusion, base.inputs))
+    table = ablation_table(runs_table, ("V+A+T", base.fusion, base.inputs))
     runs.log_metrics({f"{r['modalities']}/{r['fusion']}/{r['inputs']}/seconds".replace("+", ""): r["seconds"]
                       for r in table.to_dict(orient="records")})
     results = table.drop(columns=["seconds"])  # DVC outputs hold results, not timings: same inputs, same bytes

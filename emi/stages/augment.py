@@ -1,5 +1,5 @@
 """``emi augment``: damaged copies of a share of the training clips for corruption-aware Stage II training
-(``emi.augmentation``), projected by the frozen Stage-I model into ``augmented.npz``, with ``copies.csv`` naming
+(``emi.train.augmentation``), projected by the frozen Stage-I model into ``augmented.npz``, with ``copies.csv`` naming
 each copy's source clip and damage. Validation and test clips are never copied."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from emi.augmentation import AugmentError, assemble, copies_table, plan_copies, plan_shards, run_all
+from emi.train.augmentation import AugmentError, assemble, copies_table, plan_copies, plan_shards, run_all
 from emi.config import Params
 from emi.data.dataset import list_clips, read_labels, split_ids, transcript_texts
 from emi.encoders.registry import load_featurizer
@@ -51,7 +51,7 @@ def augment(params: Params, raw_dir: Path, transcripts: Path, alignment_path: Pa
     texts = transcript_texts(transcripts)
     plan = plan_shards(params, copies, clips, texts, work_dir(out_dir), alignment_path)
     with Progress(disable=not show_progress) as progress:
-        task = progress.add_task("augment", total=sum(len(plan.shards[i]) for i in plan.todo))
+        task = progress.add_task("augment", total=sum(len(plan.shards[i]) for i in plan.shards_to_run))
         done_now = run_all(plan, lambda: load_featurizer(params.extract, params.data,
                                                          tuned=load_tuned_encoders(alignment_path)),
                            clips, texts, a, params.seed, lambda n: progress.advance(task, n))

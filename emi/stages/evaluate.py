@@ -2,7 +2,7 @@
 
 - metrics: the saved Stage-II model re-run on the aligned features (this proves the saved file), per-dimension and
   mean Pearson and MSE per labelled split, next to the oracle ceiling of the embedded dataset;
-- robustness (``emi.robustness``): the same models on validation clips decoded again and damaged;
+- robustness (``emi.evaluation.robustness``): the same models on validation clips decoded again and damaged;
 - the ABAW submission file for the test ids, DVC plot data, figures and ``report.md``;
 - last, once every output is written: the model registered in MLflow and the promotion decision.
 """
@@ -20,20 +20,21 @@ import pandas as pd
 
 from emi.config import EMOTIONS, Params, Stage2Params
 from emi.data.dataset import list_clips, split_ids, transcript_texts
-from emi.data.store import data_fingerprint, skipped_clips
+from emi.features.store import data_fingerprint, skipped_clips
 from emi.encoders.registry import load_featurizer
-from emi.metrics import ceiling, rendered_controls, scores
+from emi.evaluation.ceiling import ceiling, rendered_controls
+from emi.metrics import scores
 from emi.paths import Layout
 from emi.report import plots
 from emi.report.markdown import registry_markdown, report_markdown, robustness_markdown
-from emi.probes import LINEAR_PROBE, PROBE_COLUMNS, control_probes
-from emi.robustness import DAMAGED_MODALITY, FUSIONS, MIXED, robustness, summarize
-from emi.submission import submission
+from emi.evaluation.probes import LINEAR_PROBE, PROBE_COLUMNS, control_probes
+from emi.evaluation.robustness import DAMAGED_MODALITY, COMPARED_FUSIONS, MIXED, robustness, robustness_table
+from emi.evaluation.submission import submission
 from emi.tracking.registry import publish
 from emi.tracking.runs import tracked
 from emi.train.projection import load_tuned_encoders
 from emi.train.fusion import load_fusion, predict, split_data, train_model, variant_name, with_copies
-from emi.train.loop import SequenceData
+from emi.data.sequences import SequenceData
 from emi.utils import finite, fingerprint, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def _seed_models(params: Params, layout: Layout, model, saved: Stage2Params, par
     """Quality and average fusion per training seed i < ``evaluate.seeds`` (seed ``seed + i``) for the robustness
     comparison: quality i = 0 is the saved Stage-II model; the others are the ablation stage's V+A+T cells
     (``models/ablation``), else trained here with the saved model's settings (they differ in fusion and seed)."""
-    models: dict[str, list] = {fusion: [] for fusion in FUSIONS}
+    models: dict[str, list] = {fusion: [] for fusion in COMPARED_FUSIONS}
     sources = []
     for i in range(params.evaluate.seeds):
         for fusion in models:
@@ -206,7 +207,7 @@ def evaluate(params: Params, layout: Layout, register: bool = True, show_progres
     measured = robustness(featurizer, params.evaluate.robustness, params.seed, valid,
                           [by_id[i] for i in valid.ids], transcript_texts(layout.transcripts_table), alignment_path,
                           models, batch, show_progress)
-    rob, mixed = summarize(measured)
+    rob, mixed = robustness_table(measured)
     # the saved model's clean re-decoded predictions (NaN when its fusion is not one the comparison runs)
     same = measured.predictions.get(f"clean/{saved.fusion}/0")
     clean_diff = float(np.abs(same[list(EMOTIONS)].to_numpy() - preds["valid"]).max()) if same is not None and len(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from emi.config import Params
-from emi.data.store import features_fingerprint
+from emi.features.store import features_fingerprint
 from emi.paths import ALIGNED_FILE, ALIGNMENT_FILE, CHECKPOINT_FILE, work_dir
 from emi.tracking.runs import tracked
 from emi.train.alignment import REENCODED_DIR, save_alignment, train_alignment

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from emi.config import Params, Stage1Params
-from emi.data.store import load_features
+from emi.features.store import load_features
 from emi.model import AlignmentModel, clip_pool
-from emi.train.loop import (SequenceData, load_checkpoint, restore_rng, rng_state, save_checkpoint,
-                            seed_everything, sgdr)
+from emi.data.sequences import SequenceData
+from emi.train.loop import load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything, sgdr
 from emi.utils import fingerprint
 
 log = logging.getLogger(__name__)

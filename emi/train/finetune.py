@@ -19,13 +19,14 @@ import torch
 from emi.config import Params
 from emi.data.dataset import list_clips
 from emi.data.media import AUDIO_SAMPLE_RATE
-from emi.data.store import Ragged
+from emi.data.sequences import Ragged
 from emi.encoders.base import resolve_device, resolve_dtype
 from emi.encoders.registry import encoder_spec, load_encoders
 from emi.encoders.tuning import block_state, load_block_state, tunable_blocks, under
-from emi.featurize import Decoded, Featurizer, usable_wave
+from emi.features.decode import Decoded
+from emi.features.featurize import Featurizer, usable_wave
 from emi.model import AlignmentModel
-from emi.train.loop import SequenceData
+from emi.data.sequences import SequenceData
 
 
 class FinetuneError(RuntimeError):

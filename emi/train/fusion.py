@@ -21,8 +21,9 @@ from emi.metrics import scores
 from emi.model import EMIFusionModel, emi_loss
 from emi.paths import COPY_SEPARATOR
 from emi.train.projection import load_aligned
-from emi.train.loop import (SequenceData, batch_cues, ema_of, load_checkpoint, modality_dropout, restore_rng,
-                            rng_state, save_checkpoint, seed_everything, sgdr)
+from emi.data.sequences import SequenceData, batch_cues
+from emi.train.loop import (ema_of, load_checkpoint, modality_dropout, restore_rng, rng_state, save_checkpoint,
+                            seed_everything, sgdr)
 from emi.utils import fingerprint
 
 log = logging.getLogger(__name__)

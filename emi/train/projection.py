@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from emi.config import MODALITIES, MODALITY_KEYS, Stage1Params
-from emi.data.store import Joined, Ragged
+from emi.data.sequences import Joined, Ragged
 from emi.model import AlignmentModel
-from emi.train.loop import SequenceData
+from emi.data.sequences import SequenceData
 from emi.utils import atomic_path
 
 
@@ -33,7 +33,7 @@ def project_clip(model: AlignmentModel, norm: dict, v: np.ndarray, a: np.ndarray
 
 
 VIEWS = ("aligned", "encoder")
-CUE_MODALITIES = ("visual", "audio")  # the modalities with per-step reliability cues (emi.cues.CUES)
+CUE_MODALITIES = ("visual", "audio")  # the modalities with per-step reliability cues (emi.features.cues.CUES)
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same inputs give the same bytes
 
 

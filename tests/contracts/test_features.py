@@ -9,7 +9,7 @@ from emi.config import MODALITIES
 from emi.contracts.features import feature_table, validate_features
 from emi.contracts.report import DataValidationError
 from emi.data.dataset import Clip
-from emi.data.store import INDEX_FILE, MANIFEST_FILE, build_index, pack, save_shard, shard_path
+from emi.features.store import INDEX_FILE, MANIFEST_FILE, build_index, pack, save_shard, shard_path
 from emi.utils import write_json, write_text
 
 DIMS = {"visual": 4, "audio": 3, "text": 2}

@@ -7,7 +7,7 @@ import torch
 from emi.config import EncoderSpec
 from emi.encoders.audio import Wav2Vec2Encoder, load_audio
 from emi.encoders.base import EncoderError
-from emi.featurize import pool_to_grid
+from emi.features.encode import pool_to_grid
 from tests.conftest import tiny
 
 CPU = torch.device("cpu")
@@ -42,6 +42,6 @@ def test_random_wav2vec2_gives_50hz_states_of_its_dim():
 
 
 def test_pooling_averages_the_states_inside_each_step():
-    # emi.featurize.pool_to_grid: how the audio encoders' 50 Hz states meet the visual grid
+    # emi.features.featurize.pool_to_grid: how the audio encoders' 50 Hz states meet the visual grid
     states = np.arange(10, dtype=np.float32)[:, None]  # 10 states at 50 Hz = two 0.1 s steps at 10 fps
     np.testing.assert_allclose(pool_to_grid(states, 50, 10, 2).ravel(), [2.0, 7.0])

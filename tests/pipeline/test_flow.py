@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from emi.config import load_params
-from emi.orchestrate import DvcPipeline, apply_overrides
+from emi.orchestration.dvc import DvcPipeline, apply_overrides
 from tests.conftest import REPO, clone_working_tree
 
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -97,7 +97,7 @@ def recipe(checkout: Path, api: str, *args: str) -> str:
 
 
 def outcomes(worker_log: str) -> dict[str, list[str]]:
-    """stage -> what each task said DVC did with it, in order (emi.orchestrate.StageRun.summary)."""
+    """stage -> what each task said DVC did with it, in order (emi.orchestration.dvc.StageRun.summary)."""
     out: dict[str, list[str]] = {}
     for stage, what in re.findall(r"stage '(\w+)': (ran its command|restored from DVC's run-cache|up to date)",
                                   worker_log):
@@ -209,7 +209,7 @@ def test_a_pooled_stage_without_a_deployment_or_a_worker_fails_naming_the_pool(t
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from emi.orchestrate import PipelineError, run_on_pool
+    from emi.orchestration.dvc import PipelineError, run_on_pool
 
     checkout = clone(tmp_path / "idle", None)
     env = {**clone_env(checkout), "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(checkout / ".prefect"),
@@ -246,7 +246,7 @@ def test_two_runs_on_one_checkout_take_turns(tmp_path, prefect_api):
 def test_dask_fanout_leaves_every_shard_finished_for_the_dvc_stage(tiny_dataset, tmp_path):
     from prefect.testing.utilities import prefect_test_harness
 
-    from emi.data.store import load_features
+    from emi.features.store import load_features
     from emi.paths import Layout
     from emi.stages.extract import extract
     from flows.emi_flow import dask_runner, extract_shards

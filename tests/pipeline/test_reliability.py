@@ -20,7 +20,7 @@ from emi.config import SPLIT_HEADER, load_params
 from emi.contracts.report import DataValidationError
 from emi.data.dataset import read_transcripts
 from emi.data.media import write_mp4
-from emi.data.store import load_features
+from emi.features.store import load_features
 from emi.paths import Layout
 from emi.stages.download import download
 from emi.stages.evaluate import evaluate

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from emi.config import EMOTIONS
-from emi.stages.ablate import PROBE, ablation, summarize
+from emi.stages.ablate import PROBE, ablation, ablation_table
 from emi.stages.stage2 import stage2
 from tests.conftest import tiny
 
@@ -22,7 +22,7 @@ def test_cells_are_mean_sd_over_seeds_with_the_paired_difference_to_the_full_mod
             rows.append(dict(zip(("modalities", "fusion", "inputs"), cell), seed=k, pearson_mean=v, mse=0.05 + k / 100,
                              **{f"pearson_{e}": v for e in EMOTIONS}, seconds=1.0, reused=cell[0] == "V+A+T" and k == 0
                              and cell[1] == "quality"))
-    table = summarize(pd.DataFrame(rows), ("V+A+T", "quality", "both")).set_index(["modalities", "fusion"])
+    table = ablation_table(pd.DataFrame(rows), ("V+A+T", "quality", "both")).set_index(["modalities", "fusion"])
     full, v, avg, probe = (table.loc[k] for k in [("V+A+T", "quality"), ("V", "quality"), ("V+A+T", "average"),
                                                   ("V+A+T", PROBE)])
     assert full["pearson_mean"] == pytest.approx(0.61) and full["pearson_mean_sd"] == pytest.approx(0.01)
@@ -33,7 +33,7 @@ def test_cells_are_mean_sd_over_seeds_with_the_paired_difference_to_the_full_mod
     # the probe has no seed: its sd is 0 and its difference's sd is the full model's
     assert probe["pearson_mean_sd"] == 0 and probe["diff_vs_full_sd"] == pytest.approx(0.01)
     assert probe["diff_vs_full"] == pytest.approx(-0.03) and probe["exceeds_2sd"]
-    one = summarize(pd.DataFrame([r for r in rows if r["seed"] == 0]), ("V+A+T", "quality", "both"))
+    one = ablation_table(pd.DataFrame([r for r in rows if r["seed"] == 0]), ("V+A+T", "quality", "both"))
     assert one["pearson_mean_sd"].isna().all() and not one["exceeds_2sd"].any() and math.isnan(
         one["diff_vs_full_sd"].iloc[1])
 

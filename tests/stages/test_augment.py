@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emi.augmentation import plan_copies
-from emi.config import AUGMENT_KINDS
+from emi.train.augmentation import plan_copies
+from emi.config import DAMAGE_KINDS
 from emi.data.dataset import split_ids
 from emi.paths import AUGMENTED_FILE, COPIES_FILE, COPY_SEPARATOR
 from emi.stages.augment import augment
@@ -22,7 +22,7 @@ def test_the_plan_copies_a_seeded_share_of_training_clips_with_one_damage_each()
     assert plan == plan_copies(ids, a, seed=7)  # deterministic for a seed
     assert plan != plan_copies(ids, a, seed=8)
     assert len(plan) == 20 and len({c.source for c in plan}) == 20 and {c.source for c in plan} <= set(ids)
-    assert all(c.kind in AUGMENT_KINDS and c.id == f"{c.source}{COPY_SEPARATOR}{c.kind}" for c in plan)
+    assert all(c.kind in DAMAGE_KINDS and c.id == f"{c.source}{COPY_SEPARATOR}{c.kind}" for c in plan)
     low, high = a.noise_snr_db
     assert all((low <= c.snr_db <= high) if c.kind == "noisy_audio" else c.snr_db is None for c in plan)
     assert plan_copies(ids, tiny("stage2.augment.fraction=0").stage2.augment, seed=7) == []

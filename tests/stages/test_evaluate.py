@@ -12,7 +12,7 @@ import torch
 
 from emi.config import EMOTIONS
 from emi.paths import Layout
-from emi.robustness import CONDITIONS, FUSIONS
+from emi.evaluation.robustness import CONDITIONS, COMPARED_FUSIONS
 from emi.stages.evaluate import EvaluateError, evaluate
 from emi.train.fusion import dims_of, save_model, split_data, train_model, variant_name, with_copies
 from emi.utils import fingerprint
@@ -77,7 +77,7 @@ def test_plot_data_and_figures(run):
     assert list(scatter.columns) == ["id", "split", "emotion", "true", "predicted"]
     weights = pd.read_csv(run.reports / "plots" / "weights.csv")
     assert list(weights.columns) == ["condition", "fusion", "modality", "weight"]
-    assert len(weights) == len(CONDITIONS) * len(FUSIONS) * 3
+    assert len(weights) == len(CONDITIONS) * len(COMPARED_FUSIONS) * 3
     for name in ("per_dimension", "scatter", "weights"):
         png = run.reports / "figures" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -107,7 +107,7 @@ def test_probe_table_and_per_seed_robustness_rows(run):
     assert {"face_smile", "face_brow_raise", "pitch", "rate"} <= set(probe["control"])
     assert (probe[["V", "A", "T", "VAT"]].to_numpy() <= 1).all()
     seeds = pd.read_csv(run.reports / "robustness_seeds.csv")
-    assert len(seeds) == len(CONDITIONS) * len(FUSIONS) * run.params.evaluate.seeds
+    assert len(seeds) == len(CONDITIONS) * len(COMPARED_FUSIONS) * run.params.evaluate.seeds
     mixed = seeds[(seeds.condition == "mixed")]
     assert (mixed["n_damaged"] == round(run.params.evaluate.robustness.mixed_rate * mixed["n"])).all()
     robust = json.loads((run.reports / "robustness.json").read_text())

@@ -12,7 +12,7 @@ import pytest
 
 from emi.contracts.report import DataValidationError
 from emi.data.media import grid_steps, write_mp4
-from emi.data.store import load_features
+from emi.features.store import load_features
 from emi.paths import work_dir
 from emi.stages.extract import extract
 from tests.conftest import EMI, tiny, transcripts_from_script

@@ -10,7 +10,7 @@ from emi.config import load_params
 from emi.model import AlignmentModel
 from emi.train.alignment import Alignment, _pair_masks, _train_epoch, _valid_loss, feature_norm, retrieval, save_alignment
 from emi.train.projection import aligned_inputs, compose, load_aligned, load_alignment, project_clip, write_aligned
-from emi.train.loop import SequenceData
+from emi.data.sequences import SequenceData
 
 DIMS = {"V": 12, "A": 10, "T": 8}
 
@@ -130,7 +130,7 @@ def test_load_aligned_splits_the_sequences_back_per_clip(tmp_path):
 def test_aligned_file_is_written_clip_by_clip_and_read_back_lazily(tmp_path):
     """The streamed aligned.npz holds what projecting every clip gives, np.load reads it, the same inputs give
     the same bytes, and load_aligned reads clips from the file on demand."""
-    from emi.data.store import Joined, Ragged
+    from emi.data.sequences import Joined, Ragged
     from emi.train.projection import load_aligned, project_clip
 
     data = features(n=6)

@@ -7,15 +7,15 @@ import torch
 
 from emi.config import MODALITIES, load_params
 from emi.data.dataset import list_clips, transcript_texts
-from emi.data.store import load_features
+from emi.features.store import load_features
 from emi.encoders.base import EncoderError
 from emi.encoders.registry import load_encoders
-from emi.featurize import Featurizer
+from emi.features.featurize import Featurizer
 from emi.stages.extract import extract
 from emi.stages.stage1 import stage1
 from emi.train.alignment import Stage1Error
 from emi.train.projection import aligned_inputs, load_aligned, load_alignment, load_tuned_encoders
-from emi.train.loop import SequenceData
+from emi.data.sequences import SequenceData
 from tests.conftest import transcripts_from_script
 
 pytestmark = pytest.mark.slow  # real encoders, extract and Stage I training in every test

@@ -12,7 +12,7 @@ from emi.train.alignment import feature_norm
 from emi.train.projection import write_aligned
 from emi.train.fusion import (dims_of, evaluate, load_fusion, load_model, predict, prediction_frame,
                               prediction_table, save_model, split_data, train_model)
-from emi.train.loop import SequenceData
+from emi.data.sequences import SequenceData
 from tests.conftest import tiny
 
 DIMS = {"V": 12, "A": 10, "T": 8}
@@ -147,7 +147,7 @@ def test_a_cue_model_refuses_features_without_cues(trained):
 def occlusion_clips(n: int, seed: int, occluded: np.ndarray) -> SequenceData:
     """Clips whose V features tell the labels precisely and A features poorly, except that an occluded clip's V
     features are another face's (the same distribution, so h_V alone cannot tell): only its visual cue
-    (dark_fraction, the last of emi.cues.VISUAL_CUES) says that the face is covered."""
+    (dark_fraction, the last of emi.features.cues.VISUAL_CUES) says that the face is covered."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(4, 7, n)
     z = rng.standard_normal((n, 6)).astype(np.float32)

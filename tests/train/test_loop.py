@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from emi.config import load_params
-from emi.train.loop import (SequenceData, batch_cues, ema_of, load_checkpoint, restore_rng, rng_state, save_checkpoint,
-                            seed_everything, sgdr)
+from emi.data.sequences import SequenceData, batch_cues
+from emi.train.loop import ema_of, load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything, sgdr
 
 
 def test_sgdr_schedule_matches_the_paper():

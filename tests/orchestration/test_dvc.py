@@ -1,4 +1,4 @@
-"""``emi.orchestrate`` on real DVC repositories (git + dvc init + a one-line stage): what ``dvc repro`` did, the
+"""``emi.orchestration.dvc`` on real DVC repositories (git + dvc init + a one-line stage): what ``dvc repro`` did, the
 checkout lock, waiting for DVC's own lock, params overrides written the way ``dvc exp run -S`` writes them."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from emi.orchestrate import (DvcPipeline, PipelineError, apply_overrides, check_pools, outcome_of, pipeline_lock,
-                             pool_deployment)
+from emi.orchestration.dvc import (DvcPipeline, PipelineError, apply_overrides, check_pools, outcome_of, pipeline_lock,
+                                   pool_deployment)
 
 DVC = str(Path(sys.executable).parent / "dvc")
 

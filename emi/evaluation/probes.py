@@ -14,7 +14,7 @@ import pandas as pd
 
 from emi.config import MODALITY_KEYS
 from emi.metrics import scores
-from emi.train.loop import SequenceData
+from emi.data.sequences import SequenceData
 
 KEYS = tuple(MODALITY_KEYS.values())  # V, A, T: the columns of SequenceData.mask
 LINEAR_PROBE = "linear probe"

@@ -7,18 +7,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emi.config import SIGNIFICANT_SD, load_params
-from emi.featurize import Damage
-from emi.metrics import loss_avoided, mean_sd, paired_difference
-from emi.robustness import (CONDITIONS, DAMAGED_MODALITY, DAMAGES, FUSIONS, MIXED, Robustness,
-                             damage_plan, damaged_rows, damages, drop_damaged, masked, mixed_damage, summarize)
-from emi.train.loop import SequenceData
+from emi.config import DAMAGE_KINDS, SIGNIFICANT_SD, load_params
+from emi.features.damage import DAMAGED_MODALITY, Damage
+from emi.evaluation.seeds import loss_avoided, mean_sd, paired_difference
+from emi.evaluation.robustness import (CONDITIONS, COMPARED_FUSIONS, MIXED, Robustness, damage_plan, damaged_rows, damages,
+                                       drop_damaged, masked, mixed_damage, robustness_table)
+from emi.data.sequences import SequenceData
 
 
 def test_damages_break_the_modality_they_name():
     r = load_params(None, profile="tiny").evaluate.robustness
     kinds = damages(r)
-    assert tuple(kinds) == DAMAGES and CONDITIONS == ("clean", *DAMAGES, MIXED)
+    assert tuple(kinds) == DAMAGE_KINDS and CONDITIONS == ("clean", *DAMAGE_KINDS, MIXED)
     assert kinds["occluded_face"] == Damage(occlusion_box=tuple(r.occlusion_box))
     assert kinds["noisy_audio"] == Damage(noise_snr_db=r.noise_snr_db)
     touched = {"V": "visual", "A": "audio", "T": "text"}
@@ -30,7 +30,7 @@ def test_damages_break_the_modality_they_name():
 def test_mixed_condition_gives_round_rate_n_clips_one_seeded_random_damage_each():
     plan = mixed_damage(60, 0.3, seed=7)
     assert len(plan) == 18 and list(plan) == sorted(plan) and all(0 <= i < 60 for i in plan)
-    assert set(plan.values()) <= set(DAMAGES) and len(set(plan.values())) > 1  # one kind per clip, kinds vary
+    assert set(plan.values()) <= set(DAMAGE_KINDS) and len(set(plan.values())) > 1  # one kind per clip, kinds vary
     assert plan == mixed_damage(60, 0.3, seed=7) and plan != mixed_damage(60, 0.3, seed=8)
     assert len(mixed_damage(7, 0.3, seed=7)) == 2 and mixed_damage(10, 0.0, seed=7) == {}
     r = load_params(None, profile="tiny", overrides=["evaluate.robustness.rate=0.5",
@@ -38,7 +38,7 @@ def test_mixed_condition_gives_round_rate_n_clips_one_seeded_random_damage_each(
     full = damage_plan(r, 10, seed=3)
     assert tuple(full) == CONDITIONS and full["clean"] == {} and full[MIXED] == mixed_damage(10, 0.3, 3)
     rows = damaged_rows(10, 0.5, 3).tolist()
-    assert all(full[kind] == dict.fromkeys(rows, kind) for kind in DAMAGES)  # the all-clips conditions as before
+    assert all(full[kind] == dict.fromkeys(rows, kind) for kind in DAMAGE_KINDS)  # the all-clips conditions as before
 
 
 def test_drop_damaged_marks_only_the_damaged_modality_of_the_damaged_clips_missing():
@@ -68,7 +68,7 @@ def _runs(deltas: dict[tuple[str, str], list[float]]) -> Robustness:
 
 
 def test_summary_is_mean_sd_over_seeds_loss_avoided_and_a_2sd_mark():
-    table, per_kind = summarize(_runs({
+    table, per_kind = robustness_table(_runs({
         ("clean", "quality"): [0, 0, 0], ("clean", "average"): [0, 0, 0],
         ("mixed", "quality"): [-0.02, -0.03, -0.04], ("mixed", "average"): [-0.08, -0.09, -0.10],
         ("noisy_audio", "quality"): [-0.01, 0.00, 0.01], ("noisy_audio", "average"): [0.01, 0.00, 0.02],
@@ -121,8 +121,8 @@ def test_damaged_rows_are_the_same_seeded_subset_for_every_condition():
 def test_robustness_table_covers_every_condition_and_fusion(tiny_pipeline):
     run = tiny_pipeline
     table = pd.read_csv(run.reports / "robustness.csv")
-    assert {(c, f) for c in CONDITIONS for f in FUSIONS} == set(zip(table.condition, table.fusion))
-    assert len(table) == len(CONDITIONS) * len(FUSIONS)
+    assert {(c, f) for c in CONDITIONS for f in COMPARED_FUSIONS} == set(zip(table.condition, table.fusion))
+    assert len(table) == len(CONDITIONS) * len(COMPARED_FUSIONS)
     assert np.isfinite(table[["pearson_mean", "mse", "weight_V", "weight_A", "weight_T"]].to_numpy()).all()
     t = table.set_index(["condition", "fusion"])
     assert t.loc[("missing_audio", "quality"), "weight_A"] == 0.0  # masked: its weight is exactly 0

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from emi.config import EMOTIONS, SPLIT_HEADER
-from emi.submission import SubmissionError, submission
+from emi.evaluation.submission import SubmissionError, submission
 
 
 def test_rows_follow_the_split_order_with_the_abaw_header_and_values_clipped():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from emi.cues import AUDIO_CUES, VISUAL_CUES, audio_cues, softmax_confidence, visual_cues
+from emi.features.cues import AUDIO_CUES, VISUAL_CUES, audio_cues, softmax_confidence, visual_cues
 from emi.data.media import AUDIO_SAMPLE_RATE
 
 V = {name: k for k, name in enumerate(VISUAL_CUES)}

@@ -13,21 +13,23 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
-from emi.config import EMOTIONS, MODALITIES, RobustnessParams
+from emi.config import DAMAGE_KINDS, EMOTIONS, MODALITIES, RobustnessParams
 from emi.data.dataset import Clip
-from emi.featurize import OK, Damage, Featurizer
-from emi.metrics import loss_avoided, mean_sd, paired_difference, scores
+from emi.features.decode import OK
+from emi.features.damage import DAMAGED_MODALITY, Damage, damage_of
+from emi.features.featurize import Featurizer
+from emi.evaluation.seeds import loss_avoided, mean_sd, paired_difference
+from emi.metrics import scores
 from emi.model import EMIFusionModel
 from emi.train.projection import aligned_inputs, load_alignment
 from emi.train.fusion import prediction_frame
-from emi.train.loop import SequenceData
+from emi.data.sequences import SequenceData
 
-DAMAGES = ("occluded_face", "noisy_audio", "missing_audio", "missing_text")
-"""The damage kinds; each is also a condition applied to ``rate`` of the clips."""
 MIXED = "mixed"
-CONDITIONS = ("clean", *DAMAGES, MIXED)
-DAMAGED_MODALITY = {"occluded_face": "V", "noisy_audio": "A", "missing_audio": "A", "missing_text": "T"}
-FUSIONS = ("quality", "average")
+CONDITIONS = ("clean", *DAMAGE_KINDS, MIXED)
+"""Each damage kind is also a condition applied to ``rate`` of the clips."""
+COMPARED_FUSIONS = ("quality", "average")
+"""The fusions the robustness table compares (the paper's and the plain mean)."""
 DROPPED = "dropped"
 """Prediction key suffix: the condition with each damaged clip's damaged modality marked unavailable."""
 
@@ -37,10 +39,8 @@ class RobustnessError(RuntimeError):
 
 
 def damages(r: RobustnessParams) -> dict[str, Damage]:
-    """Each damage kind, as the featurize path applies it."""
-    return {"occluded_face": Damage(occlusion_box=tuple(r.occlusion_box)),
-            "noisy_audio": Damage(noise_snr_db=r.noise_snr_db), "missing_audio": Damage(drop_audio=True),
-            "missing_text": Damage(drop_text=True)}
+    """Each damage kind, as the featurize path applies it, with the robustness conditions' box and SNR."""
+    return {kind: damage_of(kind, r.occlusion_box, r.noise_snr_db) for kind in DAMAGE_KINDS}
 
 
 def damaged_rows(n: int, rate: float, seed: int) -> np.ndarray:
@@ -51,19 +51,19 @@ def damaged_rows(n: int, rate: float, seed: int) -> np.ndarray:
 
 def mixed_damage(n: int, rate: float, seed: int) -> dict[int, str]:
     """The mixed condition: round(rate * n) clips chosen by the seed, each with one damage kind drawn (uniformly,
-    by the same seed) from ``DAMAGES``; row -> kind, in row order."""
+    by the same seed) from ``DAMAGE_KINDS``; row -> kind, in row order."""
     rng = np.random.default_rng(seed)
     k = round(rate * n)
     rows = np.sort(rng.choice(n, size=k, replace=False)) if k else np.zeros(0, int)
-    kinds = rng.choice(len(DAMAGES), size=k)
-    return {int(row): DAMAGES[kind] for row, kind in zip(rows, kinds)}
+    kinds = rng.choice(len(DAMAGE_KINDS), size=k)
+    return {int(row): DAMAGE_KINDS[kind] for row, kind in zip(rows, kinds)}
 
 
 def damage_plan(r: RobustnessParams, n: int, seed: int) -> dict[str, dict[int, str]]:
     """Per condition, which of ``n`` clips get which damage kind: none under ``clean``; each kind on the same
     ``damaged_rows(n, r.rate, seed)``; ``mixed_damage(n, r.mixed_rate, seed)`` under ``mixed``."""
     rows = damaged_rows(n, r.rate, seed).tolist()
-    return {"clean": {}, **{kind: dict.fromkeys(rows, kind) for kind in DAMAGES},
+    return {"clean": {}, **{kind: dict.fromkeys(rows, kind) for kind in DAMAGE_KINDS},
             MIXED: mixed_damage(n, r.mixed_rate, seed)}
 
 
@@ -220,7 +220,7 @@ def robustness(featurizer: Featurizer, r: RobustnessParams, seed: int, valid: Se
                      "n_damaged": len(plan[name]), "n": len(clips)})
         if name == MIXED:
             clean = predictions[("clean", fusion, k)]
-            for kind in DAMAGES:
+            for kind in DAMAGE_KINDS:
                 hit = [i for i, kd in sorted(plan[name].items()) if kd == kind]
                 col = f"weight_{DAMAGED_MODALITY[kind]}"
                 mixed.append({"damage": kind, "modality": DAMAGED_MODALITY[kind], "masked": masked(kinds[kind]),
@@ -239,7 +239,7 @@ SUMMED = ("pearson_mean", "delta_pearson", "mse", "weight_V", "weight_A", "weigh
 KIND_SUMMED = ("weight_clean", "weight_damaged", "delta_pearson_kind", "delta_pearson_kind_dropped")
 
 
-def summarize(result: Robustness) -> tuple[pd.DataFrame, pd.DataFrame]:
+def robustness_table(result: Robustness) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean and sd over the training seeds: the condition x fusion table (``<value>`` and ``<value>_sd``, plus per
     damaged condition, on the quality rows, ``loss_avoided`` from the mean deltas (None: average fusion's loss is
     none or within its seed noise), the paired quality - average
@@ -254,7 +254,7 @@ def summarize(result: Robustness) -> tuple[pd.DataFrame, pd.DataFrame]:
     table["quality_minus_average_sd"], table["exceeds_2sd"] = np.nan, False
     for name in CONDITIONS[1:]:
         per = {f: runs[(runs.condition == name) & (runs.fusion == f)].sort_values("seed")["delta_pearson"]
-               for f in FUSIONS}
+               for f in COMPARED_FUSIONS}
         at = (table.condition == name) & (table.fusion == "quality")
         if any(len(v) == 0 for v in per.values()) or not at.any():
             continue

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from emi.config import EMOTIONS
-from emi.metrics import rendered_controls
-from emi.probes import PROBE_COLUMNS, clip_means, control_probes, linear_probe
-from emi.train.loop import SequenceData
+from emi.evaluation.ceiling import rendered_controls
+from emi.evaluation.probes import PROBE_COLUMNS, clip_means, control_probes, linear_probe
+from emi.data.sequences import SequenceData
 
 ALPHAS = (0.1, 1.0, 10.0, 100.0)
 

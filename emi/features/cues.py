@@ -2,7 +2,7 @@
 
 The scorer of eqs. 7-8 sees only what a modality says (h_m); these cues tell it whether the signal behind h_m is
 damaged: a covered face, a frame without a face, silence, noise. Every cue lies in [0, 1], one row per 5 fps step
-(the rows of the modality's features), computed by ``emi.featurize`` from what the encoders see, so extract,
+(the rows of the modality's features), computed by ``emi.features.featurize`` from what the encoders see, so extract,
 augment, robustness and predict all get the same numbers. A missing modality's cues are zeros (it is masked).
 
 visual (``VISUAL_CUES``), per frame the visual encoder sees (the face crop when ``extract.face_crop``):

@@ -8,8 +8,8 @@ import pytest
 
 from emi.config import MODALITIES
 from emi.data.dataset import Clip
-from emi.data.store import (INDEX_FILE, MANIFEST_FILE, build_index, data_fingerprint, features_fingerprint,
-                            load_features, load_shard, pack, remove_leftovers, save_shard, shard_done, shard_path)
+from emi.features.store import (INDEX_FILE, MANIFEST_FILE, ShardSet, data_fingerprint, features_fingerprint,
+                                load_features, load_shard, pack, remove_leftovers, save_shard, shard_done, shard_path)
 from emi.utils import write_json, write_text
 
 DIMS = {"visual": 4, "audio": 3, "text": 2}
@@ -35,7 +35,8 @@ def write_store(out: Path, shards: list[list[tuple[str, str, int, str]]], cues: 
             save_shard(paths[m][i], f"key-{m}-{i}", pack(ids, arrays, status[m], [""] * len(shard),
                                                          c if m != "text" else None), {"modality": m})
         clip_shards.append([Clip(c[0], c[1], out / "raw" / f"{c[0]}.mp4") for c in shard])
-    index = build_index(clip_shards, paths)
+    keys = [{m: f"key-{m}-{i}" for m in MODALITIES} for i in range(len(shards))]
+    index = ShardSet(out, clip_shards, keys, paths, {m: [] for m in MODALITIES}).index()
     write_text(out / INDEX_FILE, index.to_csv(index=False))
     write_json(out / MANIFEST_FILE, {"fps": 5, "dims": DIMS, "encoders": [{"role": "extract.visual"}]})
     return expected
@@ -120,7 +121,7 @@ def test_fingerprints_follow_the_receipts_and_the_split_files(tmp_path):
 
 def test_features_stay_in_the_shards_until_a_clip_is_read(tmp_path):
     """What makes a 12,660-clip training run hold one batch: the loaded set keeps file positions, not arrays."""
-    from emi.data.store import Joined, Ragged, npz_arrays, take
+    from emi.data.sequences import Joined, Ragged, npz_arrays, take
 
     expected = write_store(tmp_path, [[("00001", "train", 3, "ok"), ("00002", "train", 2, "ok")],
                                       [("00003", "valid", 4, "ok")]])
@@ -139,20 +140,6 @@ def test_features_stay_in_the_shards_until_a_clip_is_read(tmp_path):
     assert both[1].shape == (2, DIMS["visual"] + DIMS["audio"])
     np.testing.assert_array_equal(take(both, [1])[0][:, 4:], expected["00002"][1])
     assert take([np.ones(1), np.zeros(1)], [1])[0].tolist() == [0.0]  # plain lists stay lists
-
-
-def test_chained_sequences_read_each_part_in_turn_and_pick_views_of_them():
-    from emi.data.store import Chained, Picked, take
-
-    a = [np.full((2, 3), i, np.float32) for i in range(3)]
-    b = [np.full((4, 3), 10 + i, np.float32) for i in range(2)]
-    chain = Chained([a, b])
-    assert len(chain) == 5 and [x[0, 0] for x in chain] == [0, 1, 2, 10, 11]
-    with pytest.raises(IndexError):
-        chain[5]
-    picked = take(chain, [4, 0, 3])
-    assert isinstance(picked, Picked) and [x[0, 0] for x in picked] == [11, 0, 10]
-    assert [x[0, 0] for x in take(picked, [2, 0])] == [10, 11]
 
 
 def test_reliability_cues_are_stored_beside_the_features_and_read_back_per_clip(tmp_path):

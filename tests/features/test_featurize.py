@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 
 from emi.config import MODALITIES, load_params
-from emi.cues import AUDIO_CUES, VISUAL_CUES
+from emi.features.cues import AUDIO_CUES, VISUAL_CUES
 from emi.data.dataset import Clip, list_clips, split_ids, transcript_texts
-from emi.data.store import load_features
+from emi.features.store import load_features
 from emi.encoders.base import resolve_device, resolve_dtype
 from emi.encoders.registry import load_encoders
-from emi.featurize import FaceCropper, Featurizer, decode_clip
-from emi.robustness import DAMAGES, condition_features, damaged_rows, damages, mixed_damage
+from emi.features.decode import FaceCropper, decode_clip
+from emi.features.featurize import Featurizer
+from emi.config import DAMAGE_KINDS
+from emi.evaluation.robustness import condition_features, damaged_rows, damages, mixed_damage
 from emi.stages.extract import extract
 from tests.conftest import transcripts_from_script
 
@@ -29,7 +31,7 @@ def test_fast_damage_path_matches_clip_features(tiny_dataset, tmp_path):
     kinds = damages(params.evaluate.robustness)
     rows = damaged_rows(len(clips), 0.5, params.seed)
     assert 0 < len(rows) < len(clips)
-    plan = {"clean": {}, **{kind: dict.fromkeys(rows.tolist(), kind) for kind in DAMAGES}}
+    plan = {"clean": {}, **{kind: dict.fromkeys(rows.tolist(), kind) for kind in DAMAGE_KINDS}}
     # chunks of 2 clips: the per-condition noise stream must run on across chunks as it does over one call
     fast = condition_features(featurizer, clips, texts, kinds, plan, params.seed, chunk_size=2)
     clean = featurizer(clips, texts, rng=np.random.default_rng(params.seed))
@@ -142,7 +144,7 @@ def test_a_container_declaring_1000_fps_is_sampled_by_its_timestamps(tiny_datase
 
 def test_a_clip_over_max_steps_is_featurized_on_steps_spread_over_it(tiny_dataset, tmp_path):
     from emi.data.media import AUDIO_SAMPLE_RATE, step_times
-    from emi.featurize import grid_audio
+    from emi.features.decode import grid_audio
     from tests.conftest import concat_clip
 
     params = load_params(None, profile="tiny")
