@@ -11,15 +11,20 @@ export PATH := $(BIN):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run test setup system-packages dvc-remote lint clean
+.PHONY: run test test-fast setup system-packages dvc-remote lint clean
 
-## run: set up, then run the pipeline on the embedded default (dvc repro; a no-op when nothing changed)
+## run: set up, then run the pipeline (dvc repro; a no-op when nothing changed) and register its model in MLflow
 run: setup
 	dvc repro
+	emi registry register
 
 ## test: set up, then run the whole test suite (slow tests included, as in CI)
 test: setup
 	python -m pytest
+
+## test-fast: the unit tier (tests not marked slow)
+test-fast: setup
+	python -m pytest -m "not slow"
 
 ## setup: Debian packages (ffmpeg, espeak-ng) + virtualenv with the locked Python packages
 setup: system-packages $(STAMP) dvc-remote

@@ -30,7 +30,8 @@ validate_app = typer.Typer(help="Run a data-validation checkpoint on its own.", 
 app.add_typer(validate_app, name="validate")
 bench_app = typer.Typer(help="Benchmarks that print throughput ratios.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-registry_app = typer.Typer(help="The MLflow model registry (emi-fusion): compare versions.", no_args_is_help=True)
+registry_app = typer.Typer(help="The MLflow model registry (emi-fusion): register the pipeline's model, compare "
+                                "versions.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 console = Console(stderr=True)
 
@@ -88,7 +89,7 @@ def download(
 ) -> None:
     """Get the dataset into OUT (generate, copy/link a local copy, or download an archive) and validate it."""
     from emi.contracts.report import DataValidationError
-    from emi.stages.download import DownloadError
+    from emi.data.sources import DownloadError
     from emi.stages.download import download as run_download
 
     extra = list(overrides or [])
@@ -267,25 +268,21 @@ def evaluate_cmd(
     overrides: SetOpt = None,
     root: Annotated[Path, typer.Option(help="the folder holding data/, models/ and reports/ (the pipeline layout).")] = (
         LAYOUT.root),
-    register: Annotated[bool, typer.Option(help="register the model in MLflow and apply the promotion policy.")] = True,
     progress: ProgressOpt = True,
 ) -> None:
-    """Metrics (+ ceiling), robustness table, report, ABAW submission; then the registry decision."""
+    """Scores (+ ceiling), robustness table, probes, report, ABAW submission, the headline metrics.json. Trains and
+    registers nothing: `emi registry register` registers the model."""
     from emi.evaluation.robustness import RobustnessError
-    from emi.stages.evaluate import EvaluateError, evaluate
     from emi.evaluation.submission import SubmissionError
+    from emi.stages.evaluate import EvaluateError, evaluate
 
     params = _load(params_path, profile, overrides)
     with _fails_with(EvaluateError, RobustnessError, SubmissionError, *_stage_errors()):
-        result = evaluate(params, Layout(root), register=register, show_progress=progress)
+        result = evaluate(params, Layout(root), show_progress=progress)
     flat = result.flat_metrics()
     console.print(f"valid mean Pearson {flat.get('valid_pearson_mean', float('nan')):.4f}, test "
                   f"{flat.get('test_pearson_mean', float('nan')):.4f}; report: {result.paths['report']}",
                   highlight=False)
-    if result.registry:
-        decision = result.registry
-        console.print(f"registered {decision['model']} v{decision['version']} (challenger); champion: "
-                      f"v{decision['champion_version']} ({decision['reason']})", highlight=False)
 
 
 @app.command("predict")
@@ -412,6 +409,26 @@ def bench_scale_cmd(
     typer.echo("\n".join(scale_summary(runs, target)))
     if out is not None:
         write_json(out, {"profile": params.profile, "runs": [asdict(r) for r in runs]})
+
+
+@registry_app.command("register")
+def registry_register(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    root: Annotated[Path, typer.Option(help="the folder holding data/, models/ and reports/ (the pipeline layout).")] = (
+        LAYOUT.root),
+) -> None:
+    """Register the model the pipeline made (models/stage1 + models/stage2, with reports/metrics.json) in MLflow
+    and apply the promotion policy; the pipeline's last step. The same model files are registered once."""
+    from emi.tracking.registry import TrackingError, register_outputs
+
+    params = _load(params_path, profile, overrides)
+    with _fails_with(TrackingError):
+        decision = register_outputs(params, Layout(root))
+    what = "registered" if decision["new"] else "already registered:"
+    console.print(f"{what} {decision['model']} v{decision['version']}; champion: v{decision['champion_version']} "
+                  f"({decision['reason']})", highlight=False)
 
 
 @registry_app.command("compare")

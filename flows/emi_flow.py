@@ -24,9 +24,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from emi.config import Params, load_params
-from emi.orchestration.dvc import DvcPipeline, PipelineError, apply_overrides, check_pools, pipeline_lock, run_on_pool
+from emi.orchestration.dvc import DvcPipeline, PipelineError
+from emi.orchestration.lock import pipeline_lock
+from emi.orchestration.pools import check_pools, run_on_pool
+from emi.params_yaml import set_values, use
 from emi.paths import Layout
-from emi.report.markdown import md_table
+from emi.report.tables import md_table
 
 FANOUT_STAGE = "extract"
 
@@ -43,6 +46,17 @@ def stage_task(params: Params, stage: str, remote: bool) -> dict:
         create_markdown_artifact(key=f"validation-{stage}", markdown=report.read_text(encoding="utf-8"),
                                  description=f"{stage} validation")
     return {"outcome": run.outcome, "seconds": round(run.seconds, 2)}
+
+
+@task(name="register")
+def register_task(params: Params) -> dict:
+    """The pipeline's last step, outside every DVC output: the model into the MLflow registry (once per model)."""
+    from emi.tracking.registry import register_outputs
+
+    decision = register_outputs(params, Layout())
+    get_run_logger().info("%s %s v%s; champion v%s (%s)", "registered" if decision["new"] else "already registered:",
+                          decision["model"], decision["version"], decision["champion_version"], decision["reason"])
+    return {"outcome": f"v{decision['version']}" + (" (new)" if decision["new"] else ""), "seconds": ""}
 
 
 @task(name="extract-shard")
@@ -94,9 +108,10 @@ def run_stage(params: Params, pipeline: DvcPipeline, stage: str, remote: bool) -
 @flow(name="emi")
 def emi(profile: str | None = None, overrides: list[str] | None = None, stages: list[str] | None = None) -> dict:
     """The DVC pipeline of this checkout (the flow's working directory), stage by stage; ``stages`` picks a subset
-    (dvc.yaml's order is kept). ``profile`` / ``overrides`` (``key=value``) are written into params.yaml first,
-    as ``dvc exp run -S`` does, so DVC sees and records them. Stages ``orchestration.pools`` names run on those
-    work pools first and are then restored here from the DVC remote."""
+    (dvc.yaml's order is kept). ``profile`` / ``overrides`` (``key=value``) are written into params.yaml first
+    (``emi params use`` / ``emi params set``), so DVC sees and records them. Stages ``orchestration.pools`` names run
+    on those work pools first and are then restored here from the DVC remote. When the last stage is among those
+    run, the model is registered last (``emi registry register``: outside every DVC output)."""
     from emi.tracking import runs as tracking
 
     log = get_run_logger()
@@ -104,8 +119,8 @@ def emi(profile: str | None = None, overrides: list[str] | None = None, stages: 
     pipeline = DvcPipeline(Path.cwd(), logger=log)
     with pipeline_lock(pipeline.root, load_params("params.yaml").orchestration.lock_wait_s,
                        {"flow run": flow_run}, log):
-        apply_overrides(pipeline.root / "params.yaml", ([f"profile={profile}"] if profile else []) + (overrides or []))
-        params = load_params("params.yaml")
+        params_yaml = pipeline.root / "params.yaml"
+        params = use(profile, overrides or [], params_yaml) if profile else set_values(overrides or [], params_yaml)
         todo = pipeline.select(stages)
         remote = params.orchestration.use_remote and pipeline.has_remote()  # restore from it and push to it
         pools = params.orchestration.pools
@@ -123,6 +138,8 @@ def emi(profile: str | None = None, overrides: list[str] | None = None, stages: 
                         "parent_run": parent, "flow_run": flow_run}, params.orchestration.pool_start_timeout_s, log)
                 out.update(run_stage(params, pipeline, stage, remote))
                 tracking.tag_outputs(params, parent, pipeline.output_hashes().get(stage, {}), stage)
+            if todo[-1:] == pipeline.stages()[-1:]:  # the whole pipeline ran: its model goes to the registry
+                out["register"] = register_task(params)
         except BaseException:
             tracking.finish_pipeline(params, "FAILED", run_id=parent)
             raise

@@ -87,10 +87,9 @@ def tiny_aligned(tiny_features, tiny_dataset, tmp_path_factory):
 def tiny_pipeline(tiny_dataset, tmp_path_factory, mlflow_store):
     """The tiny pipeline run for real once (whisper ASR included), laid out under one root as
     ``emi.paths.Layout`` expects: data/raw (a copy of the tiny dataset), data/transcripts, data/features,
-    data/aligned, models/stage1, data/augmented, models/stage2, reports (ablation.md: V+A+T quality and average;
-    validation/),
-    then evaluated and registered as ``emi-fusion-test`` in the session's MLflow store. models/ablation is left
-    empty, so evaluate trains the average-fusion model itself. Read-only: copy or link it before changing it."""
+    data/aligned, models/stage1, data/augmented, models/stage2, models/ablation and reports (ablation.md: V+A+T
+    quality and average; validation/), then evaluated; ``registered`` is the registry's decision for it
+    (``emi-fusion-test`` in the session's MLflow store). Read-only: copy or link it before changing it."""
     from types import SimpleNamespace
 
     from emi.paths import Layout
@@ -101,6 +100,7 @@ def tiny_pipeline(tiny_dataset, tmp_path_factory, mlflow_store):
     from emi.stages.stage1 import stage1
     from emi.stages.stage2 import stage2
     from emi.stages.transcribe import transcribe
+    from emi.tracking.registry import register_outputs
 
     layout = Layout(tmp_path_factory.mktemp("pipeline"))
     params = load_params(None, profile="tiny", overrides=[f"tracking.uri={mlflow_store}",
@@ -112,10 +112,12 @@ def tiny_pipeline(tiny_dataset, tmp_path_factory, mlflow_store):
     augment(params, layout.raw, tr.table, layout.alignment_model, layout.augmented, show_progress=False)
     stage2(params, layout.aligned_file, layout.raw, layout.stage2, layout.augmented_file, show_progress=False)
     ablation(params, layout.aligned_file, layout.raw, layout.reports, modality_sets=("VAT",),
-             fusions=("quality", "average"), inputs=(params.stage2.inputs,), augmented=layout.augmented_file)
-    result = evaluate(params, layout, register=True, show_progress=False)
+             fusions=("quality", "average"), inputs=(params.stage2.inputs,), stage2_model=layout.fusion_model,
+             models_dir=layout.ablation_models, augmented=layout.augmented_file)
+    result = evaluate(params, layout, show_progress=False)
+    registered = register_outputs(params, layout)
     return SimpleNamespace(params=params, layout=layout, root=layout.root, raw=layout.raw, reports=layout.reports,
-                           result=result)
+                           result=result, registered=registered)
 
 
 def link_layout(src, dst_root: Path, *parts: str):

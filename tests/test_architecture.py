@@ -257,3 +257,42 @@ def test_the_modality_triple_and_the_split_names_are_defined_once():
                 if values in (["visual", "audio", "text"], ["V", "A", "T"], ["train", "valid", "test"]):
                     definitions.setdefault(tuple(values), []).append(path.relative_to(REPO).as_posix())
     assert all(len(v) == 1 for v in definitions.values()), definitions
+
+
+# ----------------------------------------------------------------------------- size
+STAGE_MODULE_LINES = 150
+FUNCTION_LINES = 80
+
+
+def test_stage_modules_stay_thin():
+    """A stage module parses its inputs, calls libraries and writes its outputs; logic lives in the libraries."""
+    long = {p.name: n for p in (PACKAGE / "stages").glob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > STAGE_MODULE_LINES}
+    assert not long, f"stage modules over {STAGE_MODULE_LINES} lines: {long}"
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = {}
+    for path in [*PACKAGE.rglob("*.py"), *(REPO / "flows").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                if (n := node.end_lineno - node.lineno + 1) > FUNCTION_LINES:
+                    long[f"{path.relative_to(REPO)}:{node.name}"] = n
+    assert not long, f"functions over {FUNCTION_LINES} lines: {long}"
+
+
+def test_no_two_top_level_names_of_the_package_mean_different_things():
+    """One name, one meaning: a class, function or constant is defined at module level in one module only
+    (private helpers and the stages' own result types aside)."""
+    seen: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "cli.py":  # its commands are named after the stages they run
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            names = ([node.name] if isinstance(node, ast.ClassDef | ast.FunctionDef) else
+                     [t.id for t in node.targets if isinstance(t, ast.Name)] if isinstance(node, ast.Assign) else [])
+            for name in names:
+                if not name.startswith("_") and name not in ("log", "app"):
+                    seen.setdefault(name, []).append(path.relative_to(REPO).as_posix())
+    twice = {k: v for k, v in seen.items() if len(v) > 1}
+    assert not twice, f"names defined in more than one module: {twice}"

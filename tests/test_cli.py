@@ -63,17 +63,26 @@ def test_help_lists_every_stage_and_every_dvc_stage_is_a_command():
         assert invoke(command, "--help").exit_code == 0, (name, command)
 
 
-def test_evaluate_takes_the_layout_root():
+def test_evaluate_takes_the_layout_root_and_registers_nothing():
     done = invoke("evaluate", "--help")
-    assert done.exit_code == 0 and "--root" in done.output and "--no-register" in done.output
+    assert done.exit_code == 0 and "--root" in done.output and "--register" not in done.output
     assert "--raw" not in done.output and "--models" not in done.output
+    assert invoke("registry", "register", "--help").exit_code == 0
 
 
-def test_evaluate_without_the_earlier_stages_is_a_one_line_error(tmp_path):
-    done = invoke("evaluate", "--profile", "tiny", "--root", str(tmp_path), "--no-register", "--no-progress")
+def test_evaluate_without_the_earlier_stages_is_a_one_line_error_naming_the_stage(tmp_path):
+    done = invoke("evaluate", "--profile", "tiny", "--root", str(tmp_path), "--no-progress")
     assert done.exit_code == 1 and "Traceback" not in done.output
     (line,) = [ln for ln in error_lines(done.output) if ln.startswith("error:")]
-    assert "models/stage2/model.pt: not found (run the earlier stages first)" in line
+    assert "models/stage1/alignment.pt: not found; the stage1 stage makes it (`emi stage1`" in line
+
+
+def test_register_without_a_pipeline_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    done = invoke("registry", "register", "--profile", "tiny", "--root", str(tmp_path))
+    assert done.exit_code == 1 and "Traceback" not in done.output
+    (line,) = [ln for ln in error_lines(done.output) if ln.startswith("error:")]
+    assert "alignment.pt: not found; run the pipeline first" in line
 
 
 def test_indivisible_transformer_width_is_a_one_line_message_from_the_console_script(tmp_path):

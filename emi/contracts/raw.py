@@ -51,16 +51,11 @@ def label_detail(raw: str, column: str) -> str:
     return f"{column} = {value:g} is outside [0, 1]"
 
 
-def validate_raw(raw_dir: Path, params: DataParams, report_dir: Path | None) -> ValidationReport:
-    """Check a dataset folder in the Hume-Vidmimic2 layout; write the report; never raise on bad data."""
-    import great_expectations as gx
-
-    raw_dir = Path(raw_dir)
-    fatal: list[str] = []
-    warnings: list[str] = []
+def split_table(raw_dir: Path, clip_ids: ClipIds, fatal: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Every row of every split file (split, CSV line, resolved id, id problem, labels), and the label cells as
+    written (for the report's wording); file-level problems go to ``fatal``."""
     frames: list[pd.DataFrame] = []
     raw_labels: dict[tuple[str, int], dict[str, str]] = {}
-    clip_ids = ClipIds(raw_dir)
     for split in SPLITS:
         path = split_path(raw_dir, split)
         if not path.is_file():
@@ -90,12 +85,14 @@ def validate_raw(raw_dir: Path, params: DataParams, report_dir: Path | None) -> 
         else:
             part[list(EMOTIONS)] = np.nan
         frames.append(part)
-
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["split", "row", "Filename", "id_problem", "labelled", *EMOTIONS])
     table["Filename"] = table["Filename"].replace("", None)
+    return table, raw_labels
 
-    # media facts for every listed id (each file probed once)
+
+def add_media_facts(table: pd.DataFrame, raw_dir: Path) -> pd.DataFrame:
+    """The media facts of every listed id (each file probed once): exists, readable, duration, fps, size, audio."""
     ids = sorted({f for f in table["Filename"].dropna()})
     with ThreadPoolExecutor(PROBE_THREADS) as pool:
         infos = dict(zip(ids, pool.map(lambda i: probe(clip_path(raw_dir, i)), ids)))
@@ -105,29 +102,45 @@ def validate_raw(raw_dir: Path, params: DataParams, report_dir: Path | None) -> 
     table["exists"] = table["exists"].fillna(False).astype(bool)
     table["readable"] = table["readable"].fillna(False).astype(bool)
     table["duration_s"] = pd.to_numeric(table["duration_s"], errors="coerce")
+    return table
 
-    problems: list[Problem] = []
-    results: list[dict] = []
-    if len(table):
-        E = gx.expectations
-        contract = [
-            E.ExpectColumnValuesToNotBeNull(column="Filename"),
-            E.ExpectColumnValuesToBeUnique(column="Filename"),
-            E.ExpectColumnValuesToBeInSet(column="exists", value_set=[True]),
-            E.ExpectColumnValuesToBeInSet(column="readable", value_set=[True]),
-            E.ExpectColumnValuesToBeBetween(column="duration_s", min_value=params.min_duration_s),
-        ]
-        results += run_suite("raw_clips", table, contract, INDEX_COLUMNS)
-        labelled = table[table["labelled"]].reset_index(drop=True)
-        if len(labelled):
-            label_contract = []
-            for e in EMOTIONS:
-                label_contract += [E.ExpectColumnValuesToNotBeNull(column=e),
-                                   E.ExpectColumnValuesToBeBetween(column=e, min_value=0.0, max_value=1.0)]
-            results += run_suite("raw_labels", labelled, label_contract, INDEX_COLUMNS)
-        problems = problems_from_results(results, table, raw_labels)
 
-    listed = set(ids)
+def run_contract(table: pd.DataFrame, raw_labels: dict, params: DataParams) -> tuple[list[dict], list[Problem]]:
+    """The Great Expectations suites over the rows (ids, files, durations) and the labelled rows (labels)."""
+    import great_expectations as gx
+
+    if not len(table):
+        return [], []
+    E = gx.expectations
+    contract = [
+        E.ExpectColumnValuesToNotBeNull(column="Filename"),
+        E.ExpectColumnValuesToBeUnique(column="Filename"),
+        E.ExpectColumnValuesToBeInSet(column="exists", value_set=[True]),
+        E.ExpectColumnValuesToBeInSet(column="readable", value_set=[True]),
+        E.ExpectColumnValuesToBeBetween(column="duration_s", min_value=params.min_duration_s),
+    ]
+    results = run_suite("raw_clips", table, contract, INDEX_COLUMNS)
+    labelled = table[table["labelled"]].reset_index(drop=True)
+    if len(labelled):
+        label_contract = []
+        for e in EMOTIONS:
+            label_contract += [E.ExpectColumnValuesToNotBeNull(column=e),
+                               E.ExpectColumnValuesToBeBetween(column=e, min_value=0.0, max_value=1.0)]
+        results += run_suite("raw_labels", labelled, label_contract, INDEX_COLUMNS)
+    return results, problems_from_results(results, table, raw_labels)
+
+
+def validate_raw(raw_dir: Path, params: DataParams, report_dir: Path | None) -> ValidationReport:
+    """Check a dataset folder in the Hume-Vidmimic2 layout; write the report; never raise on bad data."""
+    raw_dir = Path(raw_dir)
+    fatal: list[str] = []
+    warnings: list[str] = []
+    clip_ids = ClipIds(raw_dir)
+    table, raw_labels = split_table(raw_dir, clip_ids, fatal)
+    table = add_media_facts(table, raw_dir)
+    results, problems = run_contract(table, raw_labels, params)
+
+    listed = set(table["Filename"].dropna())
     clip_dir = raw_dir / CLIP_DIR
     orphans = [s for s in clip_ids.stems if s not in listed]
     if not clip_dir.is_dir():
@@ -145,16 +158,9 @@ def validate_raw(raw_dir: Path, params: DataParams, report_dir: Path | None) -> 
     n_rows = len(table)
     fraction = len(bad_rows) / n_rows if n_rows else 1.0
     report = ValidationReport(
-        stage="download",
-        passed=not fatal and fraction <= params.max_error_fraction,
-        n_rows=n_rows,
-        n_bad_rows=len(bad_rows),
-        error_fraction=round(fraction, 6),
-        max_error_fraction=params.max_error_fraction,
-        fatal=fatal,
-        problems=problems,
-        warnings=warnings,
-        expectations=[expectation_row(r) for r in results],
+        stage="download", passed=not fatal and fraction <= params.max_error_fraction, n_rows=n_rows,
+        n_bad_rows=len(bad_rows), error_fraction=round(fraction, 6), max_error_fraction=params.max_error_fraction,
+        fatal=fatal, problems=problems, warnings=warnings, expectations=[expectation_row(r) for r in results],
         facts=raw_facts(table, orphans),
     )
     if report_dir is not None:

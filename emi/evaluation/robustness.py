@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
-from emi.config import DAMAGE_KINDS, EMOTIONS, MODALITIES, RobustnessParams
+from emi.config import DAMAGE_KINDS, EMOTIONS, MODALITIES, RobustnessParams, Stage2Params
 from emi.data.dataset import Clip
 from emi.features.decode import OK
 from emi.features.damage import DAMAGED_MODALITY, Damage, damage_of
@@ -22,7 +22,7 @@ from emi.evaluation.seeds import loss_avoided, mean_sd, paired_difference
 from emi.metrics import scores
 from emi.model import EMIFusionModel
 from emi.train.projection import aligned_inputs, load_alignment
-from emi.train.fusion import prediction_frame
+from emi.train.fusion import load_fusion, prediction_frame, variant_name
 from emi.data.sequences import SequenceData
 
 MIXED = "mixed"
@@ -35,7 +35,8 @@ DROPPED = "dropped"
 
 
 class RobustnessError(RuntimeError):
-    """Validation clips that cannot be decoded again (the dataset changed since extract); the message names them."""
+    """Validation clips that cannot be decoded again (the dataset changed since extract), or a model the comparison
+    needs is missing; the message names them."""
 
 
 def damages(r: RobustnessParams) -> dict[str, Damage]:
@@ -57,6 +58,29 @@ def mixed_damage(n: int, rate: float, seed: int) -> dict[int, str]:
     rows = np.sort(rng.choice(n, size=k, replace=False)) if k else np.zeros(0, int)
     kinds = rng.choice(len(DAMAGE_KINDS), size=k)
     return {int(row): DAMAGE_KINDS[kind] for row, kind in zip(rows, kinds)}
+
+
+def seed_models(models_dir: Path, model: EMIFusionModel, saved: Stage2Params,
+                seeds: int) -> tuple[dict[str, list[tuple[EMIFusionModel, str]]], list[str]]:
+    """Per compared fusion, one (model, inputs) per training seed i < ``seeds``: the Stage-II model itself where it
+    is that fusion's seed 0, the ablation stage's models of the same modalities and inputs otherwise
+    (``models_dir``: ``variant_name(modalities, fusion, inputs, i)``), and where each came from. A missing one is an
+    error naming the stage that makes it: evaluation never trains."""
+    models: dict[str, list] = {fusion: [] for fusion in COMPARED_FUSIONS}
+    sources = []
+    for i in range(seeds):
+        for fusion in models:
+            if fusion == saved.fusion and i == 0:
+                models[fusion].append((model, saved.inputs))
+                continue
+            path = Path(models_dir) / f"{variant_name(''.join(saved.modalities), fusion, saved.inputs, i)}.pt"
+            if not path.is_file():
+                raise RobustnessError(f"{path}: not found; the ablation stage makes it (`emi ablate`, or "
+                                      f"`dvc repro ablate`)")
+            m, p = load_fusion(path)
+            models[fusion].append((m, p.inputs))
+            sources.append(f"{fusion} seed {i}: `{path}`")
+    return models, sources
 
 
 def damage_plan(r: RobustnessParams, n: int, seed: int) -> dict[str, dict[int, str]]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from emi.config import EMOTIONS, SPLIT_HEADER
+from emi.config import EMOTIONS, SPLIT_HEADER, Params
+from emi.features.store import skipped_clips
+from emi.utils import write_text
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +49,16 @@ def submission(test_ids: list[str], predicted: pd.DataFrame, fill: np.ndarray,
     table = pd.DataFrame(np.clip(values, 0, 1), columns=list(EMOTIONS))
     table.insert(0, "Filename", test_ids)
     return table[list(SPLIT_HEADER)], missing
+
+
+def write_submission(reports_dir: Path, test_ids: list[str], predicted: pd.DataFrame, fill: np.ndarray,
+                     params: Params, features_dir: Path) -> tuple[Path, dict]:
+    """``submission.csv`` (``submission`` under ``data.max_error_fraction`` and ``evaluate.unreadable_test``) and
+    what the report says of it: rows, test clips, the rule, and each unpredicted clip with the reason extraction
+    gave."""
+    table, unpredicted = submission(test_ids, predicted, fill, params.data.max_error_fraction,
+                                    params.evaluate.unreadable_test)
+    path = write_text(Path(reports_dir) / "submission.csv", table.to_csv(index=False, float_format="%.6f"))
+    reasons = skipped_clips(features_dir)
+    return path, {"rows": len(table), "test_clips": len(set(test_ids)), "rule": params.evaluate.unreadable_test,
+                  "unpredicted": {i: reasons.get(i, "not in the feature index") for i in unpredicted}}

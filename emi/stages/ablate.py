@@ -12,13 +12,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from emi.config import EMOTIONS, MODALITY_KEYS, Params
+from emi.config import EMOTIONS, Params
 from emi.evaluation.seeds import mean_sd, paired_difference
+from emi.model import FUSIONS
 from emi.evaluation.probes import LINEAR_PROBE as PROBE, linear_probe
-from emi.report.markdown import ablation_markdown
+from emi.report.ablation import ablation_markdown
 from emi.tracking import runs
 from emi.tracking.runs import tracked
-from emi.train.fusion import (ABLATION_MODALITIES, dims_of, evaluate, load_model, save_model, split_data,
+from emi.train.fusion import (ABLATION_MODALITIES, dims_of, score_model, load_model, save_model, split_data,
                               train_model, variant_name, with_copies)
 from emi.utils import finite, write_json, write_text
 
@@ -38,7 +39,7 @@ def _ablation_job(job: tuple) -> dict:
                                   log_epochs=False)
     if save_to is not None:
         save_model(save_to, model, p, dims_of(parts["train"]))
-    scores = evaluate(model, parts["valid"], p.batch_size)
+    scores = score_model(model, parts["valid"], p.batch_size)
     return {**scores, "seconds": round(time.perf_counter() - start, 1), "reused": reuse is not None}
 
 
@@ -69,22 +70,24 @@ def ablation_table(runs: pd.DataFrame, full: tuple[str, str, str]) -> pd.DataFra
 @tracked("ablate")
 def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
              modality_sets: tuple[str, ...] = ABLATION_MODALITIES,
-             fusions: tuple[str, ...] = ("quality", "average", "concat"),
+             fusions: tuple[str, ...] = FUSIONS,
              inputs: tuple[str, ...] = ("aligned", "encoder", "both"),
              stage2_model: Path | None = None, models_dir: Path | None = None,
              augmented: Path | None = None) -> pd.DataFrame:
-    """The paper's Table 3 grid: every modality subset with the configured fusion and inputs, then V+A+T with
-    each other fusion and each other Stage-II input (Stage-I aligned vs plain encoder features); each cell trained
-    with ``evaluate.seeds`` seeds (seed + i) and shown as mean ± sd; last, the linear-probe baseline row.
+    """The paper's Table 3 grid: every modality subset with the configured fusion and inputs, then the configured
+    modalities (V+A+T by default) with each other fusion and each other Stage-II input (Stage-I aligned vs plain
+    encoder features); each cell trained with ``evaluate.seeds`` seeds (seed + i) and shown as mean ± sd; last, the
+    linear-probe baseline row on the same modalities.
 
     The seed-0 cell that equals the Stage-II configuration reuses ``stage2_model`` (same params and seed: the same
-    model); ``models_dir`` keeps the other V+A+T models of every seed (``variant_name(..., i)``) for evaluate's
-    fusion comparison. Every cell trains on the training split plus its damaged copies (``augmented``), as Stage
+    model); ``models_dir`` keeps the other models of the configured modalities for every seed
+    (``variant_name(..., i)``): evaluate's fusion comparison reads them, and trains none itself. Every cell trains on the training split plus its damaged copies (``augmented``), as Stage
     II does. Cells train in ``stage2.ablation_workers`` processes."""
     base = params.stage2
     grid = [(m, base.fusion, base.inputs) for m in modality_sets]
-    grid += [("VAT", f, base.inputs) for f in fusions if f != base.fusion]
-    grid += [("VAT", base.fusion, i) for i in inputs if i != base.inputs]
+    full = "".join(base.modalities)
+    grid += [(full, f, base.inputs) for f in fusions if f != base.fusion]
+    grid += [(full, base.fusion, i) for i in inputs if i != base.inputs]
     cells = [(k, *cell) for k in range(params.evaluate.seeds) for cell in grid]
     workers = max(1, min(base.ablation_workers, len(cells)))
     threads = max(1, torch.get_num_threads() // workers)
@@ -92,7 +95,7 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
     for k, mods, fusion, inp in cells:
         p = base.model_copy(update={"modalities": tuple(mods), "fusion": fusion, "inputs": inp})
         same = k == 0 and stage2_model is not None and Path(stage2_model).is_file() and p == base
-        keep = models_dir is not None and mods == "VAT"
+        keep = models_dir is not None and mods == "".join(base.modalities)  # evaluate's robustness models
         save_to = Path(models_dir) / f"{variant_name(mods, fusion, inp, k)}.pt" if keep and not same else None
         jobs.append((p, params.seed + k, aligned, augmented, raw_dir, threads, stage2_model if same else None,
                      save_to))
@@ -109,14 +112,14 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
         log.info("ablation %s/%s/%s seed %d: valid mean Pearson %.4f", mods, fusion, inp, k, scores["pearson_mean"])
     start = time.perf_counter()
     parts = split_data(aligned, raw_dir, base.inputs)
-    probe = linear_probe(parts["train"], parts["valid"], params.evaluate.probe_alphas)
+    probe = linear_probe(parts["train"], parts["valid"], params.evaluate.probe_alphas, "".join(base.modalities))
     seconds = round(time.perf_counter() - start, 1)
     log.info("ablation linear probe: valid mean Pearson %.4f (%.1f s)", probe["pearson_mean"], seconds)
     # deterministic (no training seed): the same numbers next to every seed, so differences pair by seed
-    rows += [{"modalities": "+".join(MODALITY_KEYS.values()), "fusion": PROBE, "inputs": base.inputs, "seed": k,
+    rows += [{"modalities": "+".join(base.modalities), "fusion": PROBE, "inputs": base.inputs, "seed": k,
               **probe, "seconds": seconds if k == 0 else 0.0, "reused": False} for k in range(params.evaluate.seeds)]
     runs_table = pd.DataFrame(rows)
-    table = ablation_table(runs_table, ("V+A+T", base.fusion, base.inputs))
+    table = ablation_table(runs_table, ("+".join(base.modalities), base.fusion, base.inputs))
     runs.log_metrics({f"{r['modalities']}/{r['fusion']}/{r['inputs']}/seconds".replace("+", ""): r["seconds"]
                       for r in table.to_dict(orient="records")})
     results = table.drop(columns=["seconds"])  # DVC outputs hold results, not timings: same inputs, same bytes

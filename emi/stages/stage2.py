@@ -13,7 +13,7 @@ import pandas as pd
 from emi.config import Params
 from emi.paths import CHECKPOINT_FILE, FUSION_FILE, work_dir
 from emi.tracking.runs import tracked
-from emi.train.fusion import (Stage2Error, dims_of, evaluate, prediction_table, save_model, split_data,
+from emi.train.fusion import (Stage2Error, dims_of, score_model, prediction_table, save_model, split_data,
                               train_model, with_copies)
 from emi.utils import fingerprint, sha256_file, write_json, write_text
 
@@ -55,7 +55,7 @@ def stage2(params: Params, aligned: Path, raw_dir: Path, model_dir: Path, augmen
                            [sha256_file(f) for f in sorted(Path(raw_dir).glob("*_split.csv"))])
     model, history, ran = train_model(p, params.seed, train, parts["valid"],
                                       work_dir(model_dir) / CHECKPOINT_FILE, show_progress, data_key)
-    metrics = {f"valid_{k}": v for k, v in evaluate(model, parts["valid"], p.batch_size).items()} if len(
+    metrics = {f"valid_{k}": v for k, v in score_model(model, parts["valid"], p.batch_size).items()} if len(
         parts["valid"]) > 1 else {}
     metrics.update({"train_loss": history[-1]["train_loss"], "epochs": p.schedule.epochs,
                     "modalities": "".join(p.modalities), "fusion": p.fusion})

@@ -25,11 +25,14 @@ from mlflow.types import ColSpec, Schema
 
 from emi.config import EMOTIONS, Params
 from emi.tracking.runs import DATA_TAG, configure, finish_pipeline, log_metrics, numeric, param_key, stage_run
-from emi.utils import write_json
+from emi.features.store import data_fingerprint
+from emi.paths import Layout
+from emi.utils import fingerprint, sha256_file
 
 RUN_TAG = "emi.run_id"  # the run that logged the version (its metrics, params, artifacts)
 PIPELINE_RUN_TAG = "emi.pipeline_run_id"  # its parent: one pipeline (flow) run, with the DVC output hashes
 METRIC_TAG = "emi.metric."  # prefix: a version's metrics travel with it even if its run is deleted
+MODEL_TAG = "emi.model_files"  # fingerprint of the two weight files: the same model is registered once
 MODEL_CODE = Path(__file__).with_name("pyfunc.py")
 OUTPUT_COLUMNS = (*EMOTIONS, "weight_V", "weight_A", "weight_T")
 COMPARE_LIMIT = 6
@@ -264,14 +267,39 @@ def load_registered(params: Params | None, model_uri: str, dst_path: Path | None
     return {name: local / spec["path"] for name, spec in flavor["artifacts"].items()}
 
 
-def publish(params: Params, stage1_path: Path, stage2_path: Path, metrics: dict, data_fingerprint: str,
-            out: Path | None = None) -> dict:
-    """The pipeline's last step: register the model (nested run ``register``), apply the promotion policy,
-    end the parent run, and write the decision (``reports/registry.json``) for DVC and the report."""
-    with stage_run(params, "register", data_fingerprint):
-        decision = register_model(params, stage1_path, stage2_path, metrics, data_fingerprint)
+def _registered(client: MlflowClient, name: str, model_key: str):
+    """The version registered from these exact model files, if any."""
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tag.`{MODEL_TAG}` = '{model_key}'")
+    except MlflowException:  # no such registered model yet
+        return None
+    return min(found, key=lambda mv: int(mv.version)) if found else None
+
+
+def register_outputs(params: Params, layout: Layout) -> dict:
+    """The pipeline's last step, outside every DVC output: register the Stage-I + Stage-II model the pipeline made
+    (``layout``) with its headline metrics (``reports/metrics.json``) and data fingerprint, apply the promotion
+    policy, end the pipeline's parent run. Idempotent: model files already registered (same bytes) are not
+    registered again; the decision says which version they are."""
+    for path in (layout.alignment_model, layout.fusion_model, layout.reports / "metrics.json"):
+        if not path.is_file():
+            raise TrackingError(f"{path}: not found; run the pipeline first (`dvc repro`)")
+    t = params.tracking
+    client = configure(params)
+    model_key = fingerprint([sha256_file(layout.alignment_model), sha256_file(layout.fusion_model)])
+    data = data_fingerprint(layout.raw, layout.features)[0]
+    existing = _registered(client, t.registered_model, model_key)
+    if existing is not None:
+        champion = _champion(client, t.registered_model)
+        decision = {"version": str(existing.version), "promoted": False, "new": False,
+                    "champion_version": str(champion.version) if champion else None,
+                    "reason": "these model files are registered already"}
+    else:
+        metrics = {k: v for k, v in json.loads((layout.reports / "metrics.json").read_text()).items() if numeric(v)}
+        with stage_run(params, "register", data):
+            decision = register_model(params, layout.alignment_model, layout.fusion_model, metrics, data)
+        client.set_model_version_tag(t.registered_model, decision["version"], MODEL_TAG, model_key)
+        decision["new"] = True
     decision["parent_run_id"] = finish_pipeline(params)
-    decision["model"] = params.tracking.registered_model
-    if out is not None:
-        write_json(out, decision)
+    decision["model"] = t.registered_model
     return decision

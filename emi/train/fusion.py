@@ -90,7 +90,7 @@ def predict(model: EMIFusionModel, data: SequenceData, batch_size: int) -> tuple
     return np.concatenate(preds), np.concatenate(weights)
 
 
-def evaluate(model: EMIFusionModel, data: SequenceData, batch_size: int) -> dict[str, float]:
+def score_model(model: EMIFusionModel, data: SequenceData, batch_size: int) -> dict[str, float]:
     """The model's scores on labelled clips (``emi.metrics.scores``)."""
     return scores(predict(model, data, batch_size)[0], data.labels)
 
@@ -139,7 +139,7 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
         scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses))}
         if len(valid) > 1:
-            row.update({f"valid_{k}": v for k, v in evaluate(ema.module, valid, p.batch_size).items()})
+            row.update({f"valid_{k}": v for k, v in score_model(ema.module, valid, p.batch_size).items()})
         history.append(row)
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, {"run_key": run_key, "epoch": epoch + 1, "model": model.state_dict(),

@@ -19,11 +19,12 @@ import yaml
 from emi.config import EMOTIONS, SPLIT_HEADER
 from emi.data.dataset import read_split, split_path
 from emi.data.media import grid_steps, probe
+from emi.params_yaml import use
 from tests.conftest import EMI, concat_clip, remux_with_nominal_rate
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_STEPS = 25  # 5 s at 5 fps: the generated clips (3-3.5 s) stay whole, the long one (~10 s) is subsampled
-STAGES = ("download", "transcribe", "extract", "stage1", "augment", "stage2", "evaluate")
+STAGES = ("download", "transcribe", "extract", "stage1", "augment", "stage2", "ablate", "evaluate")
 
 pytestmark = pytest.mark.slow
 
@@ -56,10 +57,9 @@ def shipped(tiny_dataset, tmp_path_factory, mlflow_store):
     folder = tmp_path_factory.mktemp("hume") / "Hume-Vidmimic2"
     facts = hume_folder(tiny_dataset, folder)
     root = tmp_path_factory.mktemp("run")
-    params = {"profile": "tiny", "data": {"max_duration_s": 8.0}, "extract": {"max_steps": MAX_STEPS},
-              "download": {"source": "local", "local": {"path": str(folder), "mode": "copy"}},
-              "tracking": {"uri": mlflow_store, "registered_model": "emi-fusion-licensed"}}
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    use("tiny", ["data.max_duration_s=8.0", f"extract.max_steps={MAX_STEPS}", "download.source=local",
+                 f"download.local.path={folder}", "download.local.mode=copy", f"tracking.uri={mlflow_store}",
+                 "tracking.registered_model=emi-fusion-licensed"], root / "params.yaml")
     runs = {}
     for name, cmd in stage_commands().items():
         argv = shlex.split(cmd)

@@ -12,7 +12,8 @@ import pytest
 
 from emi.config import load_params
 from emi.contracts.report import DataValidationError
-from emi.stages.download import DownloadError, download, fetch
+from emi.data.sources import DownloadError, fetch
+from emi.stages.download import download
 from tests.conftest import EMI
 
 

@@ -1,6 +1,6 @@
 """`emi evaluate` on a real tiny pipeline (generated clips -> transcripts -> features -> Stage I -> Stage II ->
-ablation -> evaluate, laid out as emi.paths.Layout expects): the files a user and DVC read, the report, and the
-robustness comparison's average-fusion model."""
+ablation -> evaluate -> register, laid out as emi.paths.Layout expects): the files a user and DVC read, the report,
+the models it reads and never trains, and registration as a step of its own."""
 
 import json
 import math
@@ -8,14 +8,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from emi.config import EMOTIONS
 from emi.paths import Layout
-from emi.evaluation.robustness import CONDITIONS, COMPARED_FUSIONS
+from emi.evaluation.robustness import COMPARED_FUSIONS, CONDITIONS, RobustnessError
 from emi.stages.evaluate import EvaluateError, evaluate
-from emi.train.fusion import dims_of, save_model, split_data, train_model, variant_name, with_copies
-from emi.utils import fingerprint
 from tests.conftest import link_layout
 
 pytestmark = pytest.mark.slow  # every test here reads the tiny pipeline, built once per session
@@ -27,20 +24,24 @@ def run(tiny_pipeline):
 
 
 def test_dvc_metrics_file_is_a_headline_and_the_scores_file_has_every_dimension(run):
-    """`dvc exp show` makes a column of every metric: metrics.json holds the few numbers runs are compared by."""
+    """`dvc metrics show` / `dvc exp show` make a column of every metric: metrics.json holds the few numbers runs are
+    compared by (at most 25), the per-dimension scores and the ceiling are in scores.json."""
     head = json.loads((run.reports / "metrics.json").read_text())
     scores_ = run.result.metrics
     assert set(head) == {"valid_pearson_mean", "valid_mse", "test_pearson_mean", "test_mse",
-                         "valid_fraction_of_ceiling", "test_fraction_of_ceiling",
-                         "robustness_quality_mean_delta_pearson", "robustness_average_mean_delta_pearson",
-                         "robustness_mixed_loss_avoided"}
+                         *[f"valid_pearson_{e}" for e in EMOTIONS], "valid_fraction_of_ceiling",
+                         "test_fraction_of_ceiling", "ablation_full_pearson_mean", "ablation_full_pearson_sd",
+                         "margin_over_linear_probe", "mixed_damage_delta_pearson_quality",
+                         "mixed_damage_delta_pearson_average", "mixed_damage_loss_avoided"}
+    assert len(head) <= 25
     assert head["valid_pearson_mean"] == scores_["valid"]["pearson_mean"] and head["test_mse"] == scores_["test"]["mse"]
-    rob = run.result.robustness
-    damaged = rob[(rob.condition != "clean") & (rob.fusion == "quality")]
-    assert head["robustness_quality_mean_delta_pearson"] == pytest.approx(damaged["delta_pearson"].mean())
-    assert len(damaged) == len(CONDITIONS) - 1  # every damage kind and the mixed condition
-    mixed = rob[(rob.condition == "mixed") & (rob.fusion == "quality")]["loss_avoided"].item()
-    assert head["robustness_mixed_loss_avoided"] == (None if math.isnan(mixed) else pytest.approx(mixed))
+    ablation = json.loads((run.reports / "ablation.json").read_text())
+    full, probe = ablation["V+A+T/quality/both"], ablation["V+A+T/linear probe/both"]
+    assert head["margin_over_linear_probe"] == pytest.approx(full["pearson_mean"] - probe["pearson_mean"])
+    rob = run.result.robustness.set_index(["condition", "fusion"])
+    assert head["mixed_damage_delta_pearson_average"] == pytest.approx(rob.loc[("mixed", "average"), "delta_pearson"])
+    mixed = rob.loc[("mixed", "quality"), "loss_avoided"]
+    assert head["mixed_damage_loss_avoided"] == (None if math.isnan(mixed) else pytest.approx(mixed))
 
 
 def test_scores_file_has_finite_scores_per_split_and_a_ceiling(run):
@@ -96,8 +97,8 @@ def test_report_reads_as_a_summary(run):
     assert "linear probe" in report.split("## Per dimension")[0]  # headline: the network's margin over it
     assert "## Probes: where information is lost" in report and "| face_smile |" in report
     assert "Mean ± sd" not in report.split("## Ablation")[1].split("## Robustness")[0]  # tiny: one seed
-    assert run.result.params_fingerprint == fingerprint(run.params.model_dump(mode="json"))
-    assert run.result.data_fingerprint in report and run.params.profile in report
+    assert run.result.data_fingerprint in report
+    assert "registry" not in report.lower()  # registration is a later step: not part of evaluate's outputs
 
 
 def test_probe_table_and_per_seed_robustness_rows(run):
@@ -115,36 +116,35 @@ def test_probe_table_and_per_seed_robustness_rows(run):
     assert any(k.startswith("mixed_weights/") for k in robust)
 
 
-def test_registry_runs_last_and_is_appended_to_the_report(run):
-    """register=True (the default): the model is registered once every output is written, and report.md says so."""
-    decision = run.result.registry
-    assert decision is not None and decision["model"] == run.params.tracking.registered_model
-    assert json.loads((run.reports / "registry.json").read_text())["version"] == decision["version"]
-    report = (run.reports / "report.md").read_text()
-    assert report.index("## Provenance") < report.index("## Model registry")
-    assert f"`{decision['model']}` version {decision['version']}" in report
+def test_registration_is_its_own_step_and_registers_a_model_once(run):
+    """evaluate writes no registry record; `emi registry register` registers the pipeline's model and, for the same
+    model files, does nothing more than say which version they are."""
+    from emi.tracking.registry import register_outputs
+
+    first = run.registered
+    assert first["new"] and first["model"] == run.params.tracking.registered_model
+    assert not (run.reports / "registry.json").exists()
+    again = register_outputs(run.params, run.layout)
+    assert not again["new"] and again["version"] == first["version"]
 
 
-def test_given_average_model_is_used_instead_of_training_one(run, tmp_path):
+def test_evaluate_trains_nothing_and_names_the_stage_that_makes_a_missing_model(run, tmp_path):
+    """The robustness comparison reads the ablation stage's models: without them evaluate stops in one line naming
+    `emi ablate`; with them it uses those very files."""
     params, src = run.params, run.layout
-    parts = split_data(src.aligned_file, src.raw, params.stage2.inputs)
-    p = params.stage2.model_copy(update={"fusion": "average"})
-    train = with_copies(parts["train"], src.augmented_file, p.inputs)  # as evaluate trains it: copies included
-    model, _, _ = train_model(p, params.seed, train, parts["valid"], None, log_epochs=False)
-    # the same pipeline, plus the ablation stage's V+A+T average-fusion model where evaluate looks for it
     layout = link_layout(src, tmp_path / "root", "raw", "transcripts", "features", "aligned", "stage1", "augmented",
                          "stage2")
-    path = layout.ablation_models / f"{variant_name('VAT', 'average', params.stage2.inputs)}.pt"
-    path.parent.mkdir(parents=True)
-    save_model(path, model, p, dims_of(parts["train"]))
-    result = evaluate(params, layout, register=False, show_progress=False)
-    assert str(path) in (layout.reports / "report.md").read_text()
-    assert result.registry is None and not (layout.reports / "registry.json").exists()
-    # same training recipe and seed as the one trained on the spot: the same table
-    pd.testing.assert_frame_equal(result.robustness, run.result.robustness, atol=1e-5)
-    with pytest.raises(EvaluateError, match="not found"):
-        evaluate(params, Layout(tmp_path / "x"), register=False, show_progress=False)
-    assert torch.load(path, weights_only=True)["params"]["fusion"] == "average"
+    with pytest.raises(RobustnessError) as err:
+        evaluate(params, layout, show_progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "emi ablate" in message and "VAT-average-both.pt" in message
+    layout = link_layout(src, tmp_path / "with", "raw", "transcripts", "features", "aligned", "stage1", "augmented",
+                         "stage2", "ablation_models")
+    result = evaluate(params, layout, show_progress=False)
+    assert str(layout.ablation_models / "VAT-average-both.pt") in (layout.reports / "report.md").read_text()
+    pd.testing.assert_frame_equal(result.robustness, run.result.robustness)
+    with pytest.raises(EvaluateError, match=r"not found; the stage1 stage makes it \(`emi stage1`"):
+        evaluate(params, Layout(tmp_path / "x"), show_progress=False)
 
 
 def test_tracking_view_is_flat_and_numeric(run):
@@ -162,9 +162,10 @@ def test_labelled_data_as_it_ships_train_and_valid_only_evaluates_without_a_test
     import shutil
 
     src = run.layout
-    layout = link_layout(src, tmp_path / "root", "transcripts", "features", "aligned", "stage1", "stage2")
+    layout = link_layout(src, tmp_path / "root", "transcripts", "features", "aligned", "stage1", "stage2",
+                         "ablation_models")
     shutil.copytree(src.raw, layout.raw, ignore=shutil.ignore_patterns("test_split.csv"))
-    result = evaluate(run.params, layout, register=False, show_progress=False)
+    result = evaluate(run.params, layout, show_progress=False)
     assert "valid" in result.metrics and "test" not in result.metrics
     assert "test" not in result.metrics["ceiling"]
     assert (layout.reports / "submission.csv").read_text().strip() == ",".join(

@@ -10,7 +10,7 @@ from emi.metrics import scores
 from emi.model import AlignmentModel
 from emi.train.alignment import feature_norm
 from emi.train.projection import write_aligned
-from emi.train.fusion import (dims_of, evaluate, load_fusion, load_model, predict, prediction_frame,
+from emi.train.fusion import (dims_of, score_model, load_fusion, load_model, predict, prediction_frame,
                               prediction_table, save_model, split_data, train_model)
 from emi.data.sequences import SequenceData
 from tests.conftest import tiny
@@ -52,7 +52,7 @@ def test_ema_weights_differ_from_raw_and_are_what_is_evaluated(trained):
     a = torch.nn.utils.parameters_to_vector(ema_model.parameters())
     b = torch.nn.utils.parameters_to_vector(raw_model.parameters())
     assert not torch.allclose(a, b)
-    last = evaluate(ema_model, valid, 4)["pearson_mean"]
+    last = score_model(ema_model, valid, 4)["pearson_mean"]
     assert history[-1]["valid_pearson_mean"] == pytest.approx(last)
 
 
@@ -76,7 +76,7 @@ def test_predictions_are_intensities_with_fusion_weights_and_score_like_metrics(
     assert ((pred >= 0) & (pred <= 1)).all()
     np.testing.assert_allclose(weights.sum(1), 1, atol=1e-5)
     assert weights[0, 1] == 0, "the clip without audio must give audio no weight"
-    assert evaluate(model, valid, 4) == scores(pred, valid.labels)
+    assert score_model(model, valid, 4) == scores(pred, valid.labels)
     assert predict(model, valid.subset([]), 4)[0].shape == (0, 6)
     frame = prediction_frame(model, valid, 2)
     assert list(frame.columns) == ["id", *EMOTIONS, "weight_V", "weight_A", "weight_T"]
