@@ -73,7 +73,6 @@ def bench_extract(params: Params, raw_dir: Path, n_clips: int, repeats: int) -> 
 
 
 # ----------------------------------------------------------------------------- scale
-SCALE_STAGES = ("download", "transcribe", "extract", "stage1", "stage2", "evaluate")
 
 
 @dataclass
@@ -84,13 +83,15 @@ class StageRun:
     peak_rss_mb: float
 
 
-def stage_commands(dvc_yaml: Path, stages: tuple[str, ...]) -> dict[str, list[str]]:
-    """Each stage's command as dvc.yaml runs it (the one place the commands are written)."""
+def stage_commands(dvc_yaml: Path, stages: tuple[str, ...] | None = None) -> dict[str, list[str]]:
+    """Each stage's command as dvc.yaml runs it (the one place the commands are written); every stage, in the
+    pipeline's order, when ``stages`` is None."""
     import shlex
 
     import yaml
 
     declared = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
+    stages = tuple(declared) if stages is None else stages
     missing = [s for s in stages if s not in declared]
     if missing:
         raise ValueError(f"{dvc_yaml}: no stage {', '.join(missing)}")
@@ -131,13 +132,14 @@ def run_measured(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path
 
 
 def bench_scale(params: Params, sizes: list[int], work: Path, dvc_yaml: Path,
-                stages: tuple[str, ...] = SCALE_STAGES, echo=print) -> list[StageRun]:
-    """Generate ``n`` clips for each size and run every stage on them as its own process, as DVC would: wall time
-    and peak RSS per stage. Each size runs in ``work/n<size>`` with its own params.yaml and MLflow store."""
+                stages: tuple[str, ...] | None = None, echo=print) -> list[StageRun]:
+    """Generate ``n`` clips for each size and run every stage (or ``stages``) on them as its own process, as DVC
+    would: wall time and peak RSS per stage. Each size runs in ``work/n<size>`` with its own params.yaml and MLflow
+    store."""
     import os
     import sys
 
-    import yaml
+    from emi.params_yaml import write
 
     commands = stage_commands(dvc_yaml, stages)
     emi = str(Path(sys.executable).parent / "emi")
@@ -146,11 +148,11 @@ def bench_scale(params: Params, sizes: list[int], work: Path, dvc_yaml: Path,
         root = Path(work) / f"n{n}"
         root.mkdir(parents=True, exist_ok=True)
         store = f"sqlite:///{(root / 'mlflow.db').resolve()}"
-        config = params.model_dump(mode="json")
-        config["download"]["source"] = "synthetic"
-        config["download"]["synthetic"]["n_clips"] = n
-        config["tracking"]["uri"] = store
-        (root / "params.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        sized = params.model_copy(update={
+            "download": params.download.model_copy(update={
+                "source": "synthetic", "synthetic": params.download.synthetic.model_copy(update={"n_clips": n})}),
+            "tracking": params.tracking.model_copy(update={"uri": store})})
+        write(sized, root / "params.yaml")
         env = {**os.environ, "MLFLOW_TRACKING_URI": store}
         env.pop("EMI_MLFLOW_PARENT_RUN_ID", None)
         for stage, argv in commands.items():

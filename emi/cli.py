@@ -385,14 +385,14 @@ def bench_scale_cmd(
     dvc_yaml: Annotated[Path, typer.Option(help="the stage commands are taken from here.")] = Path("dvc.yaml"),
     target: Annotated[int, typer.Option(help="extrapolate the linear fits to this many clips.")] = 12_660,
     out: Annotated[Optional[Path], typer.Option(help="also write the runs as JSON here.")] = None,
-    stages: Annotated[str, typer.Option(help="comma-separated dvc.yaml stages to run, in order (all: download, "
-                                             "transcribe, extract, stage1, stage2, evaluate).")] = "all",
+    stages: Annotated[str, typer.Option(help="comma-separated dvc.yaml stages to run, in order (all: every stage "
+                                             "of dvc.yaml).")] = "all",
 ) -> None:
     """Generated datasets of growing size through every stage, each stage its own process as DVC runs it: wall time
     and peak RSS per stage, growth between sizes and a linear extrapolation (`--profile tiny` for a quick run)."""
     from dataclasses import asdict
 
-    from emi.bench import SCALE_STAGES, bench_scale, scale_summary
+    from emi.bench import bench_scale, scale_summary
     from emi.utils import write_json
 
     params = _load(params_path, profile, overrides)
@@ -400,7 +400,7 @@ def bench_scale_cmd(
         sizes = sorted({int(x) for x in clips.split(",") if x.strip()})
     except ValueError:
         raise typer.BadParameter(f"--clips {clips!r}: comma-separated numbers of clips") from None
-    chosen = SCALE_STAGES if stages == "all" else tuple(x.strip() for x in stages.split(",") if x.strip())
+    chosen = None if stages == "all" else tuple(x.strip() for x in stages.split(",") if x.strip())
     try:
         runs = bench_scale(params, sizes, work, dvc_yaml, chosen, echo=typer.echo)
     except (ValueError, RuntimeError) as exc:

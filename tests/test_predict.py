@@ -16,9 +16,10 @@ import pytest
 
 from emi.config import EMOTIONS, SPLIT_HEADER, load_params
 from emi.data.media import write_mp4
+from emi.stages.ablate import ablation
 from emi.stages.evaluate import evaluate
 from emi.stages.stage2 import stage2
-from emi.tracking.registry import compare_versions
+from emi.tracking.registry import compare_versions, register_outputs
 from tests.conftest import EMI, link_layout
 
 
@@ -34,7 +35,7 @@ def run_predict(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_predict_from_the_champion_matches_evaluate(pipeline, tmp_path):
     name = pipeline.params.tracking.registered_model
-    assert pipeline.result.registry["champion_version"] == pipeline.result.registry["version"]
+    assert pipeline.registered["champion_version"] == pipeline.registered["version"]
     scatter = pd.read_csv(pipeline.reports / "plots/scatter.csv", dtype={"id": str})
     clip = sorted(scatter[scatter.split == "valid"].id)[0]
     out = tmp_path / "pred.csv"
@@ -78,17 +79,19 @@ def test_second_run_with_changed_stage2_param_is_a_second_version(pipeline, tmp_
     params = load_params(None, profile="tiny", overrides=[
         f"tracking.uri={pipeline.params.tracking.uri}", "stage2.width=64",
         f"tracking.registered_model={pipeline.params.tracking.registered_model}"])
-    # the same data and Stage I, a Stage II trained with the changed param, evaluated (and registered) again
+    # the same data and Stage I, a Stage II trained with the changed param, ablated, evaluated and registered again
     layout = link_layout(pipeline.layout, tmp_path / "second", "raw", "transcripts", "features", "aligned", "stage1")
     stage2(params, layout.aligned_file, layout.raw, layout.stage2, show_progress=False)
-    second = evaluate(params, layout, register=True, show_progress=False).registry
-    first = pipeline.result.registry
-    assert int(second["version"]) == int(first["version"]) + 1
+    ablation(params, layout.aligned_file, layout.raw, layout.reports, modality_sets=("VAT",),
+             fusions=("quality", "average"), inputs=(params.stage2.inputs,), stage2_model=layout.fusion_model,
+             models_dir=layout.ablation_models)
+    evaluate(params, layout, show_progress=False)
+    second = register_outputs(params, layout)
+    first = pipeline.registered
+    assert second["new"] and int(second["version"]) == int(first["version"]) + 1
     table = compare_versions(params)
     assert f"{first['version']}" in table and second["version"] in table
     assert "stage2.width" in table
-    registry = json.loads((pipeline.reports / "registry.json").read_text())
-    assert registry["promoted"] is True and registry["model"] == params.tracking.registered_model
 
 
 VALUES = [*EMOTIONS, "weight_V", "weight_A", "weight_T"]

@@ -9,7 +9,7 @@ from emi.config import MODALITIES
 from emi.contracts.features import feature_table, validate_features
 from emi.contracts.report import DataValidationError
 from emi.data.dataset import Clip
-from emi.features.store import INDEX_FILE, MANIFEST_FILE, build_index, pack, save_shard, shard_path
+from emi.features.store import INDEX_FILE, MANIFEST_FILE, ShardSet, pack, save_shard, shard_path
 from emi.utils import write_json, write_text
 
 DIMS = {"visual": 4, "audio": 3, "text": 2}
@@ -29,7 +29,8 @@ def write_store(out: Path, clips: list[tuple[str, str, str]], audio_steps: dict[
     paths = {m: [shard_path(out, m, 0)] for m in MODALITIES}
     for m, arrays in (("visual", v), ("audio", a), ("text", t)):
         save_shard(paths[m][0], "k", pack(ids, arrays, statuses[m], detail), {})
-    index = build_index([[Clip(i, "train", out / f"{i}.mp4") for i in ids]], paths)
+    shards = [[Clip(i, "train", out / f"{i}.mp4") for i in ids]]
+    index = ShardSet(out, shards, [dict.fromkeys(MODALITIES, "k")], paths, {m: [] for m in MODALITIES}).index()
     write_text(out / INDEX_FILE, index.to_csv(index=False))
     write_json(out / MANIFEST_FILE, {"fps": 5, "dims": DIMS, "encoders": [], "random_init": []})
     return out

@@ -22,6 +22,7 @@ from emi.data.dataset import read_transcripts
 from emi.data.media import write_mp4
 from emi.features.store import load_features
 from emi.paths import Layout
+from emi.stages.ablate import ablation
 from emi.stages.download import download
 from emi.stages.evaluate import evaluate
 from emi.stages.extract import extract
@@ -99,7 +100,9 @@ def run_pipeline(source: Path, root: Path, tolerance: float):
     ex = extract(params, at.raw, tr.table, at.features, at.validation, show_progress=False)
     s1 = stage1(params, at.features, at.stage1, at.aligned, at.raw, show_progress=False)
     s2 = stage2(params, s1.aligned_path, at.raw, at.stage2, show_progress=False)
-    ev = evaluate(params, at, register=False, show_progress=False)  # the registry is not the subject here
+    ablation(params, at.aligned_file, at.raw, at.reports, modality_sets=("VAT",), fusions=("quality", "average"),
+             inputs=(params.stage2.inputs,), stage2_model=at.fusion_model, models_dir=at.ablation_models)
+    ev = evaluate(params, at, show_progress=False)
     return SimpleNamespace(params=params, download=dl, transcribe=tr, extract=ex, stage2=s2, evaluate=ev, root=root,
                            layout=at)
 
