@@ -193,6 +193,12 @@ class TranscribeParams(Strict):
     # decoding temperatures: whisper retries a window at the next one when its log-prob or compression ratio fails;
     # above 0 it samples, from an unseeded per-thread RNG, so transcripts change from run to run
     temperatures: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
+    compression_ratio_threshold: float = Field(
+        gt=0, description="a window whose text gzip-compresses more than this is a loop: decoded again with the guard")
+    no_repeat_ngram_size: int = Field(
+        ge=0, description="repetition guard: no token n-gram of this size twice in a window (0: off)")
+    repetition_penalty: float = Field(
+        ge=1, description="repetition guard: score penalty on tokens already in the window (1: off)")
 
 
 class ExtractParams(Strict):

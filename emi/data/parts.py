@@ -16,7 +16,7 @@ from emi.data.dataset import TRANSCRIPT_COLUMNS, Clip
 from emi.utils import fingerprint, sha256_file, write_json, write_text
 
 PARTS_DIR = "parts"
-PART_FORMAT = 1  # bump when a part's columns or their meaning change: old parts are then recomputed
+PART_FORMAT = 2  # bump when a part's columns or their meaning change: old parts are recomputed (2: compression_ratio)
 _PART_RE = re.compile(r"^part-(\d{5})\.(csv|json)$")
 
 

@@ -44,15 +44,15 @@ class TranscribeResult:
         return {"metrics": {"clips": self.n_clips, "clips_transcribed_now": self.n_done_now, "seconds": self.seconds,
                             "wer": facts.get("wer"),
                             "sentence_match_rate": facts.get("sentence_match_rate"),
-                            "empty_text_rate": facts.get("empty_text_rate")},
+                            "empty_text_rate": facts.get("empty_text_rate"),
+                            "max_compression_ratio": facts.get("compression_ratio_ok", {}).get("max")},
                 "artifacts": [self.report.json_path, self.report.md_path, self.table]}
 
 
 def _asr_settings(params: Params) -> dict[str, Any]:
-    cfg = params.transcribe
-    return {"format": PART_FORMAT, "asr": cfg.asr.model_dump(mode="json"), "language": cfg.language,
-            "beam_size": cfg.beam_size, "vad": cfg.vad, "compute_type": cfg.compute_type,
-            "silence_dbfs": params.data.silence_dbfs, "workers": cfg.workers, "temperatures": cfg.temperatures}
+    """What a transcript depends on: every transcribe key but the part size, and the silence level."""
+    return {"format": PART_FORMAT, **params.transcribe.model_dump(mode="json", exclude={"shard_size"}),
+            "silence_dbfs": params.data.silence_dbfs}
 
 
 @tracked("transcribe")
@@ -102,7 +102,8 @@ def transcribe(params: Params, raw_dir: Path, out_dir: Path, report_dir: Path | 
     seconds = time.perf_counter() - start
 
     report = validate_transcripts(table, listed, params.data.max_error_fraction, report_dir=None,
-                                  reference=read_latents(raw_dir))
+                                  reference=read_latents(raw_dir),
+                                  compression_ratio_threshold=cfg.compression_ratio_threshold)
     report.facts["asr"] = asr
     report.facts["settings"] = {k: v for k, v in settings.items() if k != "format"}
     # the report is a DVC output: how this run went (clips done now, seconds) goes to the log and MLflow instead
