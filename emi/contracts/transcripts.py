@@ -1,5 +1,5 @@
-"""The transcript contract (after ``transcribe``): one row per listed clip, statuses, log-probabilities, and
-WER against the generator's sentences where the dataset is the embedded one."""
+"""The transcript contract (after ``transcribe``): one row per listed clip, statuses, log-probabilities, loops
+(compression ratio), and WER against the generator's sentences where the dataset is the embedded one."""
 
 from __future__ import annotations
 
