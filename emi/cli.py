@@ -304,7 +304,7 @@ def predict_cmd(
 
     A video with no audio, no speech or no face still gets a prediction: that modality's weight is 0. An
     unreadable video is named and skipped (a row with status error); the others are still predicted."""
-    from emi.predict import PredictError, predict_videos, submission_table, table_format, video_inputs, write_table
+    from emi.predict import PredictError, predict_videos, submission_table, table_format, video_inputs, write_predictions
     from emi.utils import write_text
 
     with _fails_with(PredictError, code=2):  # before any work: a wrong name must not cost a model load
@@ -325,7 +325,7 @@ def predict_cmd(
     typer.echo(table.drop(columns=["Filename", "transcript"]).to_string(
         index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
     if out is not None:
-        write_table(table, out)
+        write_predictions(table, out)
     summary = f"predicted {len(table) - len(failed)} of {len(table)} video(s)"
     if len(failed):
         summary += f"; unreadable, skipped: {', '.join(failed['id'])}"

@@ -207,6 +207,12 @@ class TranscribeParams(Strict):
     # above 0 whisper samples, from an unseeded per-thread RNG, so transcripts would change from run to run
     temperatures: list[Annotated[float, Field(ge=0)]] = Field(
         min_length=1, description="decoding temperatures ([0.0]: no sampling fallback, reproducible)")
+    compression_ratio_threshold: float = Field(
+        gt=0, description="a window whose text gzip-compresses more than this is a loop: decoded again with the guard")
+    no_repeat_ngram_size: int = Field(
+        ge=0, description="repetition guard: no token n-gram of this size twice in a window (0: off)")
+    repetition_penalty: float = Field(
+        ge=1, description="repetition guard: score penalty on tokens already in the window (1: off)")
 
 
 class ExtractParams(Strict):

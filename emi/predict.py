@@ -177,7 +177,7 @@ def table_format(path: Path) -> str:
     return suffix[1:]
 
 
-def write_table(table: pd.DataFrame, path: Path) -> Path:
+def write_predictions(table: pd.DataFrame, path: Path) -> Path:
     """The prediction table as CSV, or as JSON (a list of records) for a ``.json`` path."""
     if table_format(path) == "json":
         return write_json(path, json.loads(table.to_json(orient="records")))  # pandas: NaN -> null, numpy -> JSON

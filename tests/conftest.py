@@ -11,7 +11,7 @@ import pytest
 
 from emi.config import Params, load_params
 from emi.data.dataset import read_latents
-from emi.synth.generate import generate
+from emi.synth.generate import generate, plan_dataset, render_clip
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,6 +43,17 @@ def dataset_copy(tiny_dataset, tmp_path) -> Path:
     dst = tmp_path / "dataset"
     shutil.copytree(tiny_dataset, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def looping_clip(tmp_path_factory) -> tuple[Path, str]:
+    """Clip 00241 of the embedded default, rendered alone (byte-identical to the dataset's) and its sentence:
+    heavy noise, "Oh my goodness, that is so funny.", which greedy tiny.en heard as "No, no, no, ..." 113 times."""
+    params = load_params(None, profile="embedded")
+    plan = next(p for p in plan_dataset(params.download.synthetic, params.seed) if p.id == "00241")
+    path = tmp_path_factory.mktemp("loop") / "00241.mp4"
+    render_clip(plan, params.download.synthetic, path)
+    return path, plan.sentence
 
 
 EMI = str(Path(sys.executable).parent / "emi")

@@ -27,8 +27,8 @@ CLIP_SUFFIX = ".mp4"
 FACE_IMAGES_DIR = "face_images"  # <dataset>/face_images/<id>/<k>.jpg: the organisers' face crops
 GENERATOR_DIR = "_generator"  # the embedded dataset's ground truth: what the generator rendered
 LATENTS_FILE = "latents.csv"
-TRANSCRIPT_COLUMNS = ["id", "split", "text", "language", "avg_logprob", "no_speech_prob", "duration_s", "status",
-                      "detail"]
+TRANSCRIPT_COLUMNS = ["id", "split", "text", "language", "avg_logprob", "no_speech_prob", "compression_ratio",
+                      "duration_s", "status", "detail"]
 
 
 class DatasetError(RuntimeError):
@@ -203,7 +203,7 @@ def read_transcripts(path: Path, required: tuple[str, ...] | list[str] = TRANSCR
     missing = set(required) - set(frame.columns)
     if missing:
         raise DatasetError(f"{path}: transcripts table lacks column(s) {', '.join(sorted(missing))}")
-    for col in ("avg_logprob", "no_speech_prob", "duration_s"):
+    for col in ("avg_logprob", "no_speech_prob", "compression_ratio", "duration_s"):
         if col in frame:
             frame[col] = pd.to_numeric(frame[col].replace("", np.nan), errors="coerce")
     return frame[[c for c in TRANSCRIPT_COLUMNS if c in frame.columns]]

@@ -1,14 +1,16 @@
-"""The transcript contract (after ``transcribe``): coverage, ids, statuses, log-probabilities, WER."""
+"""The transcript contract (after ``transcribe``): coverage, ids, statuses, log-probabilities, loops, WER."""
 
 import pandas as pd
 import pytest
+from faster_whisper.transcribe import get_compression_ratio
 
 from emi.contracts.report import DataValidationError
 from emi.contracts.transcripts import normalise_words, validate_transcripts, word_error_rates
 from emi.data.dataset import DatasetError
 
-ROW = {"text": "hi", "language": "en", "avg_logprob": -0.3, "no_speech_prob": 0.1, "duration_s": 3.0,
-       "status": "ok", "detail": ""}
+ROW = {"text": "hi", "language": "en", "avg_logprob": -0.3, "no_speech_prob": 0.1, "compression_ratio": 0.9,
+       "duration_s": 3.0, "status": "ok", "detail": ""}
+LOOP = ", ".join(["No"] + ["no"] * 112)  # what whisper tiny.en made of the embedded default's clip 00241
 
 
 def test_validation_names_missing_and_duplicate_ids(tmp_path):
@@ -51,3 +53,32 @@ def test_words_are_normalised_before_wer():
     corpus, per_clip = word_error_rates(["a b c d", "", "x y"], ["a b c d", "anything", "x z"])
     assert per_clip == [0.0, 0.5], "an empty reference has no WER and is left out"
     assert corpus == pytest.approx(1 / 6)
+
+
+def test_a_looping_transcript_is_a_named_problem_row_that_warns():
+    ratio = round(get_compression_ratio(LOOP), 4)
+    assert ratio > 20
+    table = pd.DataFrame([{"id": "1", "split": "train", **ROW},
+                          {"id": "2", "split": "train", **ROW, "text": LOOP, "compression_ratio": ratio},
+                          {"id": "3", "split": "valid", **ROW, "text": "Ha, ha, ha.", "compression_ratio": 2.4},
+                          {"id": "4", "split": "valid", **ROW, "text": "", "status": "empty",
+                           "compression_ratio": None, "detail": "no speech recognised"}])
+    ids = {"train": ["1", "2"], "valid": ["3", "4"]}
+    report = validate_transcripts(table, ids, 0.0, None)
+    assert report.passed and report.n_bad_rows == 0, "a loop warns: it does not count against the tolerance"
+    assert [(p.split, p.row, p.Filename, p.check) for p in report.problems] == [("train", 3, "2", "repetitive_text")]
+    assert f"compression ratio {ratio} > 2.4" in report.problems[0].detail and "No, no, no" in report.problems[0].detail
+    assert any("compression ratio > 2.4" in w and w.endswith(": 2") for w in report.warnings)
+    assert report.facts["compression_ratio_ok"] == {"max": ratio, "above_threshold": 1}
+    assert {e["expectation"]: e["unexpected_count"] for e in report.expectations
+            if e["kwargs"].get("column") == "compression_ratio"} == {"expect_column_values_to_not_be_null": 0,
+                                                                     "expect_column_values_to_be_between": 1}
+
+    stricter = validate_transcripts(table, ids, 0.0, None, compression_ratio_threshold=2.0)
+    assert [p.Filename for p in stricter.problems] == ["2", "3"] and stricter.passed
+
+
+def test_a_recognised_clip_without_a_compression_ratio_is_an_error_row():
+    table = pd.DataFrame([{"id": "1", "split": "train", **ROW, "compression_ratio": None}])
+    report = validate_transcripts(table, {"train": ["1"]}, 0.0, None)
+    assert not report.passed and [(p.Filename, p.check) for p in report.problems] == [("1", "compression_ratio")]

@@ -61,6 +61,8 @@ def test_every_clip_is_transcribed_close_to_its_sentence(tiny_run, tiny_dataset)
     assert (out / "reports" / "transcribe.json").is_file()
     assert "wer" in (out / "reports" / "transcribe.md").read_text()
     assert "tiny.en" in result.asr
+    assert (ok["compression_ratio"] > 0).all() and (ok["compression_ratio"] <= 2.4).all()
+    assert facts["compression_ratio_ok"]["above_threshold"] == 0
 
 
 def test_finished_run_resumes_without_loading_the_model(tiny_run, tiny_dataset):
@@ -134,6 +136,30 @@ def test_resume_recomputes_only_unfinished_or_changed_parts(dataset_copy, tmp_pa
     changed = transcribe(params("transcribe.shard_size=2", "transcribe.beam_size=1"), dataset_copy, out, None,
                          show_progress=False)
     assert changed.n_done_now == 4
+    guard = transcribe(params("transcribe.shard_size=2", "transcribe.beam_size=1", "transcribe.no_repeat_ngram_size=4"),
+                       dataset_copy, out, None, show_progress=False)
+    assert guard.n_done_now == 4, "the repetition guard's settings are ASR settings"
+
+
+def test_a_looping_clip_is_decoded_again_and_a_loop_left_in_is_named(dataset_copy, looping_clip, tmp_path):
+    keep_only(dataset_copy, ["00001", "00006"])
+    shutil.copy(looping_clip[0], dataset_copy / "raw" / "00001.mp4")
+    guarded = transcribe(params(), dataset_copy, tmp_path / "guarded", tmp_path / "r1", show_progress=False)
+    table = read_transcripts(guarded.table).set_index("id")
+    assert table.loc["00001", "detail"].startswith("repetition guard: decoded again")
+    assert (table["compression_ratio"] <= 2.4).all() and table.loc["00006", "detail"] == ""
+    facts = guarded.report.facts
+    assert (facts["repetition_guard_clips"], facts["compression_ratio_ok"]["above_threshold"]) == (1, 0)
+    assert guarded.report.passed and guarded.report.problems == []
+
+    looped = transcribe(params("transcribe.no_repeat_ngram_size=0"), dataset_copy, tmp_path / "looped",
+                        tmp_path / "r2", show_progress=False)
+    table = read_transcripts(looped.table).set_index("id")
+    assert table.loc["00001", "compression_ratio"] > 20 and table.loc["00001", "text"].startswith("No, no, no, no")
+    assert looped.report.passed, "a loop warns: it is named, not counted against data.max_error_fraction = 0"
+    assert [(p.Filename, p.check) for p in looped.report.problems] == [("00001", "repetitive_text")]
+    md = (tmp_path / "r2" / "transcribe.md").read_text()
+    assert "| repetitive_text |" in md and "compression ratio > 2.4 after the repetition guard" in md
 
 
 @pytest.mark.slow
