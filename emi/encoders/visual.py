@@ -201,6 +201,9 @@ class FerEncoder:
         return features[:, -N_EXPRESSIONS:]
 
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
 def open_clip_weights(name: str, tag: str, offline: bool = False, local_dir: Path | None = None) -> Path:
     """The checkpoint file of open_clip's pretrained ``tag`` for model ``name``, from where open_clip itself takes
     it: the hub repo its pretrained config names (the safetensors copy first), else the config's URL. The hub
@@ -229,8 +232,24 @@ def open_clip_weights(name: str, tag: str, offline: bool = False, local_dir: Pat
     return Path(hf_hub_download(repo, filename, local_dir=local_dir, local_files_only=offline))
 
 
+def open_clip_checkpoint(path: Path) -> Path:
+    """A checkpoint file as set, or the one checkpoint inside a folder (the folder ``emi models fetch`` writes)."""
+    if path.is_file():
+        return path
+    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+    if len(found) != 1:
+        raise EncoderError(f"extract.visual.path {path} must be an open_clip checkpoint file, or a folder holding "
+                           f"exactly one ({', '.join(CHECKPOINT_SUFFIXES)}); found {len(found)}")
+    return found[0]
+
+
 class OpenClipEncoder:
-    """open_clip image tower; features are the pre-projection output (768-d for ViT-B/16, as the paper uses)."""
+    """open_clip image tower; features are the pre-projection output (768-d for ViT-B/16, as the paper uses).
+
+    The architecture follows the pretrained tag (``pretrained``) wherever the weights come from: OpenAI's
+    checkpoints were trained with QuickGELU, which open_clip's ``ViT-B-16`` config lacks (it only warns)."""
+
+    revision = 2  # 2: QuickGELU / preprocessing of the pretrained tag (revision 1 ran OpenAI's ViT-B/16 with GELU)
 
     def __init__(self, spec: EncoderSpec, resolved: Resolved, device: torch.device, dtype: torch.dtype):
         import open_clip
@@ -238,10 +257,12 @@ class OpenClipEncoder:
         offline_env(resolved)
         checkpoint = None
         if resolved.source == "local":
-            checkpoint = resolved.location
+            checkpoint = open_clip_checkpoint(Path(resolved.location))
         elif resolved.source == "hub":
             checkpoint = open_clip_weights(spec.name, resolved.location, offline=local_only(resolved))
-        model = open_clip.create_model(spec.name, pretrained=str(checkpoint) if checkpoint else None, device=device)
+        tag = open_clip.get_pretrained_cfg(spec.name, spec.pretrained) if spec.pretrained else {}
+        model = open_clip.create_model(spec.name, pretrained=str(checkpoint) if checkpoint else None, device=device,
+                                       force_quick_gelu=bool(tag.get("quick_gelu")), force_preprocess_cfg=tag)
         self.visual = model.visual.eval().to(dtype=dtype)
         self.visual.proj = None  # pre-projection features
         size = self.visual.image_size
