@@ -30,6 +30,8 @@ validate_app = typer.Typer(help="Run a data-validation checkpoint on its own.", 
 app.add_typer(validate_app, name="validate")
 bench_app = typer.Typer(help="Benchmarks that print throughput ratios.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+models_app = typer.Typer(help="Encoder weights for machines without the hub.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 registry_app = typer.Typer(help="The MLflow model registry (emi-fusion): compare versions.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 console = Console(stderr=True)
@@ -445,6 +447,30 @@ def validate_raw_cmd(
     console.print(report.summary(), highlight=False)
     if not report.passed:
         raise typer.Exit(1)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    to: Annotated[Path, typer.Option("--to", help="folder for the weights (DIR/<role>/<model>).")],
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """On a machine with the hub: download every hub model the configuration loads (transcribe.asr,
+    extract.visual/audio/text without a path) into TO, in the layout their `path` keys read; print the keys and the
+    command that sets them. Copy TO to the machine without the hub and set the paths there."""
+    from emi.encoders.base import EncoderError
+    from emi.encoders.fetch import fetch, params_use_command
+
+    params = _load(params_path, profile, overrides)
+    with _fails_with(EncoderError):
+        paths = fetch(params, to)
+    if not paths:
+        console.print(f"nothing to fetch: profile {params.profile!r} loads no encoder from the hub", highlight=False)
+        return
+    for key, path in paths.items():
+        typer.echo(f"{key}: {path}")
+    typer.echo(params_use_command(params.profile, paths))
 
 
 @params_app.command("show")
