@@ -32,6 +32,8 @@ bench_app = typer.Typer(help="Benchmarks that print throughput ratios.", no_args
 app.add_typer(bench_app, name="bench")
 registry_app = typer.Typer(help="The MLflow model registry (emi-fusion): register the pipeline's model, compare "
                                 "versions.", no_args_is_help=True)
+models_app = typer.Typer(help="Encoder weights for machines without the hub.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 app.add_typer(registry_app, name="registry")
 console = Console(stderr=True)
 
@@ -462,6 +464,38 @@ def validate_raw_cmd(
     console.print(report.summary(), highlight=False)
     if not report.passed:
         raise typer.Exit(1)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    to: Annotated[Path, typer.Option("--to", help="folder for the weights (DIR/<role>/<model>).")],
+    write: Annotated[bool, typer.Option(help="write the paths into the params file.")] = True,
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """On a machine with the hub: download every hub model the configuration loads (transcribe.asr,
+    extract.visual/audio/text without a path) into TO, in the layout their `path` keys read, and write the paths
+    into params.yaml (with --profile: that profile's values plus the paths). Prints the keys and the command that
+    sets them elsewhere: copy TO to the machine without the hub and run it there."""
+    from emi.encoders.base import EncoderError
+    from emi.encoders.fetch import fetch, params_use_command
+    from emi.params_yaml import set_values, use
+
+    params = _load(params_path, profile, overrides)
+    with _fails_with(EncoderError):
+        paths = fetch(params, to)
+    if not paths:
+        console.print(f"nothing to fetch: profile {params.profile!r} loads no encoder from the hub", highlight=False)
+        return
+    for key, path in paths.items():
+        typer.echo(f"{key}: {path}")
+    if write:
+        found = [f"{k}={v}" for k, v in paths.items()]
+        with _fails_with(ConfigError, code=2):  # with --profile: its values; else params.yaml's, kept
+            use(profile, [*(overrides or []), *found], params_path) if profile else set_values(found, params_path)
+        console.print(f"{params_path}: the paths written", highlight=False)
+    typer.echo(params_use_command(params.profile, paths))
 
 
 @params_app.command("show")

@@ -4,6 +4,7 @@ readable message with a non-zero exit code, never a traceback."""
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -97,8 +98,6 @@ def test_indivisible_transformer_width_is_a_one_line_message_from_the_console_sc
 
 def test_unknown_registry_version_or_alias_is_one_line_not_an_mlflow_traceback(tmp_path, monkeypatch):
     """A real (empty, then one-version) MLflow store: `registry compare 7` and `predict --model models:/…@prod`."""
-    import pytest
-
     from emi.tracking import runs
 
     pytest.importorskip("mlflow")
@@ -115,3 +114,36 @@ def test_unknown_registry_version_or_alias_is_one_line_not_an_mlflow_traceback(t
     lines = [ln for ln in error_lines(done.output) if " INFO " not in ln]
     assert done.exit_code == 1 and "Traceback" not in done.output and len(lines) == 1, done.output
     assert lines[0].startswith("error: models:/emi-fusion@prod:")
+
+
+@pytest.mark.slow  # two runs of the console script
+def test_the_paper_profile_without_the_hub_is_one_line_naming_the_key_to_set(tiny_dataset, tmp_path):
+    """`emi transcribe` / `emi extract --profile paper` on a machine where the hub is off (HF_HUB_OFFLINE=1) or
+    does not answer (no network), nothing cached: one error line, the rest of stderr log lines, exit 1."""
+    import os
+    import re
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | {"HF_HOME": str(tmp_path / "hf")}
+    transcripts = tmp_path / "transcripts.csv"
+    transcripts.write_text("id,text,status\n")
+    hint = "(on a machine with the hub: emi models fetch --to DIR, with this run's --profile/--params)"
+    runs = [(base | {"HF_HUB_OFFLINE": "1"}, ["transcribe", "--out", str(tmp_path / "tr")],
+             f"transcribe.asr: faster-whisper 'large-v3-turbo' is not on this machine and the hub cannot be reached: "
+             f"set transcribe.asr.path to a local copy {hint}"),
+            (base | {"HF_ENDPOINT": closed},
+             ["extract", "--transcripts", str(transcripts), "--out", str(tmp_path / "features")],
+             f"extract.visual: open_clip 'ViT-B-16' ('openai' weights) is not on this machine and the hub cannot be "
+             f"reached: set extract.visual.path to a local copy {hint}")]
+    for env, command, message in runs:
+        done = subprocess.run([EMI, *command, "--profile", "paper", "--raw", str(tiny_dataset), "--reports",
+                               str(tmp_path / "reports"), "--no-progress"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        lines = error_lines(done.stderr)
+        assert done.returncode == 1 and done.stdout == "", done.stderr
+        assert [ln for ln in lines if ln.startswith("error:")] == [f"error: {message}"], done.stderr
+        logged = re.compile(r"^(\d{4}/\d\d/\d\d \S+ )?(INFO|WARNING) ")  # ours, and MLflow's (dated)
+        assert all(logged.match(ln) for ln in lines if not ln.startswith("error:")), done.stderr

@@ -13,7 +13,7 @@ import torch
 from emi.config import EncoderSpec, TranscribeParams
 from emi.data.dataset import Clip
 from emi.data.media import AUDIO_SAMPLE_RATE, MediaError, decode_audio, rms_dbfs
-from emi.encoders.base import EncoderError, offline_env, resolve, resolve_device
+from emi.encoders.base import EncoderError, hub_failures, local_only, offline_env, resolve, resolve_device
 
 log = logging.getLogger(__name__)
 logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per clip is noise in a stage log
@@ -33,9 +33,10 @@ def load_asr(spec: EncoderSpec, device: str, compute_type: str, workers: int = 1
     if dev == "cpu" and compute_type in ("float16", "bfloat16", "int8_float16"):
         log.warning("compute_type %s on CPU; using int8", compute_type)
         compute_type = "int8"
-    model = WhisperModel(resolved.location, device=dev, compute_type=compute_type, num_workers=workers,
-                         cpu_threads=max(1, torch.get_num_threads() // workers),
-                         local_files_only=resolved.source != "hub")
+    with hub_failures(resolved):
+        model = WhisperModel(resolved.location, device=dev, compute_type=compute_type, num_workers=workers,
+                             cpu_threads=max(1, torch.get_num_threads() // workers),
+                             local_files_only=local_only(resolved))
     return model, resolved
 
 

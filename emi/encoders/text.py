@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from emi.config import EncoderSpec
-from emi.encoders.base import EncoderError, Resolved, build, check_dim, offline_env
+from emi.encoders.base import EncoderError, Resolved, build, check_dim, local_only, offline_env
 
 
 class BertEncoder:
@@ -20,7 +20,7 @@ class BertEncoder:
         offline_env(resolved)
         if resolved.random_init:
             raise EncoderError("extract.text: a text encoder needs at least a tokenizer; give a path or hub id")
-        local = resolved.source != "hub"
+        local = local_only(resolved)
         self.tokenizer = AutoTokenizer.from_pretrained(resolved.location, local_files_only=local)
         self.model = AutoModel.from_pretrained(resolved.location, local_files_only=local).eval().to(device, dtype)
         self.device, self.resolved = device, resolved

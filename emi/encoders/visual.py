@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 from typing import Protocol
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emi.config import EncoderSpec
-from emi.encoders.base import Resolved, build, check_dim, offline_env
+from emi.encoders.base import EncoderError, Resolved, build, check_dim, local_only, offline_env
 from emi.encoders.tuning import TunableBlocks
 
 
@@ -200,17 +201,68 @@ class FerEncoder:
         return features[:, -N_EXPRESSIONS:]
 
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def open_clip_weights(name: str, tag: str, offline: bool = False, local_dir: Path | None = None) -> Path:
+    """The checkpoint file of open_clip's pretrained ``tag`` for model ``name``, from where open_clip itself takes
+    it: the hub repo its pretrained config names (the safetensors copy first), else the config's URL. The hub
+    cache holds it, or ``local_dir`` a plain copy (what ``emi models fetch`` writes)."""
+    import open_clip
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+    from open_clip.pretrained import download_pretrained_from_url
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        raise EncoderError(f"open_clip has no pretrained {tag!r} for {name!r}; known: "
+                           f"{', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'}")
+    if not cfg.get("hf_hub"):
+        return Path(download_pretrained_from_url(cfg["url"], cache_dir=str(local_dir) if local_dir else None))
+    repo, filename = posixpath.split(cfg["hf_hub"])  # 'org/repo/' (the default file) or 'org/repo/file.pt'
+    filename = filename or HF_WEIGHTS_NAME
+    # open_clip.pretrained takes a safetensors copy where the repo has one, under these names
+    safe = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else str(Path(filename).with_suffix(".safetensors"))
+    if filename != safe and Path(filename).suffix in (".bin", ".pth"):
+        try:
+            return Path(hf_hub_download(repo, safe, local_dir=local_dir, local_files_only=offline))
+        except EntryNotFoundError:  # no safetensors copy in the repo (offline: none cached): the named file
+            pass
+    return Path(hf_hub_download(repo, filename, local_dir=local_dir, local_files_only=offline))
+
+
+def open_clip_checkpoint(path: Path) -> Path:
+    """A checkpoint file as set, or the one checkpoint inside a folder (the folder ``emi models fetch`` writes)."""
+    if path.is_file():
+        return path
+    found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+    if len(found) != 1:
+        raise EncoderError(f"extract.visual.path {path} must be an open_clip checkpoint file, or a folder holding "
+                           f"exactly one ({', '.join(CHECKPOINT_SUFFIXES)}); found {len(found)}")
+    return found[0]
+
+
 class OpenClipEncoder:
-    """open_clip image tower; features are the pre-projection output (768-d for ViT-B/16, as the paper uses)."""
+    """open_clip image tower; features are the pre-projection output (768-d for ViT-B/16, as the paper uses).
+
+    The architecture follows the pretrained tag (``pretrained``) wherever the weights come from: OpenAI's
+    checkpoints were trained with QuickGELU, which open_clip's ``ViT-B-16`` config lacks (it only warns)."""
+
+    revision = 2  # 2: QuickGELU / preprocessing of the pretrained tag (revision 1 ran OpenAI's ViT-B/16 with GELU)
 
     def __init__(self, spec: EncoderSpec, resolved: Resolved, device: torch.device, dtype: torch.dtype):
         import open_clip
 
         offline_env(resolved)
-        pretrained = None
-        if resolved.source in ("local", "hub"):
-            pretrained = resolved.location
-        model = open_clip.create_model(spec.name, pretrained=pretrained, device=device)
+        checkpoint = None
+        if resolved.source == "local":
+            checkpoint = open_clip_checkpoint(Path(resolved.location))
+        elif resolved.source == "hub":
+            checkpoint = open_clip_weights(spec.name, resolved.location, offline=local_only(resolved))
+        tag = open_clip.get_pretrained_cfg(spec.name, spec.pretrained) if spec.pretrained else {}
+        model = open_clip.create_model(spec.name, pretrained=str(checkpoint) if checkpoint else None, device=device,
+                                       force_quick_gelu=bool(tag.get("quick_gelu")), force_preprocess_cfg=tag)
         self.visual = model.visual.eval().to(dtype=dtype)
         self.visual.proj = None  # pre-projection features
         size = self.visual.image_size

@@ -1,5 +1,6 @@
 """Speech recognition: one transcript-table row per clip, a status instead of an exception."""
 
+import shutil
 import types
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from emi.data.dataset import Clip
 from emi.data.media import write_mp4
 from emi.encoders.asr import load_asr, transcribe_clip
 from emi.contracts.transcripts import word_error_rates
-from emi.encoders.base import EncoderError
+from emi.encoders.base import EncoderError, packaged_path
 
 SR = 22050
 CFG = load_params(None, profile="tiny").transcribe
@@ -142,3 +143,15 @@ def test_the_embedded_clip_that_looped_is_transcribed_without_the_loop(looping_c
     assert row["status"] == "ok" and row["compression_ratio"] <= CFG.compression_ratio_threshold
     assert row["detail"].startswith("repetition guard: decoded again (compression ratio ")
     assert word_error_rates([sentence], [row["text"]])[0] < 1 < word_error_rates([sentence], [unguarded["text"]])[0]
+
+
+@pytest.mark.slow
+def test_a_local_ctranslate2_folder_transcribes_offline_as_the_packaged_model_does(tiny_dataset, tmp_path, no_hub):
+    """The paper's transcribe.asr with its path set (here a copy of the packaged tiny.en): no hub, same transcript."""
+    shutil.copytree(packaged_path("faster-whisper", "tiny.en"), tmp_path / "large-v3-turbo")
+    spec = load_params(None, profile="paper").transcribe.asr.model_copy(update={"path": tmp_path / "large-v3-turbo"})
+    clip = Clip("00000", "train", tiny_dataset / "raw" / "00000.mp4")
+    loaded = [load_asr(asr, "cpu", "int8") for asr in (spec, CFG.asr)]
+    assert [resolved.source for _, resolved in loaded] == ["local", "packaged"]
+    local, packaged = (transcribe_clip(model, clip, CFG, -60.0) for model, _ in loaded)
+    assert local["status"] == "ok" and local["text"] == packaged["text"]

@@ -1,12 +1,14 @@
 """Audio encoders: the packaged whisper encoder (50 Hz states), wav2vec2, and pooling states onto the step grid."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
-from emi.config import EncoderSpec
+from emi.config import EncoderSpec, load_params
 from emi.encoders.audio import Wav2Vec2Encoder, load_audio
-from emi.encoders.base import EncoderError
+from emi.encoders.base import EncoderError, packaged_path
 from emi.features.encode import pool_to_grid
 from tests.conftest import tiny
 
@@ -39,6 +41,46 @@ def test_random_wav2vec2_gives_50hz_states_of_its_dim():
     assert isinstance(enc, Wav2Vec2Encoder) and enc.dim == 32
     out = enc.encode(np.random.default_rng(0).standard_normal((2, 16000)).astype(np.float32))
     assert out.shape[0] == 2 and out.shape[2] == 32 and abs(out.shape[1] - 50) <= 1
+
+
+def save_tiny_wav2vec2_ctc(folder) -> torch.nn.Module:
+    """A small random Wav2Vec2ForCTC in the hub's layout for facebook/wav2vec2-large-960h: the CTC model's
+    config and weights (``wav2vec2.*`` keys) and its feature extractor's preprocessor_config.json."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, conv_dim=(16,) * 7, do_stable_layer_norm=True,
+                            feat_extract_norm="layer")
+    model = Wav2Vec2ForCTC(config).eval()
+    model.save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(folder)
+    return model.wav2vec2
+
+
+@pytest.mark.slow  # imports transformers
+def test_wav2vec2_loads_a_local_hub_layout_folder_offline(tmp_path, no_hub):
+    saved = save_tiny_wav2vec2_ctc(tmp_path / "wav2vec2-large-960h")
+    spec = load_params(None, profile="paper").extract.audio.model_copy(
+        update={"path": tmp_path / "wav2vec2-large-960h", "dim": 32})
+    enc = load_audio(spec, CPU, torch.float32)
+    assert isinstance(enc, Wav2Vec2Encoder) and enc.resolved.source == "local" and enc.normalize
+    windows = np.random.default_rng(0).standard_normal((2, 16000)).astype(np.float32)
+    with torch.inference_mode():
+        want = saved(enc._prepare(windows)).last_hidden_state.numpy()
+    out = enc.encode(windows)
+    assert out.shape[2] == 32 and abs(out.shape[1] - 50) <= 1
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)  # the saved weights, not a fresh init
+
+
+@pytest.mark.slow
+def test_whisper_encoder_loads_a_local_ctranslate2_folder_offline(tmp_path, no_hub):
+    shutil.copytree(packaged_path("whisper-encoder", "tiny.en"), tmp_path / "small.en")
+    spec = EncoderSpec(kind="whisper-encoder", name="small.en", path=tmp_path / "small.en", dim=384)
+    local, packaged = load_audio(spec, CPU, torch.float32), load_audio(tiny().extract.audio, CPU, torch.float32)
+    assert local.resolved.source == "local" and packaged.resolved.source == "packaged"
+    windows = np.random.default_rng(0).standard_normal((1, 16000)).astype(np.float32)
+    np.testing.assert_allclose(local.encode(windows), packaged.encode(windows), rtol=1e-5, atol=1e-5)
 
 
 def test_pooling_averages_the_states_inside_each_step():

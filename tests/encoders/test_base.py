@@ -1,16 +1,23 @@
 """Encoder resolution: local path, packaged model, hub, random init; the one factory step."""
 
+import http.server
 import importlib.metadata
 import json
 import shutil
+import socket
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from emi.config import EncoderSpec
+from emi.config import EncoderSpec, load_params
+from emi.encoders.asr import load_asr
 from emi.encoders.audio import load_audio
-from emi.encoders.base import (EncoderError, Resolved, packaged_path, resolve, resolve_device, resolve_dtype)
+from emi.encoders.base import (EncoderError, Resolved, hub_failures, hub_reachable, local_only, packaged_path, resolve,
+                               resolve_device, resolve_dtype)
+from emi.encoders.text import load_text
 from emi.encoders.visual import load_visual
 from tests.conftest import REPO, tiny
 
@@ -102,3 +109,89 @@ def test_device_and_dtype_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(EncoderError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+PAPER = load_params(None, profile="paper")
+
+
+def not_here(role: str, model: str) -> str:
+    return (f"{role}: {model} is not on this machine and the hub cannot be reached: set {role}.path to a local copy "
+            f"(on a machine with the hub: emi models fetch --to DIR, with this run's --profile/--params)")
+
+
+@pytest.mark.slow  # imports faster-whisper, open_clip and transformers
+def test_a_hub_model_that_is_not_here_is_one_line_naming_the_key_to_set(no_hub):
+    """Every hub-loaded kind, with the hub switched off and nothing cached: the one line the CLI prints."""
+    whisper_encoder = EncoderSpec(kind="whisper-encoder", name="small.en", dim=768)
+    cases = [
+        (lambda: load_asr(PAPER.transcribe.asr, "cpu", "int8"), "transcribe.asr", "faster-whisper 'large-v3-turbo'"),
+        (lambda: load_visual(PAPER.extract.visual, CPU, torch.float32), "extract.visual",
+         "open_clip 'ViT-B-16' ('openai' weights)"),
+        (lambda: load_audio(PAPER.extract.audio, CPU, torch.float32), "extract.audio",
+         "wav2vec2 'facebook/wav2vec2-large-960h'"),
+        (lambda: load_audio(whisper_encoder, CPU, torch.float32), "extract.audio", "whisper-encoder 'small.en'"),
+        (lambda: load_text(PAPER.extract.text, CPU, torch.float32), "extract.text", "bert 'bert-base-uncased'"),
+    ]
+    for load, role, model in cases:
+        with pytest.raises(EncoderError) as caught:
+            load()
+        assert str(caught.value) == not_here(role, model)
+
+
+def test_only_a_hub_models_network_failures_become_that_line(no_hub):
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def download():  # the real hub client, switched off
+        hf_hub_download("bert-base-uncased", "config.json")
+
+    hub = Resolved("extract.text", "bert", "bert-base-uncased", "hub", "bert-base-uncased")
+    with pytest.raises(EncoderError, match="^extract.text: bert 'bert-base-uncased' is not on this machine"):
+        with hub_failures(hub):
+            download()
+    with pytest.raises(EncoderError, match="^custom$"):  # re-raised as another error (transformers: OSError)
+        with hub_failures(hub, "custom"):
+            try:
+                download()
+            except LocalEntryNotFoundError as exc:
+                raise OSError("We couldn't connect to the hub") from exc
+    with pytest.raises(ValueError, match="a bug"):  # anything else is not hidden behind the line
+        with hub_failures(hub):
+            raise ValueError("a bug")
+    with pytest.raises(LocalEntryNotFoundError):  # a local model never went to the hub: not this line
+        with hub_failures(Resolved("extract.text", "bert", "x", "local", "/models/x")):
+            download()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_hub_is_reachable_only_where_it_is_on_and_answers(monkeypatch):
+    from huggingface_hub import constants
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        assert hub_reachable()
+        hub = Resolved("extract.text", "bert", "bert-base-uncased", "hub", "bert-base-uncased")
+        assert not local_only(hub)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        assert not hub_reachable() and local_only(hub)  # the loaders then look in the hub cache only
+    finally:
+        server.shutdown()
+        server.server_close()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    start = time.monotonic()
+    assert not hub_reachable()
+    assert time.monotonic() - start < 3, "one attempt, not the hub client's retries"
+    assert local_only(Resolved("extract.text", "bert", "x", "packaged", "/site-packages/x"))

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from emi.config import EncoderSpec
-from emi.encoders.base import packaged_path
-from emi.encoders.visual import FerEncoder, _KerasSameMaxPool, load_keras_mini_xception, load_visual
+from emi.config import EncoderSpec, load_params
+from emi.encoders.base import EncoderError, packaged_path
+from emi.encoders.visual import (FerEncoder, _KerasSameMaxPool, load_keras_mini_xception, load_visual,
+                                 open_clip_checkpoint)
 from tests.conftest import tiny
 
 CPU = torch.device("cpu")
@@ -69,3 +70,38 @@ def test_open_clip_random_init_is_a_vit_with_pre_projection_features():
     assert enc.visual.proj is None, "features must be taken before the projection (768-d, as in the paper)"
     out = enc.encode(np.random.default_rng(0).integers(0, 256, (2, 64, 96, 3), dtype=np.uint8))
     assert out.shape == (2, 768) and np.isfinite(out).all()
+
+
+@pytest.mark.slow  # ~20 s: builds, saves and loads a ViT-B/16 CLIP
+def test_open_clip_loads_a_local_checkpoint_offline_with_its_tags_architecture(tmp_path, no_hub):
+    """What `emi models fetch` writes for the paper's ViT-B-16/openai (its checkpoint, alone in a folder), loaded
+    with the hub off: those weights, and OpenAI's QuickGELU, which open_clip's ViT-B-16 config lacks."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    saved = open_clip.create_model("ViT-B-16", force_quick_gelu=True).eval()
+    folder = tmp_path / "ViT-B-16--openai"
+    folder.mkdir()
+    save_file(saved.state_dict(), folder / "open_clip_model.safetensors")
+    spec = load_params(None, profile="paper").extract.visual.model_copy(update={"path": folder})
+    enc = load_visual(spec, CPU, torch.float32)
+    assert enc.resolved.source == "local" and enc.dim == 768
+    assert isinstance(enc.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 80, 96, 3), dtype=np.uint8)
+    saved.visual.proj = None
+    with torch.inference_mode():
+        want = saved.visual(enc._prepare(frames)).numpy()
+    np.testing.assert_allclose(enc.encode(frames), want, rtol=1e-5, atol=1e-5)  # the same network, weights and all
+
+
+def test_an_open_clip_path_is_a_checkpoint_or_a_folder_holding_one(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "open_clip_model.safetensors").write_bytes(b"")
+    (tmp_path / "one" / "README.md").write_text("not a checkpoint")
+    assert open_clip_checkpoint(tmp_path / "one") == tmp_path / "one" / "open_clip_model.safetensors"
+    assert open_clip_checkpoint(tmp_path / "one" / "README.md") == tmp_path / "one" / "README.md"  # a file as set
+    (tmp_path / "one" / "open_clip_pytorch_model.bin").write_bytes(b"")
+    for folder, found in ((tmp_path / "one", 2), (tmp_path, 0)):
+        with pytest.raises(EncoderError, match=f"exactly one .*; found {found}"):
+            open_clip_checkpoint(folder)
