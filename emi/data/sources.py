@@ -137,7 +137,7 @@ def from_local(cfg: DownloadParams, staging: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- url
-def fetch(url: str, dest: Path, sha256: str, timeout: float, retries: int, show_progress: bool = True) -> Path:
+def fetch_archive(url: str, dest: Path, sha256: str, timeout: float, retries: int, show_progress: bool = True) -> Path:
     """Download ``url`` to ``dest`` resuming a ``.part`` file; verify the sha256; return ``dest``."""
     dest = Path(dest)
     if dest.is_file() and sha256_file(dest) == sha256.lower():
@@ -207,7 +207,7 @@ def from_url(cfg: DownloadParams, staging: Path, show_progress: bool) -> dict:
     if not cfg.url.sha256:
         raise DownloadError("download.url.sha256 is required with a URL source (the archive is verified)")
     name = Path(urllib.parse.urlparse(cfg.url.url).path).name or "dataset-archive"
-    archive = fetch(cfg.url.url, Path(cfg.url.cache_dir) / name, cfg.url.sha256, cfg.url.timeout_s,
+    archive = fetch_archive(cfg.url.url, Path(cfg.url.cache_dir) / name, cfg.url.sha256, cfg.url.timeout_s,
                     cfg.url.retries, show_progress)
     unpacked = staging.with_name(staging.name + ".unpacked")
     extract_archive(archive, unpacked)

@@ -88,7 +88,7 @@ def test_transcripts_table_reads_as_written_and_gives_usable_texts(tmp_path):
     path = tmp_path / "transcripts.csv"
     pd.DataFrame({"id": ["00001", "00002", "00003", "00004"], "split": "train",
                   "text": ["hello there", "", "  ", "kept?"], "language": "en",
-                  "avg_logprob": [-0.2, None, -0.1, -0.3], "no_speech_prob": 0.1, "duration_s": 3.0,
+                  "avg_logprob": [-0.2, None, -0.1, -0.3], "no_speech_prob": 0.1, "compression_ratio": 1.2, "duration_s": 3.0,
                   "status": ["ok", "no_audio", "ok", "error"], "detail": ""}).to_csv(path, index=False)
     table = read_transcripts(path)
     assert table["id"].tolist() == ["00001", "00002", "00003", "00004"]

@@ -12,7 +12,7 @@ import pytest
 
 from emi.config import load_params
 from emi.contracts.report import DataValidationError
-from emi.data.sources import DownloadError, fetch
+from emi.data.sources import DownloadError, fetch_archive
 from emi.stages.download import download
 from tests.conftest import EMI
 
@@ -210,7 +210,7 @@ def test_url_source_resumes_verifies_and_extracts(archive_server, tmp_path):
 def test_url_checksum_mismatch_is_refused(archive_server, tmp_path):
     url, _ = archive_server
     with pytest.raises(DownloadError, match="checksum mismatch"):
-        fetch(url, tmp_path / "a.tar.gz", "0" * 64, timeout=10, retries=0, show_progress=False)
+        fetch_archive(url, tmp_path / "a.tar.gz", "0" * 64, timeout=10, retries=0, show_progress=False)
     assert not (tmp_path / "a.tar.gz").exists() and not (tmp_path / "a.tar.gz.part").exists()
 
 
