@@ -308,6 +308,12 @@ class Stage2Params(Strict):
                                                     "cores / workers threads)")
     augment: AugmentParams = Field(description="corruption-aware training (not in the paper)")
     batch_size: int = Field(ge=1, description="clips per batch")
+    batch_pool: int = Field(ge=1, description="batches drawn from pools of this many, each sorted by length "
+                                              "(less padding; 1: plain random batches)")
+    validate_every: int = Field(ge=1, description="epochs between validations of the EMA weights (the last one "
+                                                  "always)")
+    cache_mb: float = Field(ge=0, description="a training run holds its clips in memory up to this size (else "
+                                              "reads them per batch)")
     weight_decay: float = Field(ge=0, description="AdamW weight decay")
     schedule: ScheduleParams = Field(description="SGDR schedule")
 
@@ -392,7 +398,7 @@ class Params(Strict):
 
 
 UNTRACKED: frozenset[str] = frozenset({
-    "profile", "download.workers", "extract.decode_workers", "tracking", "orchestration"})
+    "profile", "download.workers", "extract.decode_workers", "stage2.cache_mb", "tracking", "orchestration"})
 """Keys (or sections) that cannot change an output: the profile the values came from, how many processes do the
 same work, where MLflow logs, how Prefect schedules. dvc.yaml does not track them, so changing one reruns nothing.
 (transcribe.workers and stage2.ablation_workers are tracked: they split the CPU threads among the workers, and float

@@ -91,6 +91,9 @@ class Joined(Sequence):
     def take(self, idx: Sequence[int]) -> Joined:
         return Joined([take(p, idx) for p in self.parts])
 
+    def lengths(self) -> list[int]:
+        return step_counts(self.parts[0])
+
 
 class Chained(Sequence):
     """Per-clip sequences one after the other (the training split, then damaged copies of its clips)."""
@@ -114,6 +117,9 @@ class Chained(Sequence):
     def take(self, idx: Sequence[int]) -> Picked:
         return Picked(self, list(idx))
 
+    def lengths(self) -> list[int]:
+        return [n for p in self.parts for n in step_counts(p)]
+
 
 class Picked(Sequence):
     """Clips ``idx`` of a per-clip sequence, read from it when asked for."""
@@ -133,10 +139,19 @@ class Picked(Sequence):
     def take(self, idx: Sequence[int]) -> Picked:
         return Picked(self.base, [self.idx[i] for i in idx])
 
+    def lengths(self) -> list[int]:
+        base = step_counts(self.base)
+        return [base[i] for i in self.idx]
+
 
 def take(seq: Sequence[np.ndarray], idx: Sequence[int]) -> Sequence[np.ndarray]:
     """Clips ``idx`` of a per-clip sequence: a view for on-disk sequences, a list otherwise."""
     return seq.take(idx) if isinstance(seq, Ragged | Joined | Chained | Picked) else [seq[i] for i in idx]
+
+
+def step_counts(seq: Sequence[np.ndarray]) -> list[int]:
+    """Each clip's number of rows; on-disk sequences know them without reading the features."""
+    return seq.lengths() if hasattr(seq, "lengths") else [x.shape[0] for x in seq]
 
 
 CUE_KEYS = {"visual": "cues_v", "audio": "cues_a"}
@@ -210,10 +225,37 @@ class SequenceData:
             yield self.batch(list(range(start, min(start + batch_size, len(self)))), device)
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> Iterator[dict[str, Tensor]]:
-        order = torch.randperm(len(self), generator=generator).tolist() if generator is not None else list(
-            range(len(self)))
-        for start in range(0, len(order), batch_size):
-            yield self.batch(order[start:start + batch_size], device)
+                device: torch.device | str = "cpu", pool: int = 1) -> Iterator[dict[str, Tensor]]:
+        """Training batches in an order drawn from ``generator``. With ``pool`` > 1, the shuffled clips are cut into
+        pools of ``pool`` batches, each pool sorted by length before it is cut into batches, and the batches are
+        shuffled: a batch pads to a length close to its clips' own (little compute spent on padding), while which
+        clips share a batch still changes every epoch."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
+        if pool > 1:
+            steps = self.steps()
+            size = pool * batch_size
+            order = [i for start in range(0, n, size) for i in sorted(order[start:start + size], key=steps.__getitem__)]
+        rows = [order[start:start + batch_size] for start in range(0, n, batch_size)]
+        if pool > 1 and generator is not None:
+            rows = [rows[k] for k in torch.randperm(len(rows), generator=generator).tolist()]
+        for batch in rows:
+            yield self.batch(batch, device)
+
+    def steps(self) -> list[int]:
+        """Each clip's number of steps on the grid (without reading the features of on-disk sequences)."""
+        return step_counts(self.visual)
+
+    def in_memory(self, max_mb: float) -> SequenceData:
+        """These clips with every sequence read into memory once (a training run reads each clip every epoch), when
+        they take at most ``max_mb``; else as they are (read from disk per batch)."""
+        if not len(self) or not isinstance(self.visual, Ragged | Joined | Chained | Picked):
+            return self
+        row = sum(x.shape[1] for x in (self.visual[0], self.audio[0], *(
+            [c[0] for c in self.cues.values()] if self.cues else [])))
+        if sum(self.steps()) * row * 4 > max_mb * 2**20:
+            return self
+        return SequenceData(self.ids, list(self.visual), list(self.audio), self.text, self.mask, self.labels,
+                            None if self.cues is None else {m: list(c) for m, c in self.cues.items()})
 
 

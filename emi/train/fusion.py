@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 ABLATION_MODALITIES = ("V", "A", "T", "VA", "VT", "AT", "VAT")
 
 
+SAVED_BEFORE = {"reliability_cues": False, "batch_pool": 1, "validate_every": 1, "cache_mb": 0.0}
+"""Settings a model saved before they existed was trained with (it loads and predicts as it did)."""
+
+
 class Stage2Error(RuntimeError):
     pass
 
@@ -102,7 +106,9 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
     device = resolve_device(p.device)
     model = EMIFusionModel.from_params(p, dims_of(train)).to(device)
     ema = ema_of(model, p.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=p.schedule.lr_max, weight_decay=p.weight_decay)
+    # one kernel per step for all parameters (foreach) instead of one per tensor
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p.schedule.lr_max, weight_decay=p.weight_decay, foreach=True)
+    train, valid = train.in_memory(p.cache_mb), valid.in_memory(p.cache_mb)  # every epoch reads every clip
     scheduler = sgdr(optimizer, p.schedule)
     run_key = fingerprint({"stage2": p.model_dump(mode="json"), "seed": seed, "train": train.ids,
                            "dims": dims_of(train), "data": data_key})
@@ -123,7 +129,7 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
     for epoch in range(start_epoch, p.schedule.epochs):
         model.train()
         losses = []
-        for b in train.batches(p.batch_size, generator, device):
+        for b in train.batches(p.batch_size, generator, device, p.batch_pool):
             available = b["modality_mask"]
             if p.augment.modality_dropout > 0:  # drawn from the training generator: the same for a seed
                 available = modality_dropout(available.cpu(), p.augment.modality_dropout, used,
@@ -138,7 +144,7 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses))}
-        if len(valid) > 1:
+        if len(valid) > 1 and ((epoch + 1) % p.validate_every == 0 or epoch + 1 == p.schedule.epochs):
             row.update({f"valid_{k}": v for k, v in score_model(ema.module, valid, p.batch_size).items()})
         history.append(row)
         if ckpt_path is not None:
@@ -160,7 +166,7 @@ def save_model(path: Path, model: EMIFusionModel, p: Stage2Params, dims: dict[st
 def load_fusion(path: Path) -> tuple[EMIFusionModel, Stage2Params]:
     """A saved Stage-II model and the params it was trained with (e.g. which Stage-I view it reads), in one read."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    p = Stage2Params.model_validate({"reliability_cues": False, **state["params"]})  # saved before the cues
+    p = Stage2Params.model_validate({**SAVED_BEFORE, **state["params"]})
     model = EMIFusionModel.from_params(p, state["dims"])
     model.load_state_dict(state["model"])
     return model.eval(), p
