@@ -369,11 +369,33 @@ def bench_extract_cmd(
     repeats: Annotated[int, typer.Option(help="timed (batched, one-at-a-time) pairs, alternated; medians are printed.")] = 5,
 ) -> None:
     """Batched visual extraction vs one frame per call, same model and frames: frames/s, ratio, peak RSS."""
-    from emi.bench import bench_extract
+    from emi.bench.extract import bench_extract
 
     params = _load(params_path, profile, overrides)
     result = bench_extract(params, raw, clips, repeats)
     typer.echo("\n".join(result.lines()))
+
+
+@bench_app.command("stage2")
+def bench_stage2_cmd(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    root: Annotated[Path, typer.Option(help="the pipeline layout holding data/aligned, data/augmented, data/raw.")] = (
+        LAYOUT.root),
+    epochs: Annotated[int, typer.Option(help="epochs per training.")] = 10,
+    times: Annotated[int, typer.Option(help="the second data shape: every clip this many times longer.")] = 3,
+) -> None:
+    """Stage-II training throughput: the configured loop against the reference loop (random batches padded to the
+    longest clip, clips read from disk per batch, validation every epoch) on the pipeline's aligned features and
+    on the same clips TIMES longer: clip-epochs/s and the ratio."""
+    from emi.bench.stage2 import bench_lines, bench_stage2
+
+    params = _load(params_path, profile, overrides)
+    layout = Layout(root)
+    runs = bench_stage2(params.stage2, params.seed, layout.aligned_file, layout.augmented_file, layout.raw, epochs,
+                        times, echo=typer.echo)
+    typer.echo("\n".join(bench_lines(runs)))
 
 
 @bench_app.command("scale")
@@ -394,7 +416,7 @@ def bench_scale_cmd(
     and peak RSS per stage, growth between sizes and a linear extrapolation (`--profile tiny` for a quick run)."""
     from dataclasses import asdict
 
-    from emi.bench import bench_scale, scale_summary
+    from emi.bench.scale import bench_scale, scale_summary
     from emi.utils import write_json
 
     params = _load(params_path, profile, overrides)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from emi.bench import StageRun, run_measured, scale_summary, stage_commands
+from emi.bench.scale import StageRun, run_measured, scale_summary, stage_commands
 from tests.conftest import EMI
 
 REPO = Path(__file__).resolve().parents[1]

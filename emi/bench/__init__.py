@@ -1,0 +1,1 @@
+"""Benchmarks that print ratios (performance targets live here, not in timed tests)."""
