@@ -3,7 +3,7 @@
 # a worker, one `prefect deployment run emi/full` watched to its final state, then a clean shutdown.
 # The flow reproduces this checkout's DVC pipeline (--profile / --set values are written into params.yaml first,
 # as `emi params use` / `emi params set` write them). A server already answering at PREFECT_API_URL is used instead of starting one.
-# --runs N submits N runs at once (they share this checkout: the second waits for the first, see README).
+# --runs N submits N runs at once (they share this checkout: the second waits for the first, see docs/orchestration.md).
 # --worker makes this checkout a worker of EMI_WORK_POOL for orchestration.pools: it deploys emi-stage/$EMI_WORK_POOL
 # alone and runs the worker until stopped (no flow run of its own; the server must be up at PREFECT_API_URL).
 #   scripts/prefect-local.sh [--profile NAME] [--stage NAME ...] [--runs N] [--timeout SECONDS] [--set key=value ...]
