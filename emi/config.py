@@ -297,7 +297,8 @@ class Stage2Params(Strict):
     transformer_heads: int = Field(ge=1, description="attention heads (must divide width)")
     dropout: float = Field(ge=0, lt=1, description="dropout in the mapping MLPs, TCN and Transformer")
     modalities: tuple[Literal["V", "A", "T"], ...] = Field(min_length=1, description="modalities the model reads")
-    fusion: Literal["quality", "average", "concat"] = Field(description="quality (the paper's) | average | concat")
+    fusion: Literal["quality", "average", "concat", "gated"] = Field(
+        description="quality (the paper's weighted sum) | average | concat | gated (quality-gated concatenation)")
     reliability_cues: bool = Field(description="the quality scorer also reads per-step damage cues (not in the paper)")
     inputs: Literal["aligned", "encoder", "both"] = Field(
         description="Stage-I projections | standardized encoder features | both concatenated")

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from emi.config import Stage1Params, Stage2Params
 
 MODALITIES: tuple[str, ...] = tuple(MODALITY_KEYS.values())  # V, A, T
-FUSIONS: tuple[str, ...] = ("quality", "average", "concat")
+FUSIONS: tuple[str, ...] = ("quality", "average", "concat", "gated")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -208,7 +208,10 @@ class QualityFusion(nn.Module):
     Unavailable modalities get q = -inf, so their weight is exactly 0. A step with nothing available (all
     modalities missing, or padding) gets all-zero weights and a zero fused vector instead of NaN.
     ``average`` uses beta = 1/k over the k available modalities; ``concat`` feeds [h_V; h_A; h_T] (missing
-    ones zeroed) to a Linear and reports the 1/k weights only for logging.
+    ones zeroed) to a Linear and reports the 1/k weights only for logging. ``gated`` (quality-gated
+    concatenation, not in the paper) scores like ``quality`` but keeps each modality's features apart:
+    Linear([M beta_V h_V; M beta_A h_A; M beta_T h_T]), so what a modality carries alone is not averaged away,
+    and a low-quality modality is still scaled down (M: the number of modalities, so uniform weights give concat).
     """
 
     def __init__(self, width: int, n_modalities: int, mode: str = "quality", cue_dims: tuple[int, ...] | None = None):
@@ -219,11 +222,11 @@ class QualityFusion(nn.Module):
         self.cue_dims = tuple(cue_dims) if cue_dims is not None else (0,) * n_modalities
         if len(self.cue_dims) != n_modalities:
             raise ValueError(f"cue_dims {self.cue_dims} must give one width per modality ({n_modalities})")
-        if mode == "quality":
+        if mode in ("quality", "gated"):
             self.scorers = nn.ModuleList(
                 nn.Sequential(nn.Linear(width + c, width), nn.GELU(), nn.Linear(width, 1)) for c in self.cue_dims
             )
-        if mode == "concat":
+        if mode in ("concat", "gated"):
             self.merge = nn.Linear(n_modalities * width, width)
 
     def forward(self, h: Tensor, available: Tensor, cues: list[Tensor | None] | None = None) -> tuple[Tensor, Tensor]:
@@ -240,6 +243,8 @@ class QualityFusion(nn.Module):
         q = q.masked_fill(~available, float("-inf"))
         nothing = ~available.any(-1, keepdim=True)
         weights = torch.softmax(q.masked_fill(nothing, 0.0), dim=-1).masked_fill(~available, 0.0)
+        if self.mode == "gated":
+            return self.merge((h.shape[-2] * weights.unsqueeze(-1) * h).flatten(-2)), weights
         return (weights.unsqueeze(-1) * h).sum(-2), weights
 
     def _scorer_input(self, h: Tensor, available: Tensor, cues: list[Tensor | None] | None, i: int) -> Tensor:
@@ -312,7 +317,7 @@ class EMIFusionModel(nn.Module):
         """``dims``: feature widths V, A, T and, for ``stage2.reliability_cues``, the cue widths ``cues_V``,
         ``cues_A`` (``emi.train.fusion.dims_of``)."""
         cue_dims = None
-        if p.reliability_cues and p.fusion == "quality":  # only the quality scorer reads cues
+        if p.reliability_cues and p.fusion in ("quality", "gated"):  # only the quality scorers read cues
             missing = [f"cues_{m}" for m in ("V", "A") if m in p.modalities and f"cues_{m}" not in dims]
             if missing:
                 raise ValueError(f"stage2.reliability_cues is on but the features carry no cues ({missing} not in "

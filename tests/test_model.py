@@ -158,6 +158,20 @@ def test_quality_fusion_weights_sum_to_one_and_masked_modality_gets_exactly_zero
         assert torch.allclose(w[1, 0], torch.tensor([0.5, 0.0, 0.5])) and fused.shape == (3, 2, 4)
 
 
+def test_gated_fusion_scales_each_modality_apart_by_its_quality_weight():
+    torch.manual_seed(0)
+    gated = QualityFusion(width=4, n_modalities=3, mode="gated")
+    h = torch.randn(2, 5, 3, 4)
+    available = torch.tensor([[1, 1, 1], [1, 0, 1]], dtype=torch.bool)[:, None].expand(2, 5, 3)
+    fused, w = gated(h, available)
+    assert fused.shape == (2, 5, 4) and torch.allclose(w.sum(-1), torch.ones(2, 5)) and (w[1, :, 1] == 0).all()
+    blocks = 3 * w.unsqueeze(-1) * h.masked_fill(~available.unsqueeze(-1), 0.0)
+    assert torch.allclose(fused, gated.merge(blocks.flatten(-2)), atol=1e-6), "Linear([M b_m h_m]_m)"
+    changed = h.clone()
+    changed[1, :, 1] += 100.0  # a missing modality's features never reach the output
+    assert torch.allclose(gated(changed, available)[0][1], fused[1], atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- the whole model
 def test_model_shapes_and_outputs_in_unit_interval():
     model = small_model().eval()
@@ -197,7 +211,7 @@ def test_appending_padding_does_not_change_the_prediction():
     assert torch.allclose(short, long, atol=1e-5), "the prediction depends on how much padding the batch has"
 
 
-@pytest.mark.parametrize("fusion", ["quality", "average", "concat"])
+@pytest.mark.parametrize("fusion", ["quality", "average", "concat", "gated"])
 @pytest.mark.parametrize("modalities", SUBSETS, ids=["+".join(s) for s in SUBSETS])
 def test_every_ablation_trains(modalities, fusion):
     model = small_model(modalities, fusion, dropout=0.1).train()
