@@ -9,7 +9,7 @@ import pytest
 from emi.bench.scale import StageRun, run_measured, scale_summary, stage_commands
 from tests.conftest import EMI
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_stage_commands_are_dvc_yaml_s():

@@ -4,6 +4,7 @@ second clone restoring everything from a shared DVC remote; two runs on one chec
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -161,6 +162,20 @@ def test_the_flow_is_the_dvc_pipeline_and_a_second_clone_restores_it_from_the_re
     assert tags["emi.dvc.stage2.models/stage2/model.pt"] == hashes["stage2"]["models/stage2/model.pt"]
     assert tags["mlflow.source.git.commit"] == sh("git", "rev-parse", "HEAD", cwd=first).strip()
 
+    # DVC's own tools on the result: the headline fits a screen, an experiment changes one param and reruns only the
+    # stages that read it, and after switching profiles `dvc params diff` lists the values that changed
+    metrics = json.loads(sh(DVC, "metrics", "show", "--json", cwd=first))
+    values = metrics["workspace"]["data"]["reports/metrics.json"]["data"]
+    assert len(values) <= 25 and list(metrics["workspace"]["data"]) == ["reports/metrics.json"]
+    experiment = sh(DVC, "exp", "run", "-S", "stage2.width=64", cwd=first)
+    ran = set(re.findall(r"Running stage '(\w+)'", experiment))
+    assert ran == {"stage2", "ablate", "evaluate"}, experiment[-3000:]
+    assert load_params(first / "params.yaml").stage2.width == 64
+    use("paper", [], first / "params.yaml")
+    diff = json.loads(sh(DVC, "params", "diff", "--json", cwd=first))["params.yaml"]
+    assert diff["extract.visual.name"] == {"old": "mini-xception", "new": "ViT-B-16"}
+    assert diff["stage2.width"] == {"old": 128, "new": 256}
+
 
 @pytest.mark.slow
 def test_a_stage_sent_to_another_work_pool_runs_on_its_worker_and_is_restored_in_the_flows_checkout(
@@ -186,8 +201,10 @@ def test_a_stage_sent_to_another_work_pool_runs_on_its_worker_and_is_restored_in
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(30)
     gpu_log = (home / "logs" / "worker.log").read_text()
-    # the GPU worker ran transcribe (its missing input restored from the remote); the flow's checkout restored it
-    assert outcomes(gpu_log) == {"transcribe": ["ran its command"]}, gpu_log[-3000:]
+    # the GPU worker restored transcribe's missing input (download) from the remote and ran transcribe; the flow's
+    # checkout restored it
+    assert outcomes(gpu_log) == {"download": ["restored from DVC's run-cache"], "transcribe": ["ran its command"]}, \
+        gpu_log[-3000:]
     assert outcomes(log) == {"download": ["ran its command"], "transcribe": ["restored from DVC's run-cache"]}, log
     assert "stage 'transcribe': sent to work pool 'pool-gpu'" in log
     assert "Data and pipelines are up to date" in sh(DVC, "status", "download", "transcribe", cwd=here)
@@ -209,7 +226,8 @@ def test_a_pooled_stage_without_a_deployment_or_a_worker_fails_naming_the_pool(t
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from emi.orchestration.dvc import PipelineError, run_on_pool
+    from emi.orchestration.dvc import PipelineError
+    from emi.orchestration.pools import run_on_pool
 
     checkout = clone(tmp_path / "idle", None)
     env = {**clone_env(checkout), "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(checkout / ".prefect"),
