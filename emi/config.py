@@ -368,6 +368,9 @@ class Stage2Params(Strict):
     # what Stage II reads per modality: the Stage-I projections (aligned), the standardized encoder features
     # (encoder), or both concatenated (the analogue of the paper's Stage-I-tuned encoder output)
     inputs: Literal["aligned", "encoder", "both"]
+    temporal: bool = Field(
+        True, description="TCN + gated BiLSTM over time (the paper); false: each modality's clip-mean mapped features"
+    )
     pearson_loss_weight: float = Field(ge=0)
     ema_decay: float = Field(gt=0, lt=1)
     device: Literal["auto", "cpu", "cuda"]
