@@ -205,7 +205,7 @@ def render_clip(plan: ClipPlan, params: SyntheticParams, out_path: Path) -> dict
     rest = np.asarray(plan.person.resting)
     talk = speech.loudness(voice, sr, times)
     blink = face.blinks(rng, times)
-    style = face.FaceStyle.sample(rng, plan.person.identity)
+    style = face.FaceStyle.sample(rng, plan.person.identity, plan.person.setting)
     renderer = face.FaceRenderer(style, params.resolution, rng, occlusion=plan.corruption == "occlusion")
     frames = (renderer(t, rest + a * apex, k, b) for t, a, k, b in zip(times, strength, talk, blink))
     write_mp4(out_path, frames, fps, track, sr)

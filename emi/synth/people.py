@@ -10,7 +10,7 @@ import numpy as np
 
 from emi.config import SplitFractions, SyntheticParams
 from emi.data.dataset import SPLITS
-from emi.synth.face import Identity
+from emi.synth.face import Identity, Setting
 from emi.synth.latent import FACE_CONTROLS
 
 MOVING = ("head_motion",)  # idle head motion is drawn per clip; a resting face has none of its own
@@ -20,6 +20,7 @@ MOVING = ("head_motion",)  # idle head motion is drawn per clip; a resting face 
 class Person:
     index: int
     identity: Identity
+    setting: Setting  # where they record: background, light, framing
     resting: tuple[float, ...]  # resting expression: face-control offsets held when nothing is expressed
     voice: str
     pitch: float  # espeak-ng pitch offset from the neutral 45
@@ -38,6 +39,7 @@ def sample_people(rng: np.random.Generator, params: SyntheticParams) -> list[Per
         people.append(Person(
             index=i,
             identity=Identity.sample(rng),
+            setting=Setting.sample(rng),
             resting=tuple(float(round(x, 4)) for x in resting),
             voice=params.voices[int(rng.integers(len(params.voices)))],
             pitch=float(rng.normal(0.0, cfg.pitch_spread)),

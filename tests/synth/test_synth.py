@@ -14,9 +14,9 @@ from sklearn.model_selection import cross_val_predict
 
 from emi.config import EMOTIONS, SPLIT_HEADER, SyntheticParams, load_params
 from emi.metrics import rendered_controls
-from emi.synth import speech
+from emi.synth import face, speech
 from emi.synth.generate import apex_controls, generate, plan_dataset
-from emi.synth.latent import FACE_CONTROLS, PROSODY_CONTROLS, correlation_matrix, sample_latents
+from emi.synth.latent import FACE_CONTROLS, PROSODY_CONTROLS, correlation_matrix, face_controls, sample_latents
 from emi.synth.timeline import Episode, profile
 from emi.utils import sha256_file
 
@@ -109,8 +109,9 @@ def test_splits_are_by_person_and_near_their_shares(plans, embedded):
         share = np.mean([p.split == split for p in plans])
         assert share == pytest.approx(getattr(embedded.splits, split), abs=0.04)
     by_person = {}
-    for p in plans:  # a person is the same person in every clip: face, voice, expressiveness
-        by_person.setdefault(p.person.index, set()).add((p.person.identity, p.person.voice, p.person.face_gain))
+    for p in plans:  # a person is the same person in every clip: face, room, voice, expressiveness
+        by_person.setdefault(p.person.index, set()).add(
+            (p.person.identity, p.person.setting, p.person.voice, p.person.face_gain))
     assert all(len(v) == 1 for v in by_person.values())
     assert max(np.bincount([p.person.index for p in plans])) >= 8  # some people record many clips
 
@@ -155,6 +156,19 @@ def test_the_expression_is_neutral_outside_the_episodes_and_peaks_inside():
     assert strength.max() == pytest.approx(1.0) and 2.0 < t[np.argmax(strength)] < 3.0
     assert strength[(t > 5) & (t < 7)].max() == pytest.approx(0.5)
     assert 5.0 < episodes[1].voice_start(0.8) and episodes[1].voice_start(0.8) + 0.8 < 7.0
+
+
+def test_an_expression_changes_the_face_not_the_rest_of_the_frame():
+    rng = np.random.default_rng(0)
+    style = face.FaceStyle.sample(rng, face.Identity.sample(rng), face.Setting.sample(rng))
+    neutral = face.FaceRenderer(style, 160, np.random.default_rng(1))(0.0, np.zeros(len(FACE_CONTROLS)))
+    joy = np.eye(len(EMOTIONS))[EMOTIONS.index("Joy")]
+    smiling = face.FaceRenderer(style, 160, np.random.default_rng(1))(0.0, face_controls(joy))
+    closed = face.FaceRenderer(style, 160, np.random.default_rng(1))(0.0, np.zeros(len(FACE_CONTROLS)), blink=1.0)
+    change = np.abs(smiling.astype(float) - neutral).mean(2)
+    assert change.max() > 100  # teeth, lifted corners, folds: strong local contrast
+    assert np.median(change) < 5  # the background, hair and most of the skin stay (sensor noise only)
+    assert np.abs(closed.astype(float) - neutral).mean() > 0.1  # a blink is visible
 
 
 def test_rendered_episodes_lie_inside_mostly_neutral_clips(tiny_dataset):
