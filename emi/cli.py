@@ -252,14 +252,15 @@ def ablate(
                                             "the Stage-II model is reused for the matching cell, the V+A+T cell "
                                             "models go to models/ablation/.")] = LAYOUT.root,
 ) -> None:
-    """The paper's Table 3: V, A, T, V+A, V+T, A+T, V+A+T (quality fusion) and V+A+T with average/concat."""
+    """The paper's Table 3: V, A, T, V+A, V+T, A+T, V+A+T (configured fusion), V+A+T with each other fusion, each
+    other Stage-II input, and without the temporal blocks; next to a linear probe."""
     from emi.stages.ablate import ablation
 
     params = _load(params_path, profile, overrides)
     layout = Layout(root)
     table = ablation(params, layout.aligned_file, layout.raw, layout.reports, stage2_model=layout.fusion_model,
                      models_dir=layout.ablation_models, augmented=layout.augmented_file)
-    typer.echo(table[["modalities", "fusion", "inputs", "pearson_mean", "pearson_mean_sd", "diff_vs_full", "mse",
+    typer.echo(table[["modalities", "fusion", "inputs", "blocks", "pearson_mean", "pearson_mean_sd", "diff_vs_full", "mse",
                       "seconds"]].to_string(index=False))
 
 

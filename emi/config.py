@@ -81,33 +81,120 @@ class SplitFractions(Strict):
         return self
 
 
+class PeopleParams(Strict):
+    """The people filmed: each has one face, one voice and an expressiveness, the same in every clip of theirs."""
+
+    count: int = Field(ge=1, description="persons in the pool; splits are by person (no one in two splits)")
+    expressiveness: float = Field(
+        ge=0, description="sd of a person's log gain on face and on voice (how much they show)"
+    )
+    resting_face: float = Field(
+        ge=0, description="sd of a person's resting expression (a neutral face that looks glad, stern, ...)"
+    )
+    pitch_spread: float = Field(ge=0, description="sd of a person's voice pitch around espeak-ng's 50 (0-99 scale)")
+    rate_spread: float = Field(ge=0, description="sd of a person's speaking rate, relative to the mean rate")
+
+
+class EpisodeParams(Strict):
+    """Brief expressive episodes at random positions: face and voice are neutral outside them, and how strong an
+    emotion is shows only there."""
+
+    second_rate: float = Field(ge=0, le=1, description="share of clips with a second, weaker episode")
+    duration_s: tuple[float, float] = Field(description="range of an episode's length in seconds, onset to offset")
+    second_strength: tuple[float, float] = Field(
+        description="range of the weaker episode's strength, relative to the strongest"
+    )
+    channel_noise: float = Field(
+        ge=0, description="sd of a clip's log gain per emotion, drawn apart for face and voice: each a noisy view"
+    )
+    face_weight: dict[str, float] = Field(description="how much each emotion shows on the face, 0-1")
+    voice_weight: dict[str, float] = Field(description="how much each emotion shows in the voice, 0-1")
+    burst_rate: float = Field(
+        ge=0, le=1, description="share of episodes with a vocal burst (laugh, sigh, gasp, 'wow', 'hmm')"
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> EpisodeParams:
+        lo, hi = self.duration_s
+        if not 0 < lo <= hi:
+            raise ValueError(f"episodes.duration_s must be 0 < min <= max, got {self.duration_s}")
+        lo, hi = self.second_strength
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"episodes.second_strength must be 0 < min <= max <= 1, got {self.second_strength}")
+        for name in ("face_weight", "voice_weight"):
+            weights = getattr(self, name)
+            if set(weights) != set(EMOTIONS) or not all(0 <= w <= 1 for w in weights.values()):
+                raise ValueError(f"episodes.{name} must give each of {list(EMOTIONS)} a weight in [0, 1]")
+        return self
+
+
+class WordParams(Strict):
+    """What is said: the sentence names the dominant emotion, rarely how strong it is."""
+
+    rate: float = Field(
+        ge=0, le=1, description="share of clips with a sentence (the rest: vocal bursts only, or only noise)"
+    )
+    on_topic: float = Field(
+        ge=0, le=1, description="share of sentences about the dominant emotion (the rest are neutral remarks)"
+    )
+    intensity_rate: float = Field(
+        ge=0, le=1, description="share of sentences with an intensity word (so / a bit) that follows the strength"
+    )
+    in_episode: float = Field(
+        ge=0, le=1, description="share of sentences said in the strongest episode, with its prosody (else neutrally)"
+    )
+    neutral_below: float = Field(
+        ge=0, le=1, description="a clip whose strongest intensity is below this says a neutral sentence"
+    )
+
+
+class RaterParams(Strict):
+    """Labels are the mean of a few raters' scores, each rater with a fixed bias and their own noise."""
+
+    per_clip: int = Field(ge=1, description="raters scoring each clip (its label is their mean)")
+    pool: int = Field(ge=1, description="raters in the pool each clip's raters are drawn from")
+    bias: float = Field(ge=0, description="sd of a rater's fixed bias per emotion")
+    noise: float = Field(ge=0, description="sd of a rater's noise per clip and emotion")
+
+    @model_validator(mode="after")
+    def _enough(self) -> RaterParams:
+        if self.per_clip > self.pool:
+            raise ValueError(f"raters.per_clip ({self.per_clip}) exceeds raters.pool ({self.pool})")
+        return self
+
+
 class SyntheticParams(Strict):
     """The embedded "vidmimic-synth" generator (docs/data.md)."""
 
-    n_clips: int = Field(ge=3, description="clips to generate")
-    splits: SplitFractions = Field(description="train / valid / test fractions")
-    duration_s: tuple[float, float] = Field(description="clip duration range in seconds [min, max]")
-    video_fps: int = Field(ge=1, description="frame rate of the rendered video")
+    n_clips: int = Field(ge=3, description="clips to render")
+    splits: SplitFractions = Field(description="share of clips per split (whole persons go to one split)")
+    duration_s: tuple[float, float] = Field(description="shortest and longest clip in seconds")
+    mean_duration_s: float = Field(
+        gt=0, description="mean clip length; lengths are right-skewed (gamma) within duration_s"
+    )
+    video_fps: int = Field(ge=1, description="frames per second of the video")
     resolution: int = Field(ge=32, multiple_of=2, description="square frame side in pixels (even: 4:2:0 video)")
-    audio_sample_rate: int = Field(ge=8000, description="sample rate of the rendered audio track (Hz)")
-    snr_db: tuple[float, float] = Field(description="background noise SNR range for clean clips (dB)")
-    heavy_noise_snr_db: float = Field(description="SNR of the heavy_noise corruption (dB)")
-    label_noise: float = Field(ge=0, description="std of annotator noise added to the latent labels")
+    audio_sample_rate: int = Field(ge=8000, description="audio samples per second")
+    snr_db: tuple[float, float] = Field(description="background noise SNR range for clean clips")
+    heavy_noise_snr_db: float = Field(description="SNR of the heavy_noise corruption")
     label_skew: float = Field(gt=0, description="exponent on the copula marginals; >1 skews labels low")
     latent_correlation: dict[str, float] = Field(
         description="pairwise latent correlations, keys 'Emotion A~Emotion B'"
     )
-    individual_variation: float = Field(
-        ge=0, description="std of per-person expressiveness; bounds the oracle ceiling below 1"
-    )
-    voices: tuple[str, ...] = Field(min_length=1, description="espeak-ng voices the speakers are drawn from")
-    corruptions: CorruptionParams = Field(description="share of clips with each corruption")
+    people: PeopleParams = Field(description="the person pool")
+    episodes: EpisodeParams = Field(description="the expressive episodes")
+    words: WordParams = Field(description="the spoken sentence")
+    raters: RaterParams = Field(description="the raters whose mean score is the label")
+    voices: tuple[str, ...] = Field(min_length=1, description="espeak-ng voices the persons are given")
+    corruptions: CorruptionParams = Field(description="share of clips per corruption")
 
     @model_validator(mode="after")
     def _ranges(self) -> SyntheticParams:
         lo, hi = self.duration_s
         if not 0 < lo <= hi:
             raise ValueError(f"duration_s must be 0 < min <= max, got {self.duration_s}")
+        if not lo <= self.mean_duration_s <= hi:
+            raise ValueError(f"mean_duration_s {self.mean_duration_s} must lie within duration_s {self.duration_s}")
         for pair in self.latent_correlation:
             names = pair.split("~")
             bad = [n for n in names if n not in EMOTIONS]
@@ -302,6 +389,8 @@ class Stage2Params(Strict):
     reliability_cues: bool = Field(description="the quality scorer also reads per-step damage cues (not in the paper)")
     inputs: Literal["aligned", "encoder", "both"] = Field(
         description="Stage-I projections | standardized encoder features | both concatenated")
+    temporal: bool = Field(
+        description="TCN + gated BiLSTM over time (the paper) | false: each modality's clip-mean mapped features")
     pearson_loss_weight: float = Field(ge=0, description="loss = MSE + this x (1 - Pearson) (0: the paper's MSE)")
     ema_decay: float = Field(gt=0, lt=1, description="EMA of the weights (validated and saved)")
     device: Literal["auto", "cpu", "cuda"] = Field(description="auto | cpu | cuda (CPU runs are bit-reproducible)")

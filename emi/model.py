@@ -281,6 +281,7 @@ class EMIFusionModel(nn.Module):
         n_outputs: int = 6,
         ff_mult: int = 4,
         cue_dims: dict[str, int] | None = None,
+        temporal: bool = True,
     ):
         super().__init__()
         unknown = set(modalities) - set(MODALITIES)
@@ -290,13 +291,18 @@ class EMIFusionModel(nn.Module):
             raise ValueError(f"width {width} must be divisible by transformer_heads {transformer_heads}")
         self.modalities = tuple(m for m in MODALITIES if m in modalities)
         self.segments = segments
+        self.temporal = temporal
         mapped_from = {}
         if "V" in self.modalities:
-            self.tcn = TemporalConvNet(dims["V"], width, tcn_kernel, tcn_dilations, dropout)
-            mapped_from["V"] = width
+            mapped_from["V"] = dims["V"]
+            if temporal:
+                self.tcn = TemporalConvNet(dims["V"], width, tcn_kernel, tcn_dilations, dropout)
+                mapped_from["V"] = width
         if "A" in self.modalities:
-            self.gated_lstm = GatedBiLSTM(dims["A"], lstm_hidden)
-            mapped_from["A"] = self.gated_lstm.out_dim
+            mapped_from["A"] = dims["A"]
+            if temporal:
+                self.gated_lstm = GatedBiLSTM(dims["A"], lstm_hidden)
+                mapped_from["A"] = self.gated_lstm.out_dim
         if "T" in self.modalities:
             mapped_from["T"] = dims["T"]
         self.mapping = nn.ModuleDict({m: mapping_mlp(d, width, dropout) for m, d in mapped_from.items()})
@@ -336,18 +342,26 @@ class EMIFusionModel(nn.Module):
             transformer_heads=p.transformer_heads,
             dropout=p.dropout,
             cue_dims=cue_dims,
+            temporal=p.temporal,
         )
 
     def encode(self, v: Tensor | None, a: Tensor | None, t: Tensor | None, time_mask: Tensor) -> dict[str, Tensor]:
-        """Per-modality temporal features mapped to width W: {m: (B, T, W)} (eqs. 2-6 and 4)."""
+        """Per-modality temporal features mapped to width W: {m: (B, T, W)} (eqs. 2-6 and 4). Without the temporal
+        blocks (``temporal=False``, an ablation) each step holds the clip mean of the modality's mapped features."""
         h = {}
-        if "V" in self.modalities:
+        if not self.temporal:
+            h.update({m: self._clip_mean(m, x, time_mask) for m, x in (("V", v), ("A", a)) if m in self.modalities})
+        if "V" in self.modalities and self.temporal:
             h["V"] = self.mapping["V"](segment_mean_pool(self.tcn(v, time_mask), time_mask, self.segments))
-        if "A" in self.modalities:
+        if "A" in self.modalities and self.temporal:
             h["A"] = self.mapping["A"](self.gated_lstm(a, time_mask)[0])
         if "T" in self.modalities:
             h["T"] = self.mapping["T"](t).unsqueeze(1).expand(-1, time_mask.shape[1], -1)  # one text per clip
         return h
+
+    def _clip_mean(self, m: str, x: Tensor, time_mask: Tensor) -> Tensor:
+        mapped = clip_pool(self.mapping[m](zero_padding(x, time_mask)), time_mask)
+        return mapped.unsqueeze(1).expand(-1, time_mask.shape[1], -1)
 
     def forward(
         self, v: Tensor | None, a: Tensor | None, t: Tensor | None, time_mask: Tensor, modality_mask: Tensor,

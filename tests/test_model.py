@@ -226,6 +226,23 @@ def test_every_ablation_trains(modalities, fusion):
     assert all(g is not None and g.isfinite().all() for g in grads), "some layer got no (or a NaN) gradient"
 
 
+def test_without_temporal_blocks_the_model_sees_only_clip_means():
+    """``stage2.temporal: false`` (the ablation of the TCN and gated BiLSTM): shuffling a clip's steps changes
+    nothing, where the temporal model's prediction depends on the order."""
+    p = load_params(None, profile="tiny", overrides=["stage2.temporal=false", "stage2.dropout=0",
+                                                          "stage2.reliability_cues=false"]).stage2
+    flat = EMIFusionModel.from_params(p, DIMS).eval()
+    temporal = EMIFusionModel.from_params(p.model_copy(update={"temporal": True}), DIMS).eval()
+    assert not hasattr(flat, "tcn") and not hasattr(flat, "gated_lstm") and hasattr(temporal, "tcn")
+    v, a, t, time_mask, modality_mask = batch(lengths=(7, 7, 7))
+    order = torch.randperm(7, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for model, same in ((flat, True), (temporal, False)):
+            pred = model(v, a, t, time_mask, modality_mask)["pred"]
+            shuffled = model(v[:, order], a[:, order], t, time_mask, modality_mask)["pred"]
+            assert torch.allclose(pred, shuffled, atol=1e-5) == same
+
+
 def test_one_step_and_all_masked_clips_give_finite_predictions():
     model = small_model().train()
     v, a, t, time_mask, modality_mask = batch(lengths=(1, 5, 0))

@@ -34,17 +34,21 @@ def split_scores(preds: dict[str, np.ndarray], parts: dict[str, SequenceData], s
     return metrics, source
 
 
-def ablation_cells(modalities: tuple[str, ...], fusion: str, inputs: str) -> tuple[str, str]:
-    """The keys of ``reports/ablation.json`` for the full model (the Stage-II settings) and the linear probe."""
+def ablation_cells(modalities: tuple[str, ...], fusion: str, inputs: str,
+                   temporal: bool = True) -> tuple[str, str, str]:
+    """The keys of ``reports/ablation.json`` for the full model (the Stage-II settings), the linear probe and the
+    full model with the other ``blocks`` (without the temporal blocks, when the model has them)."""
     mods = "+".join(modalities)
-    return f"{mods}/{fusion}/{inputs}", f"{mods}/{LINEAR_PROBE}/{inputs}"
+    with_blocks, clip_mean = f"{mods}/{fusion}/{inputs}", f"{mods}/{fusion}/{inputs}/clip-mean"
+    full, other = (with_blocks, clip_mean) if temporal else (clip_mean, with_blocks)
+    return full, f"{mods}/{LINEAR_PROBE}/{inputs}", other
 
 
 def headline(metrics: dict, splits: list[str], rob: pd.DataFrame, ablation: dict | None,
-             cells: tuple[str, str], fusion: str) -> dict[str, float | None]:
+             cells: tuple[str, str, str], fusion: str) -> dict[str, float | None]:
     """The few numbers a run is compared by: mean Pearson and MSE per scored split, valid Pearson per emotion, the
-    fraction of the oracle ceiling (embedded data), the full model over the ablation's seeds and its margin over
-    the linear probe, and under the mixed damage the change of valid Pearson per fusion (mean over seeds) with the
+    fraction of the oracle ceiling (embedded data), the full model over the ablation's seeds and its margins over
+    the linear probe and over the same model with the other blocks (without the temporal blocks), and under the mixed damage the change of valid Pearson per fusion (mean over seeds) with the
     share of average fusion's loss the model's fusion avoids. None where a number does not exist."""
     out: dict[str, float | None] = {}
     for s in splits:
@@ -54,12 +58,13 @@ def headline(metrics: dict, splits: list[str], rob: pd.DataFrame, ablation: dict
         out.update({f"valid_pearson_{e}": metrics["valid"][f"pearson_{e}"] for e in EMOTIONS})
     for s, value in metrics.get("fraction_of_ceiling", {}).items():
         out[f"{s}_fraction_of_ceiling"] = value
-    full, probe = ((ablation or {}).get(cell) or {} for cell in cells)
+    full, probe, blocks = ((ablation or {}).get(cell) or {} for cell in cells)
     out["ablation_full_pearson_mean"] = full.get("pearson_mean")
     out["ablation_full_pearson_sd"] = full.get("pearson_mean_sd")
-    out["margin_over_linear_probe"] = (full["pearson_mean"] - probe["pearson_mean"]
-                                       if full.get("pearson_mean") is not None and probe.get("pearson_mean") is not None
-                                       else None)
+    for name, other in (("linear_probe", probe), ("other_blocks", blocks)):
+        out[f"margin_over_{name}"] = (full["pearson_mean"] - other["pearson_mean"]
+                                      if full.get("pearson_mean") is not None and other.get("pearson_mean") is not None
+                                      else None)
     mixed = rob[rob["condition"] == MIXED].set_index("fusion")
     for f in mixed.index:
         out[f"mixed_damage_delta_pearson_{f}"] = finite(mixed.loc[f, "delta_pearson"])

@@ -23,7 +23,7 @@ def probe_markdown(probe: pd.DataFrame | None, source: str, alphas: tuple[float,
 def _seed_headline(ctx: dict, ceiling: float | None) -> list[str]:
     """The ablation's full model (mean ± sd over seeds) next to the linear probe and the valid ceiling."""
     cells = ctx.get("ablation") or {}
-    full, probe = (cells.get(c) for c in ctx["cells"])
+    full, probe, blocks = (cells.get(c) for c in ctx["cells"])
     if not full or full.get("pearson_mean") is None:
         return []
 
@@ -36,6 +36,10 @@ def _seed_headline(ctx: dict, ceiling: float | None) -> list[str]:
         line += (f"; linear probe {probe['pearson_mean']:.4f}{share(probe['pearson_mean'])}: the network adds "
                  f"{full['pearson_mean'] - probe['pearson_mean']:+.4f}" +
                  (f" (past {SIGNIFICANT_SD:g} sd)" if probe.get("exceeds_2sd") else ""))
+    if blocks and blocks.get("pearson_mean") is not None:
+        line += (f"; with the other temporal setting (`{ctx['cells'][2]}`) {blocks['pearson_mean']:.4f}: the "
+                 f"model's blocks add {full['pearson_mean'] - blocks['pearson_mean']:+.4f}" +
+                 (f" (past {SIGNIFICANT_SD:g} sd)" if blocks.get("exceeds_2sd") else ""))
     return [line]
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from emi.config import EMOTIONS, Params
-from emi.evaluation.seeds import mean_sd, paired_difference
+from emi.config import Params
+from emi.evaluation.ablation import RIDGE, ablation_table, blocks_name, cell_key
 from emi.model import FUSIONS
 from emi.evaluation.probes import LINEAR_PROBE as PROBE, linear_probe
 from emi.report.ablation import ablation_markdown
@@ -24,6 +24,7 @@ from emi.train.fusion import (ABLATION_MODALITIES, dims_of, score_model, load_mo
 from emi.utils import finite, write_json, write_text
 
 log = logging.getLogger(__name__)
+
 
 
 def _ablation_job(job: tuple) -> dict:
@@ -43,30 +44,6 @@ def _ablation_job(job: tuple) -> dict:
     return {**scores, "seconds": round(time.perf_counter() - start, 1), "reused": reuse is not None}
 
 
-def ablation_table(runs: pd.DataFrame, full: tuple[str, str, str]) -> pd.DataFrame:
-    """One row per cell: mean over seeds of every score, sd of the mean Pearson and MSE, and the difference to the
-    ``full`` cell's mean Pearson, paired by seed (mean, sd, whether it exceeds ``SIGNIFICANT_SD`` sds)."""
-    keys = ["modalities", "fusion", "inputs"]
-    values = ["pearson_mean", *[f"pearson_{e}" for e in EMOTIONS], "mse"]
-    table = mean_sd(runs, keys, values).drop(columns=[f"pearson_{e}_sd" for e in EMOTIONS])
-    grouped = runs.groupby(keys, sort=False)
-    table["seeds"] = grouped.size().to_numpy()
-    table["seconds"] = grouped["seconds"].sum().to_numpy()
-    table["reused"] = grouped["reused"].any().to_numpy()
-    def cell(key: tuple) -> pd.DataFrame:
-        return runs[(runs.modalities == key[0]) & (runs.fusion == key[1]) & (runs.inputs == key[2])].sort_values(
-            "seed")
-
-    base = cell(full)
-    diffs = []
-    for key in table[keys].itertuples(index=False, name=None):
-        mine = cell(key)
-        diffs.append(paired_difference(mine["pearson_mean"].to_numpy(), base["pearson_mean"].to_numpy())
-                     if len(base) and len(mine) == len(base) else (float("nan"), float("nan"), False))
-    table["diff_vs_full"], table["diff_vs_full_sd"], table["exceeds_2sd"] = zip(*diffs) if diffs else ([], [], [])
-    return table
-
-
 @tracked("ablate")
 def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
              modality_sets: tuple[str, ...] = ABLATION_MODALITIES,
@@ -84,18 +61,19 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
     (``variant_name(..., i)``): evaluate's fusion comparison reads them, and trains none itself. Every cell trains on the training split plus its damaged copies (``augmented``), as Stage
     II does. Cells train in ``stage2.ablation_workers`` processes."""
     base = params.stage2
-    grid = [(m, base.fusion, base.inputs) for m in modality_sets]
+    grid = [(m, base.fusion, base.inputs, base.temporal) for m in modality_sets]
     full = "".join(base.modalities)
-    grid += [(full, f, base.inputs) for f in fusions if f != base.fusion]
-    grid += [(full, base.fusion, i) for i in inputs if i != base.inputs]
+    grid += [(full, f, base.inputs, base.temporal) for f in fusions if f != base.fusion]
+    grid += [(full, base.fusion, i, base.temporal) for i in inputs if i != base.inputs]
+    grid += [(full, base.fusion, base.inputs, not base.temporal)]  # what the temporal blocks add
     cells = [(k, *cell) for k in range(params.evaluate.seeds) for cell in grid]
     workers = max(1, min(base.ablation_workers, len(cells)))
     threads = max(1, torch.get_num_threads() // workers)
     jobs = []
-    for k, mods, fusion, inp in cells:
-        p = base.model_copy(update={"modalities": tuple(mods), "fusion": fusion, "inputs": inp})
+    for k, mods, fusion, inp, temporal in cells:
+        p = base.model_copy(update={"modalities": tuple(mods), "fusion": fusion, "inputs": inp, "temporal": temporal})
         same = k == 0 and stage2_model is not None and Path(stage2_model).is_file() and p == base
-        keep = models_dir is not None and mods == "".join(base.modalities)  # evaluate's robustness models
+        keep = models_dir is not None and mods == full and temporal == base.temporal  # evaluate's robustness models
         save_to = Path(models_dir) / f"{variant_name(mods, fusion, inp, k)}.pt" if keep and not same else None
         jobs.append((p, params.seed + k, aligned, augmented, raw_dir, threads, stage2_model if same else None,
                      save_to))
@@ -107,20 +85,22 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(_ablation_job, jobs))
     rows = []
-    for (k, mods, fusion, inp), scores in zip(cells, results):
-        rows.append({"modalities": "+".join(mods), "fusion": fusion, "inputs": inp, "seed": k, **scores})
-        log.info("ablation %s/%s/%s seed %d: valid mean Pearson %.4f", mods, fusion, inp, k, scores["pearson_mean"])
+    for (k, mods, fusion, inp, temporal), scores in zip(cells, results):
+        rows.append({"modalities": "+".join(mods), "fusion": fusion, "inputs": inp, "blocks": blocks_name(temporal),
+                     "seed": k, **scores})
+        log.info("ablation %s seed %d: valid mean Pearson %.4f", cell_key(rows[-1]), k, scores["pearson_mean"])
     start = time.perf_counter()
     parts = split_data(aligned, raw_dir, base.inputs)
     probe = linear_probe(parts["train"], parts["valid"], params.evaluate.probe_alphas, "".join(base.modalities))
     seconds = round(time.perf_counter() - start, 1)
     log.info("ablation linear probe: valid mean Pearson %.4f (%.1f s)", probe["pearson_mean"], seconds)
     # deterministic (no training seed): the same numbers next to every seed, so differences pair by seed
-    rows += [{"modalities": "+".join(base.modalities), "fusion": PROBE, "inputs": base.inputs, "seed": k,
+    rows += [{"modalities": "+".join(base.modalities), "fusion": PROBE, "inputs": base.inputs, "blocks": RIDGE, "seed": k,
               **probe, "seconds": seconds if k == 0 else 0.0, "reused": False} for k in range(params.evaluate.seeds)]
     runs_table = pd.DataFrame(rows)
-    table = ablation_table(runs_table, ("+".join(base.modalities), base.fusion, base.inputs))
-    runs.log_metrics({f"{r['modalities']}/{r['fusion']}/{r['inputs']}/seconds".replace("+", ""): r["seconds"]
+    table = ablation_table(runs_table, ("+".join(base.modalities), base.fusion, base.inputs,
+                                        blocks_name(base.temporal)))
+    runs.log_metrics({f"{cell_key(r)}/seconds".replace("+", ""): r["seconds"]
                       for r in table.to_dict(orient="records")})
     results = table.drop(columns=["seconds"])  # DVC outputs hold results, not timings: same inputs, same bytes
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,10 +109,10 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
         index=False, float_format="%.4f"))
     write_text(out_dir / "ablation.md", ablation_markdown(results))
     runs.log_artifacts([out_dir / "ablation.md", out_dir / "ablation.csv", out_dir / "ablation_seeds.csv"])
-    runs.log_metrics({f"{r['modalities']}/{r['fusion']}/{r['inputs']}/pearson_mean".replace("+", ""):
+    runs.log_metrics({f"{cell_key(r)}/pearson_mean".replace("+", ""):
                           r["pearson_mean"] for r in table.to_dict(orient="records")})
     # DVC metrics (a mapping, not a list): mean and sd of two numbers per cell; per-dimension scores in ablation.csv
-    write_json(out_dir / "ablation.json", {f"{r['modalities']}/{r['fusion']}/{r['inputs']}": {
+    write_json(out_dir / "ablation.json", {cell_key(r): {
         k: finite(r[k]) for k in ("pearson_mean", "pearson_mean_sd", "mse", "mse_sd", "diff_vs_full",
                                   "diff_vs_full_sd", "exceeds_2sd")} for r in table.to_dict(orient="records")})
     return table

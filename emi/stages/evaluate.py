@@ -116,7 +116,7 @@ def evaluate(params: Params, layout: Layout, show_progress: bool = True) -> Eval
 
     reports = layout.reports
     ablation = _read_json(reports / "ablation.json")
-    cells = ablation_cells(saved.modalities, saved.fusion, saved.inputs)
+    cells = ablation_cells(saved.modalities, saved.fusion, saved.inputs, saved.temporal)
     paths["metrics"] = write_json(reports / "metrics.json", headline(metrics, splits, rob, ablation, cells,
                                                                       saved.fusion))
     paths["scores"] = write_json(reports / "scores.json", metrics)

@@ -1,13 +1,15 @@
 """Latent intensities, labels and the expression/prosody controls they drive.
 
 The chain that makes labels recoverable (and bounds how well):
-  latent e ∈ [0,1]^6 (Gaussian copula with configured correlations)
-  ├─ labels  = clip(e + annotator noise)
-  └─ shown   = e · k, k = this person's expressiveness (individual variation)
-       ├─ face controls   = FACE_MIX @ shown   (what the renderer draws, written to latents.csv)
-       ├─ prosody controls = PROSODY_MIX @ shown (espeak-ng pitch/rate/volume)
-       └─ sentence chosen by the dominant emotion and its strength
-An oracle regressor on the face controls therefore reaches a high but imperfect Pearson: the ceiling.
+  latent e ∈ [0,1]^6 (Gaussian copula with configured correlations): how strongly the person feels each emotion
+  ├─ labels = mean of a few raters' scores, each rater clip(e + their fixed bias + noise)
+  ├─ face shown  = e · face_weight · g_face    g = this person's gain on that channel × this clip's own draw
+  └─ voice shown = e · voice_weight · g_voice  per emotion, so face and voice are two noisy views of e that lean
+                                               on different emotions (Joy on the face, Excitement in the voice)
+       ├─ face controls    = FACE_MIX @ face shown     (drawn at an episode's apex, written to latents.csv)
+       └─ prosody controls = PROSODY_MIX @ voice shown (espeak-ng pitch/rate/volume of an episode's voice)
+The sentence depends on the dominant emotion only (emi.synth.speech): words say which emotion, rarely how strong.
+An oracle regressor on the apex controls therefore reaches a high but imperfect Pearson: the ceiling.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from emi.config import EMOTIONS, SyntheticParams
+from emi.config import EMOTIONS, RaterParams, SyntheticParams
 
 # Rows: face controls; columns: EMOTIONS order (Adm, Amu, Det, EmpPain, Exc, Joy).
 # Loosely after FACS prototypes: joy = lip-corner pull + cheek raise, admiration = brow raise + wide eyes,
@@ -84,8 +86,20 @@ def sample_latents(rng: np.random.Generator, n: int, params: SyntheticParams) ->
     return norm.cdf(z) ** params.label_skew
 
 
-def labels_from_latents(rng: np.random.Generator, latents: np.ndarray, noise: float) -> np.ndarray:
-    return np.clip(latents + rng.normal(0.0, noise, latents.shape), 0.0, 1.0)
+def rate(rng: np.random.Generator, latents: np.ndarray, raters: RaterParams) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, rater ids): each clip's label is the mean of ``raters.per_clip`` raters drawn from a pool, each
+    scoring clip(e + their fixed per-emotion bias + noise) on the [0, 1] scale."""
+    n, k = latents.shape
+    bias = rng.normal(0.0, raters.bias, (raters.pool, k))
+    who = np.stack([rng.choice(raters.pool, raters.per_clip, replace=False) for _ in range(n)])
+    noise = rng.normal(0.0, raters.noise, (n, raters.per_clip, k))
+    scores = np.clip(latents[:, None, :] + bias[who] + noise, 0.0, 1.0)
+    return scores.mean(1), who
+
+
+def shown(latent: np.ndarray, weights: dict[str, float], gain: np.ndarray | float) -> np.ndarray:
+    """What one channel shows of the latent at full strength: per-emotion weight × the clip's gain, capped."""
+    return np.clip(np.asarray(latent) * np.array([weights[e] for e in EMOTIONS]) * gain, 0.0, 1.5)
 
 
 def face_controls(shown: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 ABLATION_MODALITIES = ("V", "A", "T", "VA", "VT", "AT", "VAT")
 
 
-SAVED_BEFORE = {"reliability_cues": False, "batch_pool": 1, "validate_every": 1, "cache_mb": 0.0}
+SAVED_BEFORE = {"reliability_cues": False, "batch_pool": 1, "validate_every": 1, "cache_mb": 0.0, "temporal": True}
 """Settings a model saved before they existed was trained with (it loads and predicts as it did)."""
 
 

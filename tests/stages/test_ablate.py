@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from emi.config import EMOTIONS
-from emi.stages.ablate import PROBE, ablation, ablation_table
+from emi.evaluation.ablation import CLIP_MEAN, RIDGE, TEMPORAL, ablation_table
+from emi.stages.ablate import PROBE, ablation
 from emi.stages.stage2 import stage2
 from tests.conftest import tiny
 
@@ -19,10 +20,11 @@ def test_cells_are_mean_sd_over_seeds_with_the_paired_difference_to_the_full_mod
                          ("V+A+T", "average", "both"): [0.60, 0.61, 0.615],
                          ("V+A+T", PROBE, "both"): [0.58] * 3}.items():
         for k, v in enumerate(values):
-            rows.append(dict(zip(("modalities", "fusion", "inputs"), cell), seed=k, pearson_mean=v, mse=0.05 + k / 100,
+            rows.append(dict(zip(("modalities", "fusion", "inputs"), cell), seed=k,
+                             blocks=RIDGE if cell[1] == PROBE else TEMPORAL, pearson_mean=v, mse=0.05 + k / 100,
                              **{f"pearson_{e}": v for e in EMOTIONS}, seconds=1.0, reused=cell[0] == "V+A+T" and k == 0
                              and cell[1] == "quality"))
-    table = ablation_table(pd.DataFrame(rows), ("V+A+T", "quality", "both")).set_index(["modalities", "fusion"])
+    table = ablation_table(pd.DataFrame(rows), ("V+A+T", "quality", "both", TEMPORAL)).set_index(["modalities", "fusion"])
     full, v, avg, probe = (table.loc[k] for k in [("V+A+T", "quality"), ("V", "quality"), ("V+A+T", "average"),
                                                   ("V+A+T", PROBE)])
     assert full["pearson_mean"] == pytest.approx(0.61) and full["pearson_mean_sd"] == pytest.approx(0.01)
@@ -33,7 +35,7 @@ def test_cells_are_mean_sd_over_seeds_with_the_paired_difference_to_the_full_mod
     # the probe has no seed: its sd is 0 and its difference's sd is the full model's
     assert probe["pearson_mean_sd"] == 0 and probe["diff_vs_full_sd"] == pytest.approx(0.01)
     assert probe["diff_vs_full"] == pytest.approx(-0.03) and probe["exceeds_2sd"]
-    one = ablation_table(pd.DataFrame([r for r in rows if r["seed"] == 0]), ("V+A+T", "quality", "both"))
+    one = ablation_table(pd.DataFrame([r for r in rows if r["seed"] == 0]), ("V+A+T", "quality", "both", TEMPORAL))
     assert one["pearson_mean_sd"].isna().all() and not one["exceeds_2sd"].any() and math.isnan(
         one["diff_vs_full_sd"].iloc[1])
 
@@ -44,12 +46,14 @@ def test_ablation_grid_writes_one_table_and_reuses_the_stage2_model(tiny_aligned
     table = ablation(tiny(), tiny_aligned.aligned_path, tiny_dataset, tmp_path, modality_sets=("V", "VAT"),
                      fusions=("quality", "average"), inputs=("both", "aligned"),
                      stage2_model=trained.model_path, models_dir=tmp_path / "cells")
-    assert list(zip(table["modalities"], table["fusion"], table["inputs"])) == [
-        ("V", "quality", "both"), ("V+A+T", "quality", "both"), ("V+A+T", "average", "both"),
-        ("V+A+T", "quality", "aligned"), ("V+A+T", PROBE, "both")]
-    assert table["reused"].tolist() == [False, True, False, False, False]
-    assert table["seeds"].tolist() == [1] * 5  # tiny: one training per cell
-    base = table[(table.modalities == "V+A+T") & (table.fusion == "quality") & (table.inputs == "both")]
+    assert list(zip(table["modalities"], table["fusion"], table["inputs"], table["blocks"])) == [
+        ("V", "quality", "both", TEMPORAL), ("V+A+T", "quality", "both", TEMPORAL),
+        ("V+A+T", "average", "both", TEMPORAL), ("V+A+T", "quality", "aligned", TEMPORAL),
+        ("V+A+T", "quality", "both", CLIP_MEAN), ("V+A+T", PROBE, "both", RIDGE)]
+    assert table["reused"].tolist() == [False, True, False, False, False, False]
+    assert table["seeds"].tolist() == [1] * 6  # tiny: one training per cell
+    base = table[(table.modalities == "V+A+T") & (table.fusion == "quality") & (table.inputs == "both")
+                 & (table.blocks == TEMPORAL)]
     # the same model, scored in a 1-thread worker: equal up to float rounding
     assert base["pearson_mean"].item() == pytest.approx(trained.metrics["valid_pearson_mean"], abs=1e-5)
     assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == ["VAT-average-both.pt", "VAT-quality-aligned.pt"]
@@ -57,7 +61,7 @@ def test_ablation_grid_writes_one_table_and_reuses_the_stage2_model(tiny_aligned
     assert pd.read_csv(tmp_path / "ablation.csv")["pearson_mean"].notna().all()
     metrics = json.loads((tmp_path / "ablation.json").read_text())  # DVC metrics: mean and sd of two numbers per cell
     assert list(metrics) == ["V/quality/both", "V+A+T/quality/both", "V+A+T/average/both", "V+A+T/quality/aligned",
-                             f"V+A+T/{PROBE}/both"]
+                             "V+A+T/quality/both/clip-mean", f"V+A+T/{PROBE}/both"]
     assert all(set(cell) == {"pearson_mean", "pearson_mean_sd", "mse", "mse_sd", "diff_vs_full", "diff_vs_full_sd",
                              "exceeds_2sd"} for cell in metrics.values())
     assert metrics["V/quality/both"]["pearson_mean"] == pytest.approx(table["pearson_mean"].iloc[0])
@@ -65,5 +69,6 @@ def test_ablation_grid_writes_one_table_and_reuses_the_stage2_model(tiny_aligned
     probe = metrics[f"V+A+T/{PROBE}/both"]
     assert -1 <= probe["pearson_mean"] <= 1 and probe["diff_vs_full"] == pytest.approx(
         probe["pearson_mean"] - metrics["V+A+T/quality/both"]["pearson_mean"], abs=1e-6)
-    assert "| V+A+T | linear probe | both |" in (tmp_path / "ablation.md").read_text()
-    assert len(pd.read_csv(tmp_path / "ablation_seeds.csv")) == 5
+    assert "| V+A+T | linear probe | both | ridge |" in (tmp_path / "ablation.md").read_text()
+    assert "| V+A+T | quality | both | clip mean |" in (tmp_path / "ablation.md").read_text()
+    assert len(pd.read_csv(tmp_path / "ablation_seeds.csv")) == 6
