@@ -117,13 +117,14 @@ def test_paper_profile_has_the_papers_settings():
     assert not p.extract.visual.allow_random_init
 
 
-def test_paper_keeps_the_projects_additions_off_and_paper_plus_takes_augmentation_over_the_papers_settings():
+def test_paper_keeps_the_projects_additions_off_and_paper_plus_takes_them_over_the_papers_settings():
     paper, plus = load_params(None, profile="paper"), load_params(None, profile="paper+")
     assert paper.stage2.augment.fraction == 0 and paper.stage2.augment.modality_dropout == 0
-    assert not paper.stage2.reliability_cues
+    assert not paper.stage2.reliability_cues and paper.stage2.fusion == "quality"
     assert plus.stage2.augment.fraction > 0 and plus.stage2.augment.modality_dropout > 0
+    assert plus.stage2.fusion == "gated"
     # everything else is the paper's (reliability cues measured worse on the embedded data: off in both)
-    strip = {"stage2": {"augment"}}
+    strip = {"stage2": {"augment", "fusion"}}
     assert plus.model_dump(exclude=strip | {"profile": True}) == paper.model_dump(exclude=strip | {"profile": True})
 
 

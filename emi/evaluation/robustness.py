@@ -1,7 +1,7 @@
 """Robustness: the trained pipeline on validation clips decoded again and damaged (occluded face, noisy audio,
 missing audio, missing text: each on ``rate`` of the clips; and ``mixed``: ``mixed_rate`` of the clips, one
 random damage each). Does the fusion weight of a damaged modality fall, and how much of average fusion's loss
-does quality fusion avoid, over several training seeds?"""
+does the model's fusion (quality in the paper) avoid, over several training seeds?"""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from emi.data.dataset import Clip
 from emi.features.decode import OK
 from emi.features.damage import DAMAGED_MODALITY, Damage, damage_of
 from emi.features.featurize import Featurizer
-from emi.evaluation.seeds import loss_avoided, mean_sd, paired_difference
+from emi.evaluation.seeds import REFERENCE_FUSION, loss_avoided, mean_sd, model_fusion, paired_difference
 from emi.metrics import scores
 from emi.model import EMIFusionModel
 from emi.train.projection import aligned_inputs, load_alignment
@@ -28,8 +28,9 @@ from emi.data.sequences import SequenceData
 MIXED = "mixed"
 CONDITIONS = ("clean", *DAMAGE_KINDS, MIXED)
 """Each damage kind is also a condition applied to ``rate`` of the clips."""
-COMPARED_FUSIONS = ("quality", "average")
-"""The fusions the robustness table compares (the paper's and the plain mean)."""
+def compared_fusions(fusion: str) -> tuple[str, ...]:
+    """The fusions the robustness table compares: the model's and the plain mean (once if they are the same)."""
+    return tuple(dict.fromkeys((fusion, REFERENCE_FUSION)))
 DROPPED = "dropped"
 """Prediction key suffix: the condition with each damaged clip's damaged modality marked unavailable."""
 
@@ -66,7 +67,7 @@ def seed_models(models_dir: Path, model: EMIFusionModel, saved: Stage2Params,
     is that fusion's seed 0, the ablation stage's models of the same modalities and inputs otherwise
     (``models_dir``: ``variant_name(modalities, fusion, inputs, i)``), and where each came from. A missing one is an
     error naming the stage that makes it: evaluation never trains."""
-    models: dict[str, list] = {fusion: [] for fusion in COMPARED_FUSIONS}
+    models: dict[str, list] = {fusion: [] for fusion in compared_fusions(saved.fusion)}
     sources = []
     for i in range(seeds):
         for fusion in models:
@@ -265,8 +266,8 @@ KIND_SUMMED = ("weight_clean", "weight_damaged", "delta_pearson_kind", "delta_pe
 
 def robustness_table(result: Robustness) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean and sd over the training seeds: the condition x fusion table (``<value>`` and ``<value>_sd``, plus per
-    damaged condition, on the quality rows, ``loss_avoided`` from the mean deltas (None: average fusion's loss is
-    none or within its seed noise), the paired quality - average
+    damaged condition, on the model's fusion's rows, ``loss_avoided`` from the mean deltas (None: average fusion's
+    loss is none or within its seed noise), the paired model - average
     difference of the deltas over seeds and whether it exceeds ``SIGNIFICANT_SD`` sds) and the mixed condition's
     weights per damage kind."""
     runs = result.runs
@@ -274,18 +275,19 @@ def robustness_table(result: Robustness) -> tuple[pd.DataFrame, pd.DataFrame]:
     counts = runs.groupby(["condition", "fusion"], sort=False)[["n_damaged", "n"]].first().reset_index()
     table = table.merge(counts, on=["condition", "fusion"])
     table["seeds"] = runs.groupby(["condition", "fusion"], sort=False).size().to_numpy()
-    table["loss_avoided"], table["quality_minus_average"] = np.nan, np.nan
-    table["quality_minus_average_sd"], table["exceeds_2sd"] = np.nan, False
+    table["loss_avoided"], table["fusion_minus_average"] = np.nan, np.nan
+    table["fusion_minus_average_sd"], table["exceeds_2sd"] = np.nan, False
+    fusion, ref = model_fusion(runs), REFERENCE_FUSION
     for name in CONDITIONS[1:]:
         per = {f: runs[(runs.condition == name) & (runs.fusion == f)].sort_values("seed")["delta_pearson"]
-               for f in COMPARED_FUSIONS}
-        at = (table.condition == name) & (table.fusion == "quality")
-        if any(len(v) == 0 for v in per.values()) or not at.any():
+               for f in (fusion, ref)}
+        at = (table.condition == name) & (table.fusion == fusion)
+        if fusion == ref or any(len(v) == 0 for v in per.values()) or not at.any():
             continue
-        sd_average = per["average"].std(ddof=1) if len(per["average"]) > 1 else float("nan")
-        avoided = loss_avoided(per["quality"].mean(), per["average"].mean(), sd_average)
-        diff, sd, exceeds = paired_difference(per["quality"].to_numpy(), per["average"].to_numpy())
-        table.loc[at, ["loss_avoided", "quality_minus_average", "quality_minus_average_sd", "exceeds_2sd"]] = [
+        sd_average = per[ref].std(ddof=1) if len(per[ref]) > 1 else float("nan")
+        avoided = loss_avoided(per[fusion].mean(), per[ref].mean(), sd_average)
+        diff, sd, exceeds = paired_difference(per[fusion].to_numpy(), per[ref].to_numpy())
+        table.loc[at, ["loss_avoided", "fusion_minus_average", "fusion_minus_average_sd", "exceeds_2sd"]] = [
             np.nan if avoided is None else avoided, diff, sd, exceeds]
     mixed = result.mixed
     keys = ["damage", "modality", "masked", "fusion"]

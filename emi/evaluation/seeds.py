@@ -34,3 +34,13 @@ def loss_avoided(delta_quality: float, delta_average: float, sd_average: float =
     if not delta_average < 0 or (np.isfinite(sd_average) and -delta_average <= SIGNIFICANT_SD * sd_average):
         return None
     return float(1 - delta_quality / delta_average)
+
+
+REFERENCE_FUSION = "average"
+"""The fusion the model's own fusion is compared with under damage (the plain mean of the modalities)."""
+
+
+def model_fusion(table: pd.DataFrame) -> str:
+    """The model's fusion in a robustness table: the one that is not the reference (the reference itself when the
+    model uses it)."""
+    return next((f for f in dict.fromkeys(table["fusion"]) if f != REFERENCE_FUSION), REFERENCE_FUSION)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from emi.config import EMOTIONS
+from emi.evaluation.seeds import model_fusion
 from emi.utils import atomic_path, write_text
 
 
@@ -53,23 +54,24 @@ def plot_scatter(scatter: pd.DataFrame, path: Path) -> Path:
 
 def plot_weights(table: pd.DataFrame, path: Path) -> Path:
     fig, axes = _figure(11, 3.8, ncols=2)
-    quality = table[table.fusion == "quality"].set_index("condition")
+    fusion = model_fusion(table)
+    quality = table[table.fusion == fusion].set_index("condition")
     x = np.arange(len(quality))
     bottom = np.zeros(len(quality))
     for m in "VAT":
         axes[0, 0].bar(x, quality[f"weight_{m}"], 0.6, bottom=bottom, label=m)
         bottom += quality[f"weight_{m}"].fillna(0).to_numpy()
     axes[0, 0].set_xticks(x, quality.index, rotation=15)
-    axes[0, 0].set(ylabel="mean fusion weight (damaged clips)", title="Quality fusion: weight per modality",
+    axes[0, 0].set(ylabel="mean fusion weight (damaged clips)", title=f"{fusion.capitalize()} fusion: weight per modality",
                    ylim=(0, 1.02))
     axes[0, 0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
     fusions = list(dict.fromkeys(table.fusion))
     width = 0.8 / len(fusions)
-    for k, fusion in enumerate(fusions):
-        part = table[table.fusion == fusion].set_index("condition").reindex(quality.index)
-        axes[0, 1].bar(x + (k - (len(fusions) - 1) / 2) * width, part["pearson_mean"], width, label=fusion)
+    for k, name in enumerate(fusions):
+        part = table[table.fusion == name].set_index("condition").reindex(quality.index)
+        axes[0, 1].bar(x + (k - (len(fusions) - 1) / 2) * width, part["pearson_mean"], width, label=name)
     axes[0, 1].set_xticks(x, quality.index, rotation=15)
-    axes[0, 1].set(ylabel="mean Pearson (valid)", title="Quality vs average fusion under damage")
+    axes[0, 1].set(ylabel="mean Pearson (valid)", title=f"{fusion.capitalize()} vs average fusion under damage")
     axes[0, 1].legend(fontsize=8)
     return _save(fig, path)
 

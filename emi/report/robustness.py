@@ -1,5 +1,5 @@
 """The robustness tables in markdown and what they say in words: does the damaged modality's weight fall, how
-much of average fusion's loss quality fusion avoids, and where the mixed condition's loss comes from."""
+much of average fusion's loss the model's fusion avoids, and where the mixed condition's loss comes from."""
 
 from __future__ import annotations
 
@@ -7,26 +7,27 @@ import numpy as np
 import pandas as pd
 
 from emi.config import SIGNIFICANT_SD
+from emi.evaluation.seeds import model_fusion
 from emi.report.ablation import seeds_note
 from emi.report.tables import md_table, pm
 
 
 def robustness_verdict(table: pd.DataFrame, damaged_modality: dict[str, str]) -> list[str]:
     """The two questions the table answers, in words (means over seeds)."""
-    t = table.set_index(["condition", "fusion"])
+    t, q = table.set_index(["condition", "fusion"]), model_fusion(table)
     lines = []
     for cond, m in damaged_modality.items():
-        if (cond, "quality") not in t.index:
+        if (cond, q) not in t.index:
             continue
-        before, after = t.loc[("clean", "quality"), f"weight_{m}"], t.loc[(cond, "quality"), f"weight_{m}"]
+        before, after = t.loc[("clean", q), f"weight_{m}"], t.loc[(cond, q), f"weight_{m}"]
         verb = "falls" if after < before - 1e-6 else "does not fall"
-        line = f"- **{cond}**: quality-fusion weight of {m} {verb} ({before:.3f} → {after:.3f})"
-        if (cond, "average") in t.index:
-            lines.append(line + "; " + _loss_words(t, cond) + ".")
+        line = f"- **{cond}**: {q}-fusion weight of {m} {verb} ({before:.3f} → {after:.3f})"
+        if (cond, "average") in t.index and q != "average":
+            lines.append(line + "; " + _loss_words(t, cond, q) + ".")
         else:
             lines.append(line + ".")
-    if ("mixed", "average") in t.index and ("mixed", "quality") in t.index:
-        lines.append("- **mixed**: " + _loss_words(t, "mixed") + ".")
+    if ("mixed", "average") in t.index and ("mixed", q) in t.index and q != "average":
+        lines.append("- **mixed**: " + _loss_words(t, "mixed", q) + ".")
     return lines
 
 
@@ -62,13 +63,13 @@ def _no_loss(delta_average: float) -> str:
     return f"average's loss is within {SIGNIFICANT_SD:g} sd of its seed noise: no loss to avoid"
 
 
-def _loss_words(t: pd.DataFrame, cond: str) -> str:
-    dq, da = t.loc[(cond, "quality"), "delta_pearson"], t.loc[(cond, "average"), "delta_pearson"]
-    avoided = t.loc[(cond, "quality"), "loss_avoided"]
-    which = "quality degrades less" if dq > da else "average degrades less" if da > dq else "equal"
-    words = f"mean Pearson change quality {dq:+.4f} vs average {da:+.4f}: {which}"
-    words += (f" (quality avoids {avoided:.0%} of average's loss" if np.isfinite(avoided) else f" ({_no_loss(da)}")
-    marked = t.loc[(cond, "quality"), "exceeds_2sd"]
+def _loss_words(t: pd.DataFrame, cond: str, q: str) -> str:
+    dq, da = t.loc[(cond, q), "delta_pearson"], t.loc[(cond, "average"), "delta_pearson"]
+    avoided = t.loc[(cond, q), "loss_avoided"]
+    which = f"{q} degrades less" if dq > da else "average degrades less" if da > dq else "equal"
+    words = f"mean Pearson change {q} {dq:+.4f} vs average {da:+.4f}: {which}"
+    words += (f" ({q} avoids {avoided:.0%} of average's loss" if np.isfinite(avoided) else f" ({_no_loss(da)}")
+    marked = t.loc[(cond, q), "exceeds_2sd"]
     return words + (f"; the difference exceeds {SIGNIFICANT_SD:g} sd)" if marked else ")")
 
 
@@ -79,8 +80,9 @@ def robustness_markdown(table: pd.DataFrame, mixed: pd.DataFrame, damaged_modali
 
 
 def robustness_tables(table: pd.DataFrame, mixed: pd.DataFrame, mixed_rate: float) -> list[str]:
-    """The condition x fusion table (mean ± sd), the quality-vs-average comparison per damaged condition and the
+    """The condition x fusion table (mean ± sd), the model's fusion vs average per damaged condition and the
     mixed condition's weights per damage kind."""
+    q = model_fusion(table)
     main = [{"condition": r["condition"], "fusion": r["fusion"], "r mean": pm(r["pearson_mean"], r["pearson_mean_sd"]),
              "Δ r": pm(r["delta_pearson"], r["delta_pearson_sd"]),
              "Δ r, damaged modality dropped": pm(r["delta_pearson_dropped"], r["delta_pearson_dropped_sd"]),
@@ -89,16 +91,16 @@ def robustness_tables(table: pd.DataFrame, mixed: pd.DataFrame, mixed_rate: floa
              "weight of damaged": r["weight_damaged"], "n_damaged": r["n_damaged"], "n": r["n"]}
             for r in table.to_dict(orient="records")]
     compare = []
-    for r in table[(table.fusion == "quality") & (table.condition != "clean")].to_dict(orient="records"):
+    for r in table[(table.fusion == q) & (table.condition != "clean")].to_dict(orient="records"):
         avg = table[(table.condition == r["condition"]) & (table.fusion == "average")]
-        if not len(avg):
+        if not len(avg) or q == "average":
             continue
-        diff = pm(r["quality_minus_average"], r["quality_minus_average_sd"])
-        compare.append({"condition": r["condition"], "Δ r quality": pm(r["delta_pearson"], r["delta_pearson_sd"]),
+        diff = pm(r["fusion_minus_average"], r["fusion_minus_average_sd"])
+        compare.append({"condition": r["condition"], f"Δ r {q}": pm(r["delta_pearson"], r["delta_pearson_sd"]),
                         "Δ r average": pm(avg["delta_pearson"].iloc[0], avg["delta_pearson_sd"].iloc[0]),
                         "loss avoided": f"{r['loss_avoided']:.0%}" if np.isfinite(r["loss_avoided"]) else (
                             "– (" + _no_loss(avg["delta_pearson"].iloc[0]).split(":")[0] + ")"),
-                        "Δ quality − Δ average": f"**{diff}**" if r["exceeds_2sd"] else diff})
+                        f"Δ {q} − Δ average": f"**{diff}**" if r["exceeds_2sd"] else diff})
     out = [md_table(main), "", seeds_note(int(table["seeds"].max())), "",
            "Weights: mean fusion weight over the damaged clips (`clean`: the clips the all-clips conditions damage); "
            "`weight of damaged`: the weight of the modality each damaged clip lost. `Δ r, damaged modality dropped`: "
@@ -106,9 +108,9 @@ def robustness_tables(table: pd.DataFrame, mixed: pd.DataFrame, mixed_rate: floa
            "gave it weight 0 would score (the same as Δ r where the damage is already a missing modality). Above "
            "Δ r, lowering the damaged modality's weight would help; below it, the damaged modality still carries "
            "information and dropping it costs more than the damage.", "",
-           "### Quality vs average fusion", "", md_table(compare), "",
-           "loss avoided = 1 − Δ quality / Δ average, from the mean Δ r over seeds: the fraction of average fusion's "
-           "drop in mean Pearson that quality fusion does not have (100 % = no loss, 0 % = as much, < 0 = more); "
+           f"### {q.capitalize()} vs average fusion", "", md_table(compare), "",
+           f"loss avoided = 1 − Δ {q} / Δ average, from the mean Δ r over seeds: the fraction of average fusion's "
+           f"drop in mean Pearson that {q} fusion does not have (100 % = no loss, 0 % = as much, < 0 = more); "
            f"– when average fusion does not lose, or its loss is within {SIGNIFICANT_SD:g} sd (over seeds) of 0."]
     if len(mixed):
         rows = [{"damage": r["damage"], "modality": r["modality"], "fusion": r["fusion"], "clips": r["n"],

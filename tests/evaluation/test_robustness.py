@@ -10,7 +10,7 @@ import pytest
 from emi.config import DAMAGE_KINDS, SIGNIFICANT_SD, load_params
 from emi.features.damage import DAMAGED_MODALITY, Damage
 from emi.evaluation.seeds import loss_avoided, mean_sd, paired_difference
-from emi.evaluation.robustness import (CONDITIONS, COMPARED_FUSIONS, MIXED, Robustness, damage_plan, damaged_rows, damages,
+from emi.evaluation.robustness import (CONDITIONS, MIXED, compared_fusions, Robustness, damage_plan, damaged_rows, damages,
                                        drop_damaged, masked, mixed_damage, robustness_table)
 from emi.data.sequences import SequenceData
 
@@ -80,8 +80,8 @@ def test_summary_is_mean_sd_over_seeds_loss_avoided_and_a_2sd_mark():
     assert (t["seeds"] == 3).all() and t.loc[("mixed", "average"), "n_damaged"] == 6
     # quality loses 0.03, average 0.09: quality avoids 1 - 0.03 / 0.09 = 2/3 of average's loss
     assert t.loc[("mixed", "quality"), "loss_avoided"] == pytest.approx(2 / 3)
-    assert t.loc[("mixed", "quality"), "quality_minus_average"] == pytest.approx(0.06)
-    assert t.loc[("mixed", "quality"), "quality_minus_average_sd"] == pytest.approx(0.0, abs=1e-12)
+    assert t.loc[("mixed", "quality"), "fusion_minus_average"] == pytest.approx(0.06)
+    assert t.loc[("mixed", "quality"), "fusion_minus_average_sd"] == pytest.approx(0.0, abs=1e-12)
     assert t.loc[("mixed", "quality"), "exceeds_2sd"]  # the same gap on every seed
     assert math.isnan(t.loc[("noisy_audio", "quality"), "loss_avoided"])  # average gains: no loss to avoid
     assert math.isnan(t.loc[("missing_audio", "quality"), "loss_avoided"])  # average's loss -0.01 ± 0.02: noise
@@ -121,8 +121,8 @@ def test_damaged_rows_are_the_same_seeded_subset_for_every_condition():
 def test_robustness_table_covers_every_condition_and_fusion(tiny_pipeline):
     run = tiny_pipeline
     table = pd.read_csv(run.reports / "robustness.csv")
-    assert {(c, f) for c in CONDITIONS for f in COMPARED_FUSIONS} == set(zip(table.condition, table.fusion))
-    assert len(table) == len(CONDITIONS) * len(COMPARED_FUSIONS)
+    assert {(c, f) for c in CONDITIONS for f in compared_fusions("quality")} == set(zip(table.condition, table.fusion))
+    assert len(table) == len(CONDITIONS) * len(compared_fusions("quality"))
     assert np.isfinite(table[["pearson_mean", "mse", "weight_V", "weight_A", "weight_T"]].to_numpy()).all()
     t = table.set_index(["condition", "fusion"])
     assert t.loc[("missing_audio", "quality"), "weight_A"] == 0.0  # masked: its weight is exactly 0

@@ -5,7 +5,7 @@ import pandas as pd
 
 from emi.config import EMOTIONS
 from emi.report.plots import plot_per_dimension, plot_scatter, plot_weights, write_plots
-from emi.evaluation.robustness import CONDITIONS, COMPARED_FUSIONS
+from emi.evaluation.robustness import CONDITIONS, compared_fusions
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -17,7 +17,7 @@ def frames(rng):
                              "predicted": rng.uniform()} for s in ("valid", "test") for i in range(3) for e in EMOTIONS])
     table = pd.DataFrame([{"condition": c, "fusion": f, "pearson_mean": rng.uniform(-1, 1),
                            "weight_V": np.nan if c == "clean" and f == "average" else 0.3, "weight_A": 0.3,
-                           "weight_T": 0.4} for c in CONDITIONS for f in COMPARED_FUSIONS])
+                           "weight_T": 0.4} for c in CONDITIONS for f in compared_fusions("quality")])
     return per_dim, scatter, table
 
 

@@ -3,7 +3,9 @@
 
 import pandas as pd
 
-from emi.report.robustness import mixed_attribution, robustness_verdict
+from emi.report.robustness import mixed_attribution, robustness_tables, robustness_verdict
+
+nan = float("nan")
 
 
 def test_robustness_verdict_says_whether_the_damaged_weight_falls():
@@ -45,3 +47,19 @@ def test_mixed_attribution_splits_the_loss_into_missing_modalities_and_visible_d
     assert "average: the kinds' separate losses sum to -0.0200; 100% of it" in average
     rows = [dict(r, delta_pearson_kind=0.01) for r in rows]
     assert mixed_attribution(pd.DataFrame(rows)) == []  # no loss: nothing to attribute
+
+
+def test_the_model_fusion_is_compared_with_average_whatever_its_name():
+    """A model trained with gated fusion: the words and the comparison table name gated, not quality."""
+    rows = [{"condition": c, "fusion": f, "pearson_mean": 0.6, "pearson_mean_sd": 0.01, "delta_pearson": d,
+             "delta_pearson_sd": 0.01, "delta_pearson_dropped": d, "delta_pearson_dropped_sd": 0.01, "mse": 0.05,
+             "mse_sd": 0.0, "weight_V": 0.3, "weight_A": a, "weight_T": 0.3, "weight_damaged": a, "n_damaged": 5,
+             "n": 20, "seeds": 3, "loss_avoided": 0.5 if f == "gated" and c != "clean" else nan,
+             "fusion_minus_average": 0.02, "fusion_minus_average_sd": 0.01, "exceeds_2sd": False}
+            for c, f, d, a in (("clean", "gated", 0.0, 0.4), ("clean", "average", 0.0, 0.4),
+                               ("missing_audio", "gated", -0.02, 0.0), ("missing_audio", "average", -0.04, 0.0))]
+    table = pd.DataFrame(rows)
+    words = "\n".join(robustness_verdict(table, {"missing_audio": "A"}))
+    assert "gated-fusion weight of A falls" in words and "gated avoids 50% of average's loss" in words
+    assert "quality" not in words
+    assert "### Gated vs average fusion" in "\n".join(robustness_tables(table, pd.DataFrame(), 0.3))

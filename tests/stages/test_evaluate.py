@@ -11,7 +11,7 @@ import pytest
 
 from emi.config import EMOTIONS
 from emi.paths import Layout
-from emi.evaluation.robustness import COMPARED_FUSIONS, CONDITIONS, RobustnessError
+from emi.evaluation.robustness import CONDITIONS, RobustnessError, compared_fusions
 from emi.stages.evaluate import EvaluateError, evaluate
 from tests.conftest import link_layout
 
@@ -80,7 +80,7 @@ def test_plot_data_and_figures(run):
     assert list(scatter.columns) == ["id", "split", "emotion", "true", "predicted"]
     weights = pd.read_csv(run.reports / "plots" / "weights.csv")
     assert list(weights.columns) == ["condition", "fusion", "modality", "weight"]
-    assert len(weights) == len(CONDITIONS) * len(COMPARED_FUSIONS) * 3
+    assert len(weights) == len(CONDITIONS) * len(compared_fusions("quality")) * 3
     for name in ("per_dimension", "scatter", "weights"):
         png = run.reports / "figures" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -110,7 +110,7 @@ def test_probe_table_and_per_seed_robustness_rows(run):
     assert {"face_smile", "face_brow_raise", "pitch", "rate"} <= set(probe["control"])
     assert (probe[["V", "A", "T", "VAT"]].to_numpy() <= 1).all()
     seeds = pd.read_csv(run.reports / "robustness_seeds.csv")
-    assert len(seeds) == len(CONDITIONS) * len(COMPARED_FUSIONS) * run.params.evaluate.seeds
+    assert len(seeds) == len(CONDITIONS) * len(compared_fusions("quality")) * run.params.evaluate.seeds
     mixed = seeds[(seeds.condition == "mixed")]
     assert (mixed["n_damaged"] == round(run.params.evaluate.robustness.mixed_rate * mixed["n"])).all()
     robust = json.loads((run.reports / "robustness.json").read_text())
