@@ -18,9 +18,9 @@ run: setup
 	dvc repro
 	emi registry register
 
-## test: set up, then run the whole test suite (slow tests included, as in CI)
+## test: set up, then run the whole test suite (slow tests included, as in CI; the 15 slowest tests listed last)
 test: setup
-	python -m pytest
+	python -m pytest --durations=15
 
 ## test-fast: the unit tier (tests not marked slow)
 test-fast: setup
