@@ -45,13 +45,17 @@ def dataset_copy(tiny_dataset, tmp_path) -> Path:
     return dst
 
 
+LOOPING_CLIP = "00102"
+
+
 @pytest.fixture(scope="session")
 def looping_clip(tmp_path_factory) -> tuple[Path, str]:
-    """Clip 00241 of the embedded default, rendered alone (byte-identical to the dataset's) and its sentence:
-    heavy noise, "Oh my goodness, that is so funny.", which greedy tiny.en heard as "No, no, no, ..." 113 times."""
+    """Clip 00102 of the embedded default, rendered alone (byte-identical to the dataset's) and its sentence: a laugh
+    then "His face was comical.", which greedy tiny.en heard as "Ha, ha, ha, ..." until its window ended
+    (compression ratio 26.24; with the guard "Ha, ha, ha. Ha, h, ha! His face was comical merit.")."""
     params = load_params(None, profile="embedded")
-    plan = next(p for p in plan_dataset(params.download.synthetic, params.seed) if p.id == "00241")
-    path = tmp_path_factory.mktemp("loop") / "00241.mp4"
+    plan = next(p for p in plan_dataset(params.download.synthetic, params.seed) if p.id == LOOPING_CLIP)
+    path = tmp_path_factory.mktemp("loop") / f"{LOOPING_CLIP}.mp4"
     render_clip(plan, params.download.synthetic, path)
     return path, plan.sentence
 

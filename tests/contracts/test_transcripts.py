@@ -10,7 +10,7 @@ from emi.data.dataset import DatasetError
 
 ROW = {"text": "hi", "language": "en", "avg_logprob": -0.3, "no_speech_prob": 0.1, "compression_ratio": 0.9,
        "duration_s": 3.0, "status": "ok", "detail": ""}
-LOOP = ", ".join(["No"] + ["no"] * 112)  # what whisper tiny.en made of the embedded default's clip 00241
+LOOP = ", ".join(["No"] + ["no"] * 112)  # what whisper tiny.en made of clip 00241 of the old embedded data (before fe77d35)
 
 
 def test_validation_names_missing_and_duplicate_ids(tmp_path):

@@ -15,6 +15,7 @@ from emi.data.media import write_mp4
 from emi.encoders.asr import load_asr, transcribe_clip
 from emi.contracts.transcripts import word_error_rates
 from emi.encoders.base import EncoderError, packaged_path
+from tests.conftest import LOOPING_CLIP
 
 SR = 22050
 CFG = load_params(None, profile="tiny").transcribe
@@ -46,7 +47,7 @@ def segment(text: str, logprob: float, tokens: int, no_speech: float = 0.1):
                                  compression_ratio=round(get_compression_ratio(text.strip()), 4))
 
 
-LOOP = ", ".join(["No"] + ["no"] * 112)  # what tiny.en made of the embedded default's clip 00241 without the guard
+LOOP = ", ".join(["No"] + ["no"] * 112)  # what tiny.en made of clip 00241 of the old embedded data (before fe77d35) without the guard
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_a_looping_clip_is_decoded_again_with_the_repetition_guard(tmp_path, ton
 
 def test_the_guard_leaves_a_clip_at_the_threshold_alone_and_can_be_turned_off(tmp_path, tone):
     clip = clip_with(tmp_path, "yes", tone)
-    text = " Yes, yes, yes, yes, yes, yes, yes, yes."  # 2.29: tiny.en's most repetitive embedded clip after 00241
+    text = " Yes, yes, yes, yes, yes, yes, yes, yes."  # 2.29: tiny.en's most repetitive clip of the old embedded data after 00241
     model = FakeWhisper([segment(text, -0.3, 16)], guarded=[segment(" Yes.", -0.3, 2)])
     row = transcribe_clip(model, clip, CFG, -60.0)
     assert row["text"] == text.strip() and row["detail"] == "" and len(model.calls) == 1
@@ -134,15 +135,15 @@ def test_packaged_tiny_en_transcribes_a_generated_clip(tiny_dataset):
 @pytest.mark.slow
 def test_the_embedded_clip_that_looped_is_transcribed_without_the_loop(looping_clip):
     path, sentence = looping_clip
-    clip = Clip("00241", "train", path)
+    clip = Clip(LOOPING_CLIP, "train", path)
     model, _ = load_asr(CFG.asr, "cpu", CFG.compute_type, CFG.workers)
     unguarded = transcribe_clip(model, clip, CFG.model_copy(update={"no_repeat_ngram_size": 0}), -60.0)
-    assert unguarded["compression_ratio"] > 20 and unguarded["text"].startswith("No, no, no, no, no"), \
+    assert unguarded["compression_ratio"] > 20 and unguarded["text"].lower().startswith("ha"), \
         "this clip no longer loops without the guard (another CPU?): the test needs another looping case"
     row = transcribe_clip(model, clip, CFG, -60.0)
     assert row["status"] == "ok" and row["compression_ratio"] <= CFG.compression_ratio_threshold
     assert row["detail"].startswith("repetition guard: decoded again (compression ratio ")
-    assert word_error_rates([sentence], [row["text"]])[0] < 1 < word_error_rates([sentence], [unguarded["text"]])[0]
+    assert word_error_rates([sentence], [row["text"]])[0] < word_error_rates([sentence], [unguarded["text"]])[0]
 
 
 @pytest.mark.slow

@@ -41,8 +41,8 @@ def test_fast_damage_path_matches_clip_features(tiny_dataset, tmp_path):
         for i in range(len(clips)):
             want, j = (ref, list(rows).index(i)) if damage and i in rows else (clean, i)
             got = fast[name]
-            np.testing.assert_allclose(got.visual[i], want.visual[j], atol=1e-5, err_msg=f"{name} V {i}")
-            np.testing.assert_allclose(got.audio[i], want.audio[j], atol=1e-5, err_msg=f"{name} A {i}")
+            np.testing.assert_allclose(got.visual[i], want.visual[j], rtol=1e-5, atol=1e-5, err_msg=f"{name} V {i}")
+            np.testing.assert_allclose(got.audio[i], want.audio[j], rtol=1e-5, atol=1e-5, err_msg=f"{name} A {i}")
             np.testing.assert_allclose(got.text[i], want.text[j], atol=1e-5, err_msg=f"{name} T {i}")
             assert (got.mask[i] == want.mask()[j]).all(), name
             for m in ("visual", "audio"):
