@@ -28,11 +28,13 @@ from emi.data.sequences import SequenceData
 MIXED = "mixed"
 CONDITIONS = ("clean", *DAMAGE_KINDS, MIXED)
 """Each damage kind is also a condition applied to ``rate`` of the clips."""
+DROPPED = "dropped"
+"""Prediction key suffix: the condition with each damaged clip's damaged modality marked unavailable."""
+
+
 def compared_fusions(fusion: str) -> tuple[str, ...]:
     """The fusions the robustness table compares: the model's and the plain mean (once if they are the same)."""
     return tuple(dict.fromkeys((fusion, REFERENCE_FUSION)))
-DROPPED = "dropped"
-"""Prediction key suffix: the condition with each damaged clip's damaged modality marked unavailable."""
 
 
 class RobustnessError(RuntimeError):
