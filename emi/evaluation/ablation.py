@@ -33,6 +33,7 @@ def ablation_table(runs: pd.DataFrame, full: tuple[str, str, str, str]) -> pd.Da
     table["seeds"] = grouped.size().to_numpy()
     table["seconds"] = grouped["seconds"].sum().to_numpy()
     table["reused"] = grouped["reused"].any().to_numpy()
+
     def cell(key: tuple) -> pd.DataFrame:
         return runs[(runs.modalities == key[0]) & (runs.fusion == key[1]) & (runs.inputs == key[2])
                     & (runs.blocks == key[3])].sort_values("seed")

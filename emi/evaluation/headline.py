@@ -10,6 +10,7 @@ import pandas as pd
 
 from emi.config import EMOTIONS
 from emi.data.sequences import SequenceData
+from emi.evaluation.ablation import RIDGE, blocks_name, cell_key
 from emi.evaluation.ceiling import ceiling
 from emi.evaluation.probes import LINEAR_PROBE
 from emi.evaluation.robustness import MIXED
@@ -38,18 +39,19 @@ def ablation_cells(modalities: tuple[str, ...], fusion: str, inputs: str,
                    temporal: bool = True) -> tuple[str, str, str]:
     """The keys of ``reports/ablation.json`` for the full model (the Stage-II settings), the linear probe and the
     full model with the other ``blocks`` (without the temporal blocks, when the model has them)."""
-    mods = "+".join(modalities)
-    with_blocks, clip_mean = f"{mods}/{fusion}/{inputs}", f"{mods}/{fusion}/{inputs}/clip-mean"
-    full, other = (with_blocks, clip_mean) if temporal else (clip_mean, with_blocks)
-    return full, f"{mods}/{LINEAR_PROBE}/{inputs}", other
+    def key(fusion_: str, blocks: str) -> str:
+        return cell_key({"modalities": "+".join(modalities), "fusion": fusion_, "inputs": inputs, "blocks": blocks})
+
+    return key(fusion, blocks_name(temporal)), key(LINEAR_PROBE, RIDGE), key(fusion, blocks_name(not temporal))
 
 
 def headline(metrics: dict, splits: list[str], rob: pd.DataFrame, ablation: dict | None,
              cells: tuple[str, str, str], fusion: str) -> dict[str, float | None]:
     """The few numbers a run is compared by: mean Pearson and MSE per scored split, valid Pearson per emotion, the
     fraction of the oracle ceiling (embedded data), the full model over the ablation's seeds and its margins over
-    the linear probe and over the same model with the other blocks (without the temporal blocks), and under the mixed damage the change of valid Pearson per fusion (mean over seeds) with the
-    share of average fusion's loss the model's fusion avoids. None where a number does not exist."""
+    the linear probe and over the same model with the other blocks (without the temporal blocks), and under the
+    mixed damage the change of valid Pearson per fusion (mean over seeds) with the share of average fusion's loss
+    the model's fusion avoids. None where a number does not exist."""
     out: dict[str, float | None] = {}
     for s in splits:
         out[f"{s}_pearson_mean"] = metrics[s]["pearson_mean"]

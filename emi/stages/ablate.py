@@ -26,7 +26,6 @@ from emi.utils import finite, write_json, write_text
 log = logging.getLogger(__name__)
 
 
-
 def _ablation_job(job: tuple) -> dict:
     """One grid cell, in a worker process: train (or reuse the Stage-II model), score on valid, maybe save."""
     p, seed, aligned, augmented, raw_dir, threads, reuse, save_to = job
