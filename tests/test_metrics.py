@@ -1,4 +1,4 @@
-"""Scores: Pearson per dimension (torchmetrics) and the headline score set."""
+"""Scores: Pearson per dimension (scipy) and the headline score set."""
 
 import numpy as np
 import pytest
