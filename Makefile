@@ -7,6 +7,8 @@ STAMP := $(VENV)/.emi-installed
 APT_PACKAGES := ffmpeg espeak-ng
 # where `dvc push` stores data, features and models: a folder outside the repo unless you say otherwise
 DVC_REMOTE ?= $(HOME)/.cache/emi/dvc-remote
+# pytest-xdist workers for `make test` / `make test-fast` (one test module per worker; auto: one per core)
+TEST_WORKERS ?= auto
 export PATH := $(BIN):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
@@ -20,11 +22,11 @@ run: setup
 
 ## test: set up, then run the whole test suite (slow tests included, as in CI; the 15 slowest tests listed last)
 test: setup
-	python -m pytest --durations=15
+	python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 ## test-fast: the unit tier (tests not marked slow)
 test-fast: setup
-	python -m pytest -m "not slow"
+	python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 ## setup: Debian packages (ffmpeg, espeak-ng) + virtualenv with the locked Python packages
 setup: system-packages $(STAMP) dvc-remote

@@ -14,6 +14,24 @@ from emi.data.dataset import read_latents
 from emi.synth.generate import generate, plan_dataset, render_clip
 
 
+# the longest modules (measured), started first: `make test` runs them on pytest-xdist workers one module per worker,
+# and a long module started last would leave the other worker idle at the end
+LONGEST_FIRST = ("pipeline/test_flow.py", "pipeline/test_work_pools.py", "pipeline/test_licensed_layout.py",
+                 "train/test_temporal.py", "pipeline/test_reliability.py", "stages/test_transcribe.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest modules first, then the other modules with slow tests, then the rest (each in collection order)."""
+    tests = Path(__file__).parent
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def rank(item) -> tuple[int, int]:
+        rel = item.path.relative_to(tests).as_posix() if item.path.is_relative_to(tests) else ""
+        return (0, LONGEST_FIRST.index(rel)) if rel in LONGEST_FIRST else (1 if item.path in slow else 2, 0)
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def mlflow_store(tmp_path_factory) -> str:
     """Every stage logs to MLflow: during tests, to a real store in a temp folder, never the repo's."""
