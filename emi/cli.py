@@ -389,14 +389,15 @@ def bench_stage2_cmd(
 ) -> None:
     """Stage-II training throughput: the configured loop against the reference loop (random batches padded to the
     longest clip, clips read from disk per batch, validation every epoch) on the pipeline's aligned features and
-    on the same clips TIMES longer: clip-epochs/s and the ratio."""
+    on the same clips TIMES longer: clip-epochs/s and the ratio, each loop's GFLOP per epoch and GFLOP/s as a share
+    of this machine's matmul rate."""
     from emi.bench.stage2 import bench_lines, bench_stage2
 
     params = _load(params_path, profile, overrides)
     layout = Layout(root)
-    runs = bench_stage2(params.stage2, params.seed, layout.aligned_file, layout.augmented_file, layout.raw, epochs,
-                        times, echo=typer.echo)
-    typer.echo("\n".join(bench_lines(runs)))
+    runs, peak = bench_stage2(params.stage2, params.seed, layout.aligned_file, layout.augmented_file, layout.raw,
+                              epochs, times, echo=typer.echo)
+    typer.echo("\n".join(bench_lines(runs, peak)))
 
 
 @bench_app.command("scale")
