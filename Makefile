@@ -7,8 +7,9 @@ STAMP := $(VENV)/.emi-installed
 APT_PACKAGES := ffmpeg espeak-ng
 # where `dvc push` stores data, features and models: a folder outside the repo unless you say otherwise
 DVC_REMOTE ?= $(HOME)/.cache/emi/dvc-remote
-# pytest-xdist workers for `make test` / `make test-fast` (one test module per worker; auto: one per core)
-TEST_WORKERS ?= auto
+# pytest-xdist workers for `make test` / `make test-fast`, one test module per worker: one more than the cores, as
+# the Prefect tests spend much of their time waiting on servers and workers
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 export PATH := $(BIN):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
