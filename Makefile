@@ -7,9 +7,10 @@ STAMP := $(VENV)/.emi-installed
 APT_PACKAGES := ffmpeg espeak-ng
 # where `dvc push` stores data, features and models: a folder outside the repo unless you say otherwise
 DVC_REMOTE ?= $(HOME)/.cache/emi/dvc-remote
-# pytest-xdist workers for `make test` / `make test-fast`, one test module per worker: one more than the cores, as
-# the Prefect tests spend much of their time waiting on servers and workers
+# pytest-xdist workers, one test module per worker. `make test`: one more than the cores, as the Prefect tests spend
+# much of their time waiting on servers and workers; `make test-fast` (busy all the time): one per core
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+TEST_FAST_WORKERS ?= auto
 export PATH := $(BIN):$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
@@ -27,7 +28,7 @@ test: setup
 
 ## test-fast: the unit tier (tests not marked slow)
 test-fast: setup
-	python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
+	python -m pytest -n $(TEST_FAST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 ## setup: Debian packages (ffmpeg, espeak-ng) + virtualenv with the locked Python packages
 setup: system-packages $(STAMP) dvc-remote
