@@ -7,8 +7,8 @@ weights validated after every epoch (``validate_every: 1``). Same model, data, s
 speed-up of the loop alone.
 
 Next to each loop it prints the work one epoch needs (matmul, convolution and attention GFLOP, forward and backward,
-as ``torch.utils.flop_counter`` counts them) and the rate the loop reached, as a share of what one fp32 matmul of the
-model's largest shape (the Transformer's feed-forward: batch tokens x W times W x 4W) runs at on this machine with
+as ``torch.utils.flop_counter`` counts them) and the rate the loop reached, as a share of what one fp32 matmul of a
+shape the model runs (the Transformer's feed-forward: batch tokens x W times W x 4W) reaches on this machine with
 the same threads: a loop near that share is bound by the model's arithmetic, not by its own overhead.
 """
 
