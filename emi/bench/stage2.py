@@ -23,9 +23,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from emi.config import Stage2Params
-from emi.data.sequences import SequenceData, batch_cues
+from emi.data.sequences import SequenceData
 from emi.model import EMIFusionModel, emi_loss
-from emi.train.fusion import dims_of, split_data, train_model, with_copies
+from emi.train.fusion import dims_of, forward_batch, split_data, train_model, with_copies
 
 REFERENCE = {"batch_pool": 1, "cache_mb": 0.0, "validate_every": 1}
 
@@ -58,8 +58,7 @@ def epoch_gflop(p: Stage2Params, seed: int, data: SequenceData) -> float:
     generator = torch.Generator().manual_seed(seed)
     with FlopCounterMode(display=False) as counter:
         for b in data.batches(p.batch_size, generator, "cpu", p.batch_pool):
-            out = model(b["v"], b["a"], b["t"], b["time_mask"], b["modality_mask"], batch_cues(b))
-            emi_loss(out["pred"], b["y"], p.pearson_loss_weight).backward()
+            emi_loss(forward_batch(model, b)["pred"], b["y"], p.pearson_loss_weight).backward()
     return counter.get_total_flops() / 1e9
 
 

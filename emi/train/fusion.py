@@ -79,6 +79,14 @@ def dims_of(data: SequenceData) -> dict[str, int]:
     return dims
 
 
+def forward_batch(model: EMIFusionModel, b: dict[str, torch.Tensor],
+                  available: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The model on one batch of ``SequenceData.batch``; ``available`` replaces the batch's modality mask (training's
+    modality dropout)."""
+    mask = b["modality_mask"] if available is None else available
+    return model(b["v"], b["a"], b["t"], b["time_mask"], mask, batch_cues(b))
+
+
 @torch.no_grad()
 def predict(model: EMIFusionModel, data: SequenceData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Clip predictions (N, 6) and mean fusion weights per modality (N, 3: V, A, T)."""
@@ -86,7 +94,7 @@ def predict(model: EMIFusionModel, data: SequenceData, batch_size: int) -> tuple
     device = next(model.parameters()).device
     preds, weights = [], []
     for b in data.chunks(batch_size, device):
-        out = model(b["v"], b["a"], b["t"], b["time_mask"], b["modality_mask"], batch_cues(b))
+        out = forward_batch(model, b)
         preds.append(out["pred"].float().cpu().numpy())
         weights.append(out["clip_weights"].float().cpu().numpy())
     if not preds:
@@ -134,7 +142,7 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
             if p.augment.modality_dropout > 0:  # drawn from the training generator: the same for a seed
                 available = modality_dropout(available.cpu(), p.augment.modality_dropout, used,
                                              generator).to(device)
-            out = model(b["v"], b["a"], b["t"], b["time_mask"], available, batch_cues(b))
+            out = forward_batch(model, b, available)
             loss = emi_loss(out["pred"], b["y"], p.pearson_loss_weight)
             optimizer.zero_grad()
             loss.backward()
