@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import pytest
@@ -32,6 +37,33 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)
 
 
+T = TypeVar("T")
+
+
+def once_per_session(tmp_path_factory, name: str, build: Callable[[Path], T]) -> T:
+    """``build(folder)`` run once per test session, however many pytest-xdist workers ask for it: the first to ask
+    builds in a folder all workers share (the session's temp root) under a file lock and pickles what ``build``
+    returns; the others wait for the lock, then read that. Without xdist: once, in the session's temp folder.
+
+    For the session fixtures that build real data and models (the tiny dataset, its features, Stage I, the tiny
+    pipeline): with one module per worker, each worker that needed one used to build its own copy of the same bytes.
+    The folder is read-only for the tests, like the fixtures' values."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = shared / name, shared / f"{name}.pickle"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker starts over
+            folder.mkdir()
+            value = build(folder)
+            partial = done.with_suffix(".partial")
+            partial.write_bytes(pickle.dumps(value))
+            partial.replace(done)
+        return pickle.loads(done.read_bytes())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def mlflow_store(tmp_path_factory) -> str:
     """Every stage logs to MLflow: during tests, to a real store in a temp folder, never the repo's."""
@@ -51,9 +83,11 @@ def tiny_params() -> Params:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, tiny_params) -> Path:
     """A generated dataset in the Hume-Vidmimic2 layout (read-only: copy it before changing it)."""
-    root = tmp_path_factory.mktemp("tiny") / "raw"
-    generate(tiny_params.download.synthetic, tiny_params.seed, root, show_progress=False)
-    return root
+    def build(folder: Path) -> Path:
+        generate(tiny_params.download.synthetic, tiny_params.seed, folder / "raw", show_progress=False)
+        return folder / "raw"
+
+    return once_per_session(tmp_path_factory, "tiny_dataset", build)
 
 
 @pytest.fixture
@@ -100,10 +134,12 @@ def tiny_features(tiny_dataset, tmp_path_factory) -> Path:
     """The tiny dataset's feature store (transcripts from the generator's script). Read-only."""
     from emi.stages.extract import extract
 
-    root = tmp_path_factory.mktemp("train")
-    tr = transcripts_from_script(tiny_dataset, root / "tr.csv")
-    extract(tiny(), tiny_dataset, tr, root / "features", None, show_progress=False)
-    return root / "features"
+    def build(root: Path) -> Path:
+        tr = transcripts_from_script(tiny_dataset, root / "tr.csv")
+        extract(tiny(), tiny_dataset, tr, root / "features", None, show_progress=False)
+        return root / "features"
+
+    return once_per_session(tmp_path_factory, "tiny_features", build)
 
 
 @pytest.fixture(scope="session")
@@ -111,47 +147,65 @@ def tiny_aligned(tiny_features, tiny_dataset, tmp_path_factory):
     """Stage I trained on ``tiny_features`` (its Stage1Result: model_path, aligned_path, metrics). Read-only."""
     from emi.stages.stage1 import stage1
 
-    root = tmp_path_factory.mktemp("stage1")
-    result = stage1(tiny(), tiny_features, root / "model", root / "aligned", tiny_dataset, show_progress=False)
-    assert result.model_path.is_file()
-    return result
+    def build(root: Path):
+        result = stage1(tiny(), tiny_features, root / "model", root / "aligned", tiny_dataset, show_progress=False)
+        assert result.model_path.is_file()
+        return result
+
+    return once_per_session(tmp_path_factory, "tiny_aligned", build)
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline(tiny_dataset, tmp_path_factory, mlflow_store):
-    """The tiny pipeline run for real once (whisper ASR included), laid out under one root as
+def tiny_pipeline(tiny_dataset, tmp_path_factory):
+    """The tiny pipeline run for real once per session (whisper ASR included), laid out under one root as
     ``emi.paths.Layout`` expects: data/raw (a copy of the tiny dataset), data/transcripts, data/features,
     data/aligned, models/stage1, data/augmented, models/stage2, models/ablation and reports (ablation.md: V+A+T
     quality and average; validation/), then evaluated; ``registered`` is the registry's decision for it
-    (``emi-fusion-test`` in the session's MLflow store). Read-only: copy or link it before changing it."""
-    from types import SimpleNamespace
+    (``emi-fusion-test``) in an MLflow store of its own, ``params.tracking.uri``: a test that reads or writes
+    that registry points MLFLOW_TRACKING_URI there (``pipeline_store``). Read-only: copy or link it before changing
+    it."""
 
-    from emi.paths import Layout
-    from emi.stages.ablate import ablation
-    from emi.stages.augment import augment
-    from emi.stages.evaluate import evaluate
-    from emi.stages.extract import extract
-    from emi.stages.stage1 import stage1
-    from emi.stages.stage2 import stage2
-    from emi.stages.transcribe import transcribe
-    from emi.tracking.registry import register_outputs
+    def build(root: Path):
+        from types import SimpleNamespace
 
-    layout = Layout(tmp_path_factory.mktemp("pipeline"))
-    params = load_params(None, profile="tiny", overrides=[f"tracking.uri={mlflow_store}",
-                                                          "tracking.registered_model=emi-fusion-test"])
-    shutil.copytree(tiny_dataset, layout.raw)
-    tr = transcribe(params, layout.raw, layout.transcripts, layout.validation, show_progress=False)
-    extract(params, layout.raw, tr.table, layout.features, layout.validation, show_progress=False)
-    stage1(params, layout.features, layout.stage1, layout.aligned, layout.raw, show_progress=False)
-    augment(params, layout.raw, tr.table, layout.alignment_model, layout.augmented, show_progress=False)
-    stage2(params, layout.aligned_file, layout.raw, layout.stage2, layout.augmented_file, show_progress=False)
-    ablation(params, layout.aligned_file, layout.raw, layout.reports, modality_sets=("VAT",),
-             fusions=("quality", "average"), inputs=(params.stage2.inputs,), stage2_model=layout.fusion_model,
-             models_dir=layout.ablation_models, augmented=layout.augmented_file)
-    result = evaluate(params, layout, show_progress=False)
-    registered = register_outputs(params, layout)
-    return SimpleNamespace(params=params, layout=layout, root=layout.root, raw=layout.raw, reports=layout.reports,
-                           result=result, registered=registered)
+        from emi.paths import Layout
+        from emi.stages.ablate import ablation
+        from emi.stages.augment import augment
+        from emi.stages.evaluate import evaluate
+        from emi.stages.extract import extract
+        from emi.stages.stage1 import stage1
+        from emi.stages.stage2 import stage2
+        from emi.stages.transcribe import transcribe
+        from emi.tracking.registry import register_outputs
+
+        layout = Layout(root / "pipeline")
+        params = load_params(None, profile="tiny", overrides=[f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+                                                              "tracking.registered_model=emi-fusion-test"])
+        with pipeline_store(params):
+            shutil.copytree(tiny_dataset, layout.raw)
+            tr = transcribe(params, layout.raw, layout.transcripts, layout.validation, show_progress=False)
+            extract(params, layout.raw, tr.table, layout.features, layout.validation, show_progress=False)
+            stage1(params, layout.features, layout.stage1, layout.aligned, layout.raw, show_progress=False)
+            augment(params, layout.raw, tr.table, layout.alignment_model, layout.augmented, show_progress=False)
+            stage2(params, layout.aligned_file, layout.raw, layout.stage2, layout.augmented_file, show_progress=False)
+            ablation(params, layout.aligned_file, layout.raw, layout.reports, modality_sets=("VAT",),
+                     fusions=("quality", "average"), inputs=(params.stage2.inputs,), stage2_model=layout.fusion_model,
+                     models_dir=layout.ablation_models, augmented=layout.augmented_file)
+            result = evaluate(params, layout, show_progress=False)
+            registered = register_outputs(params, layout)
+        return SimpleNamespace(params=params, layout=layout, root=layout.root, raw=layout.raw, reports=layout.reports,
+                               result=result, registered=registered)
+
+    return once_per_session(tmp_path_factory, "tiny_pipeline", build)
+
+
+@contextmanager
+def pipeline_store(params: Params) -> Iterator[None]:
+    """A context in which MLflow (MLFLOW_TRACKING_URI, which wins over params.yaml) is ``params``' store: the tiny
+    pipeline's, whichever worker built it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", params.tracking.uri)
+        yield
 
 
 def link_layout(src, dst_root: Path, *parts: str):

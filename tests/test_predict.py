@@ -1,8 +1,8 @@
 """`emi predict` from the model registry on generated clips: the numbers `evaluate` reported, masked modalities,
 and a folder of clips with unreadable files among them (JSON table, ABAW submission).
 
-The whole tiny pipeline runs for real here (whisper ASR included; the session's `tiny_pipeline`, registered by its
-evaluate stage), against an MLflow store in a temp folder.
+The whole tiny pipeline runs for real here (whisper ASR included; the session's `tiny_pipeline`, built once per
+session and registered in an MLflow store of its own in a temp folder).
 """
 
 import json
@@ -20,12 +20,13 @@ from emi.stages.ablate import ablation
 from emi.stages.evaluate import evaluate
 from emi.stages.stage2 import stage2
 from emi.tracking.registry import compare_versions, register_outputs
-from tests.conftest import EMI, link_layout
+from tests.conftest import EMI, link_layout, pipeline_store
 
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_pipeline):
-    return tiny_pipeline
+    with pipeline_store(tiny_pipeline.params):  # its registry, which another worker may have made
+        yield tiny_pipeline
 
 
 def run_predict(*args: str) -> subprocess.CompletedProcess:

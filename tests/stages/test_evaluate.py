@@ -13,14 +13,15 @@ from emi.config import EMOTIONS
 from emi.paths import Layout
 from emi.evaluation.robustness import CONDITIONS, RobustnessError, compared_fusions
 from emi.stages.evaluate import EvaluateError, evaluate
-from tests.conftest import link_layout
+from tests.conftest import link_layout, pipeline_store
 
 pytestmark = pytest.mark.slow  # every test here reads the tiny pipeline, built once per session
 
 
 @pytest.fixture(scope="module")
 def run(tiny_pipeline):
-    return tiny_pipeline
+    with pipeline_store(tiny_pipeline.params):  # its registry, which another worker may have made
+        yield tiny_pipeline
 
 
 def test_dvc_metrics_file_is_a_headline_and_the_scores_file_has_every_dimension(run):
@@ -144,7 +145,10 @@ def test_evaluate_trains_nothing_and_names_the_stage_that_makes_a_missing_model(
                          "stage2", "ablation_models")
     result = evaluate(params, layout, show_progress=False)
     assert str(layout.ablation_models / "VAT-average-both.pt") in (layout.reports / "report.md").read_text()
-    pd.testing.assert_frame_equal(result.robustness, run.result.robustness)
+    # the same models, so the same table; not to the last bits: the session's pipeline may have been evaluated in
+    # another process, after every other stage ran in it (that history moves a ratio like loss_avoided by ~1e-5;
+    # two fresh processes agree bit for bit, as the DVC stages do), while other models would move it by far more
+    pd.testing.assert_frame_equal(result.robustness, run.result.robustness, check_exact=False, atol=1e-4)
     with pytest.raises(EvaluateError, match=r"not found; the stage1 stage makes it \(`emi stage1`"):
         evaluate(params, Layout(tmp_path / "x"), show_progress=False)
 
