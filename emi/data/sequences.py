@@ -11,9 +11,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported where batches are made: reading stores and fingerprints stays light
+    import torch
+    from torch import Tensor
 
 
 def npz_arrays(path: Path) -> dict[str, tuple[int, np.dtype, tuple[int, ...], bool]]:
@@ -190,6 +194,8 @@ class SequenceData:
                             None if self.cues is None else {m: take(c, rows) for m, c in self.cues.items()})
 
     def batch(self, rows: list[int], device: torch.device | str = "cpu") -> dict[str, Tensor]:
+        import torch
+
         vs, as_ = [self.visual[i] for i in rows], [self.audio[i] for i in rows]
         lengths = [x.shape[0] for x in vs]
         T = max(lengths)
@@ -230,6 +236,8 @@ class SequenceData:
         pools of ``pool`` batches, each pool sorted by length before it is cut into batches, and the batches are
         shuffled: a batch pads to a length close to its clips' own (little compute spent on padding), while which
         clips share a batch still changes every epoch."""
+        import torch
+
         n = len(self)
         order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
         if pool > 1:
