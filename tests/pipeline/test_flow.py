@@ -1,6 +1,10 @@
 """The Prefect side for real: one Prefect server, the local recipe (pool, deployments, process worker,
 `prefect deployment run emi/full`) in a clone of this working tree, each flow task reproducing a DVC stage; a second
-clone restoring everything from a shared DVC remote; a plain `dvc repro` giving the same bytes."""
+clone restoring everything from a shared DVC remote; a plain `dvc repro` giving the same bytes.
+
+The runs are module fixtures and each test checks one thing they did, so a slow machine stretches the fixtures, not
+one test holding the whole story. What a later test changes (an experiment in the second clone) is not read by an
+earlier one: the fixtures keep the bytes the checks compare."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import json
 import re
 import subprocess
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,49 +24,84 @@ from tests.conftest import REPO
 from tests.pipeline.recipe import DVC, RESULTS, SMALL, STAGES, clone, clone_env, outcomes, recipe, sh
 
 
-@pytest.mark.slow
-def test_the_flow_is_the_dvc_pipeline_and_a_second_clone_restores_it_from_the_remote(tmp_path, prefect_api):
-    remote = tmp_path / "remote"
-    first, second = clone(tmp_path / "first", remote), clone(tmp_path / "second", remote)
-    # the reference: a plain `dvc repro` of the same commit and params in a clone of its own, run meanwhile
-    reference = clone(tmp_path / "reference", None)
+def results(checkout: Path) -> dict[str, bytes]:
+    """The bytes every stage's numbers end up in, and DVC's hash of every output."""
+    return {**{rel: (checkout / rel).read_bytes() for rel in RESULTS},
+            "dvc.lock outputs": json.dumps(DvcPipeline(checkout).output_hashes(), sort_keys=True).encode()}
+
+
+@pytest.fixture(scope="module")
+def cold(tmp_path_factory, prefect_api):
+    """The recipe in a fresh clone with a DVC remote: every stage runs. Then a plain `dvc repro` of the same commit
+    and params in a clone of its own starts (the reference), while the tests below use the flow's checkout."""
+    root = tmp_path_factory.mktemp("flow")
+    remote = root / "remote"
+    first = clone(root / "first", remote)
+    started = time.perf_counter()
+    log = recipe(first, prefect_api)
+    seconds = time.perf_counter() - started
+    print(f"\ncold Prefect run {seconds:.0f} s")
+    reference = clone(root / "reference", None)
     use("tiny", SMALL, reference / "params.yaml")
     plain = subprocess.Popen([DVC, "repro"], cwd=reference, env=clone_env(reference), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
+    try:
+        yield SimpleNamespace(root=root, remote=remote, first=first, log=log, results=results(first),
+                              reference=reference, plain=plain)
+    finally:
+        if plain.poll() is None:
+            plain.kill()
+            plain.communicate()
 
-    cold = time.perf_counter()
-    log = recipe(first, prefect_api)
-    cold = time.perf_counter() - cold
-    assert outcomes(log) == {s: ["ran its command"] for s in STAGES}, log[-3000:]
-    assert "registered emi-fusion v1" in log  # the flow's last task: the registry, outside every DVC output
+
+@pytest.fixture(scope="module")
+def restored(cold, prefect_api):
+    """A fresh checkout elsewhere: same commit, same remote, the same Prefect server."""
+    second = clone(cold.root / "second", cold.remote)
+    started = time.perf_counter()
+    log = recipe(second, prefect_api)
+    print(f"\nsecond-clone restore {time.perf_counter() - started:.0f} s")
+    return SimpleNamespace(second=second, log=log, results=results(second),
+                           status=sh(DVC, "status", cwd=second))
+
+
+@pytest.mark.slow
+def test_the_flow_runs_every_dvc_stage_and_leaves_the_checkout_as_dvc_repro_would(cold):
+    first = cold.first
+    assert outcomes(cold.log) == {s: ["ran its command"] for s in STAGES}, cold.log[-3000:]
+    assert "registered emi-fusion v1" in cold.log  # the flow's last task: the registry, outside every DVC output
     assert "Data and pipelines are up to date" in sh(DVC, "status", cwd=first)
     repro = sh(DVC, "repro", cwd=first)
     assert "Running stage" not in repro and all(f"Stage '{s}' didn't change" in repro for s in STAGES)
     assert "in sync" in sh(DVC, "status", "--cloud", cwd=first)  # the flow pushed every output
     assert "Everything is up to date" in sh(DVC, "push", cwd=first)
 
-    # a fresh checkout elsewhere: same commit, same remote, one Prefect server; nothing is recomputed
-    restore = time.perf_counter()
-    log = recipe(second, prefect_api)
-    restore = time.perf_counter() - restore
-    assert outcomes(log) == {s: ["restored from DVC's run-cache"] for s in STAGES}, log[-3000:]
-    assert "Running stage" not in log
-    assert "Data and pipelines are up to date" in sh(DVC, "status", cwd=second)
 
-    out, _ = plain.communicate(timeout=1200)
-    assert plain.returncode == 0, out[-3000:]
-    for rel in RESULTS:  # bit-identical metrics: the flow, its restore, and a plain dvc repro
-        assert (first / rel).read_bytes() == (second / rel).read_bytes() == (reference / rel).read_bytes(), rel
-    # every output of one commit is bit-identical across runs and MLflow stores (DVC's hashes): the first clone's
-    # store holds a registered model, the reference's none
-    assert DvcPipeline(first).output_hashes() == DvcPipeline(reference).output_hashes()
-    print(f"\ncold Prefect run {cold:.0f} s, second-clone restore {restore:.0f} s")
+@pytest.mark.slow
+def test_a_second_clone_restores_every_stage_from_the_remote_and_recomputes_nothing(restored):
+    assert outcomes(restored.log) == {s: ["restored from DVC's run-cache"] for s in STAGES}, restored.log[-3000:]
+    assert "Running stage" not in restored.log
+    assert "Data and pipelines are up to date" in restored.status
 
-    # lineage: the flow run's MLflow parent run names the Prefect flow run and the DVC hash of every output
+
+@pytest.mark.slow
+def test_the_flow_its_restore_and_a_plain_dvc_repro_give_the_same_bytes(cold, restored):
+    out, _ = cold.plain.communicate(timeout=1200)
+    assert cold.plain.returncode == 0, out[-3000:]
+    # bit-identical metrics, and every output of one commit bit-identical across runs and MLflow stores (DVC's
+    # hashes): the first clone's store holds a registered model, the reference's none
+    reference = results(cold.reference)
+    for rel in reference:
+        assert cold.results[rel] == restored.results[rel] == reference[rel], rel
+
+
+@pytest.mark.slow
+def test_the_flow_runs_mlflow_parent_run_names_the_prefect_flow_run_and_every_outputs_dvc_hash(cold):
     from mlflow import MlflowClient
 
     from emi.tracking.runs import FLOW_RUN_TAG, PIPELINE_KEY_TAG
 
+    first = cold.first
     client = MlflowClient(f"sqlite:///{first / 'mlflow.db'}")
     params = load_params(first / "params.yaml")
     exp = client.get_experiment_by_name(params.tracking.experiment)
@@ -73,18 +114,23 @@ def test_the_flow_is_the_dvc_pipeline_and_a_second_clone_restores_it_from_the_re
     assert tags["emi.dvc.stage2.models/stage2/model.pt"] == hashes["stage2"]["models/stage2/model.pt"]
     assert tags["mlflow.source.git.commit"] == sh("git", "rev-parse", "HEAD", cwd=first).strip()
 
-    # DVC's own tools on the result: the headline fits a screen, an experiment changes one param and reruns only the
-    # stages that read it, and after switching profiles `dvc params diff` lists the values that changed
-    metrics = json.loads(sh(DVC, "metrics", "show", "--json", cwd=first))
+
+@pytest.mark.slow
+def test_dvc_metrics_experiments_and_params_diff_work_on_the_restored_checkout(restored):
+    # the headline fits a screen; an experiment changes one param and reruns only the stages that read it
+    # (evaluate.ceiling_alpha: evaluate alone; that dvc.yaml lists the keys each stage reads is
+    # tests/test_architecture.py's check); after switching profiles `dvc params diff` lists the values that changed
+    second = restored.second
+    metrics = json.loads(sh(DVC, "metrics", "show", "--json", cwd=second))
     (workspace,) = metrics.values()  # DVC 3 keys the workspace as ""
     values = workspace["data"]["reports/metrics.json"]["data"]
     assert len(values) <= 25 and list(workspace["data"]) == ["reports/metrics.json"]
-    experiment = sh(DVC, "exp", "run", "-S", "stage2.width=64", cwd=first)
+    experiment = sh(DVC, "exp", "run", "-S", "evaluate.ceiling_alpha=10.0", cwd=second)
     ran = set(re.findall(r"Running stage '(\w+)'", experiment))
-    assert ran == {"stage2", "ablate", "evaluate"}, experiment[-3000:]
-    assert load_params(first / "params.yaml").stage2.width == 64
-    use("paper", [], first / "params.yaml")
-    diff = json.loads(sh(DVC, "params", "diff", "--json", cwd=first))["params.yaml"]
+    assert ran == {"evaluate"}, experiment[-3000:]
+    assert load_params(second / "params.yaml").evaluate.ceiling_alpha == 10.0
+    use("paper", [], second / "params.yaml")
+    diff = json.loads(sh(DVC, "params", "diff", "--json", cwd=second))["params.yaml"]
     assert diff["extract.visual.name"] == {"old": "mini-xception", "new": "ViT-B-16"}
     assert (diff["stage2.width"]["old"], diff["stage2.width"]["new"]) == (128, 256)  # numbers also get a "diff"
 
