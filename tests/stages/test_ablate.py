@@ -43,7 +43,9 @@ def test_cells_are_mean_sd_over_seeds_with_the_paired_difference_to_the_full_mod
 @pytest.mark.slow  # extract + Stage I + a grid of Stage II trainings
 def test_ablation_grid_writes_one_table_and_reuses_the_stage2_model(tiny_aligned, tiny_dataset, tmp_path):
     trained = stage2(tiny(), tiny_aligned.aligned_path, tiny_dataset, tmp_path / "stage2", show_progress=False)
-    table = ablation(tiny(), tiny_aligned.aligned_path, tiny_dataset, tmp_path, modality_sets=("V", "VAT"),
+    # two worker processes, as the embedded default trains its cells (the tiny profile trains them in-process)
+    table = ablation(tiny("stage2.ablation_workers=2"), tiny_aligned.aligned_path, tiny_dataset, tmp_path,
+                     modality_sets=("V", "VAT"),
                      fusions=("quality", "average"), inputs=("both", "aligned"),
                      stage2_model=trained.model_path, models_dir=tmp_path / "cells")
     assert list(zip(table["modalities"], table["fusion"], table["inputs"], table["blocks"])) == [
