@@ -39,6 +39,7 @@ def augmented(tiny_dataset, tiny_aligned, tmp_path_factory):
     return params, root, tr, result
 
 
+@pytest.mark.slow  # real encoders: the tiny dataset's extract, Stage I and augment
 def test_only_training_clips_are_copied_and_each_damage_shows_in_the_features(augmented, tiny_dataset,
                                                                                tiny_aligned):
     _, root, _, result = augmented
@@ -68,6 +69,7 @@ def test_only_training_clips_are_copied_and_each_damage_shows_in_the_features(au
     assert len(seen) >= 2, seen
 
 
+@pytest.mark.slow
 def test_a_rerun_recomputes_nothing_and_a_fresh_run_writes_the_same_bytes(augmented, tiny_dataset, tiny_aligned,
                                                                          tmp_path):
     params, root, tr, _ = augmented
@@ -79,6 +81,7 @@ def test_a_rerun_recomputes_nothing_and_a_fresh_run_writes_the_same_bytes(augmen
         assert (tmp_path / "augmented" / name).read_bytes() == (root / "augmented" / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_stage_ii_trains_on_the_split_and_the_copies_with_their_source_labels(augmented, tiny_dataset,
                                                                               tiny_aligned):
     params, root, _, _ = augmented
@@ -95,6 +98,7 @@ def test_stage_ii_trains_on_the_split_and_the_copies_with_their_source_labels(au
     assert with_copies(parts["train"], root / "absent.npz", params.stage2.inputs) is parts["train"]
 
 
+@pytest.mark.slow
 def test_no_copies_asked_for_writes_the_table_alone(tiny_dataset, tiny_aligned, tmp_path):
     tr = transcripts_from_script(tiny_dataset, tmp_path / "tr.csv")
     result = augment(tiny("stage2.augment.fraction=0"), tiny_dataset, tr, tiny_aligned.model_path,
