@@ -45,8 +45,7 @@ def test_ablation_grid_writes_one_table_and_reuses_the_stage2_model(tiny_aligned
     trained = stage2(tiny(), tiny_aligned.aligned_path, tiny_dataset, tmp_path / "stage2", show_progress=False)
     # two worker processes, as the embedded default trains its cells (the tiny profile trains them in-process)
     table = ablation(tiny("stage2.ablation_workers=2"), tiny_aligned.aligned_path, tiny_dataset, tmp_path,
-                     modality_sets=("V", "VAT"),
-                     fusions=("quality", "average"), inputs=("both", "aligned"),
+                     modality_sets=("V", "VAT"), fusions=("quality", "average"), inputs=("both", "aligned"),
                      stage2_model=trained.model_path, models_dir=tmp_path / "cells")
     assert list(zip(table["modalities"], table["fusion"], table["inputs"], table["blocks"])) == [
         ("V", "quality", "both", TEMPORAL), ("V+A+T", "quality", "both", TEMPORAL),
