@@ -20,6 +20,9 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # deterministic mode also fills every new tensor's memory with NaN, a debugging aid against reading memory no
+    # kernel wrote: ~1,100 fills per Stage-II step, 3-6 % of a CPU training; the numbers never depend on it
+    torch.utils.deterministic.fill_uninitialized_memory = False
     return torch.Generator().manual_seed(seed)
 
 
