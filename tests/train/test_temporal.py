@@ -20,7 +20,9 @@ from emi.data.sequences import SequenceData
 from emi.train.fusion import score_model, train_model
 from tests.conftest import tiny
 
-STEPS, DIM, EPISODE, EPOCHS = 24, 8, 6, 50
+# the fewest epochs (one cosine cycle) with a margin: the voice's ramp is learnt late, valid Pearson face / voice at
+# 20 epochs 0.81 / 0.11, 25: 0.98 / 0.74, 30: 0.98 / 0.96, 35: 0.985 / 0.985, 50: 0.98 / 0.99
+STEPS, DIM, EPISODE, EPOCHS = 24, 8, 6, 35
 
 
 def _ramp_clips(n: int, seed: int, shuffle: bool = False) -> SequenceData:
@@ -59,10 +61,10 @@ def _valid_pearson(temporal: bool = True, shuffle: bool = False) -> tuple[float,
     return face, voice
 
 
-@pytest.mark.slow  # a Stage-II training of ~30 s
+@pytest.mark.slow  # a Stage-II training of ~25 s
 def test_the_temporal_blocks_read_what_only_time_order_carries():
     face, voice = _valid_pearson()
-    assert face > 0.8 and voice > 0.8, (face, voice)  # the TCN and the gated BiLSTM both read the ramps (0.99)
+    assert face > 0.8 and voice > 0.8, (face, voice)  # the TCN and the gated BiLSTM both read the ramps (0.985)
 
 
 @pytest.mark.slow
