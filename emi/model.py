@@ -185,6 +185,9 @@ class GatedBiLSTM(nn.Module):
     def forward(self, x: Tensor, time_mask: Tensor) -> tuple[Tensor, Tensor]:
         # packing keeps the backward direction from starting inside the padding
         lengths = time_mask.sum(1).clamp(min=1).cpu()
+        # cuDNN wants the weights in one flat buffer; a copy of the module (the EMA model, a reloaded one) is not,
+        # and cuDNN would then compact them on every call. A no-op on CPU and when they are flat already.
+        self.lstm.flatten_parameters()
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])
         delta = torch.cat([torch.zeros_like(h[:, :1]), h[:, 1:] - h[:, :-1]], dim=1)  # delta h^0 = 0
