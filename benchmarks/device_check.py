@@ -4,7 +4,7 @@
     python benchmarks/device_check.py --prepare DIR   # on any machine: a small dataset + features for the next
     python benchmarks/device_check.py --data DIR [CHECK ...] [KEY=VALUE ...]
         # + Stage-I fine-tuning and the paper profile's stages end to end on the GPU; CHECKs: visual, fer, audio,
-        # stage2, finetune, pipeline (default: all); KEY=VALUE overrides the pipeline's params (a quick CPU try:
+        # stage2, finetune, pipeline (default: all; also embedded, profile); KEY=VALUE overrides the pipeline's params (a quick CPU try:
         # stage1.schedule.epochs=1 stage2.schedule.epochs=1 extract.device=cpu ...)
 
 Encoders are random-initialised here (no hub on the check machine): throughput and numerics do not depend on
@@ -135,6 +135,35 @@ def embedded_throughput(device: torch.device, epochs: int = 3) -> None:
     again, _, _ = train_model(p, params.seed, train, valid, None, log_epochs=False)  # same seed, same data
     diff = np.abs(predict(model, valid, 64)[0] - predict(again, valid, 64)[0]).max()
     print(f"     the same seed trained twice: predictions differ by at most {diff:.2e}", flush=True)
+
+
+def stage2_profile(device: torch.device) -> None:
+    """Where an epoch of the embedded model's training goes on ``device`` (torch.profiler, after a warm-up epoch):
+    wall time against the time kernels kept the device busy, kernel launches per step, the top operators."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    params = load_params(None, profile="embedded")
+    p = params.stage2.model_copy(update={"device": device.type, "reliability_cues": False, "schedule":
+                                         params.stage2.schedule.model_copy(update={"epochs": 1})})
+    train, valid = synthetic(600, EMBEDDED_DIMS, 2, (30, 46)), synthetic(60, EMBEDDED_DIMS, 3, (30, 46))
+    train_model(p, params.seed, train, valid, None, log_epochs=False)  # warm-up
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        start = time.perf_counter()
+        train_model(p, params.seed, train, valid, None, log_epochs=False)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    steps = -(-len(train) // p.batch_size)
+    # kernels and copies only, as the table's "Self CUDA time total" counts them (op rows and annotations span them)
+    busy = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA
+               and not getattr(e, "is_user_annotation", False)) / 1e6 if cuda else float("nan")
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel"))
+    check(f"stage II profile on {device.type}", wall > 0,
+          f"1 epoch ({steps} steps + validation) in {wall:.2f} s; kernels busy {busy:.2f} s ({busy / wall:.0%}); "
+          f"{launches / steps:.0f} kernel launches per step")
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=12, max_name_column_width=40), flush=True)
 
 
 def fer_on_device(device: torch.device, data: Path | None) -> None:
@@ -296,7 +325,7 @@ def main() -> int:
     device = resolve_device("auto")
     print(f"torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""), flush=True)
-    if device.type != "cuda" and not wanted <= {"pipeline", "embedded"}:  # these two also run on a CPU
+    if device.type != "cuda" and not wanted <= {"pipeline", "embedded", "profile"}:  # these also run on a CPU
         print("no CUDA device: nothing to check")
         return 0
     checks = {"visual": lambda: visual(device), "fer": lambda: fer_on_device(device, data),
@@ -305,7 +334,8 @@ def main() -> int:
               "pipeline": lambda: (pipeline_on_device(device, data, overrides) if data
                                    else print("pipeline: needs --data DIR"))}
     checks["embedded"] = lambda: embedded_throughput(device)  # the embedded model's speed alone (stage2 runs it)
-    for name in ("visual", "fer", "audio", "stage2", "embedded", "finetune", "pipeline"):
+    checks["profile"] = lambda: stage2_profile(device)  # on request only
+    for name in ("visual", "fer", "audio", "stage2", "embedded", "profile", "finetune", "pipeline"):
         if name in wanted:
             try:
                 checks[name]()
