@@ -3,9 +3,9 @@
     python benchmarks/device_check.py            # prints one line per check; exits 1 if a check fails
     python benchmarks/device_check.py --prepare DIR   # on any machine: a small dataset + features for the next
     python benchmarks/device_check.py --data DIR [CHECK ...] [KEY=VALUE ...]
-        # + Stage-I fine-tuning and the paper profile's stages end to end on the GPU; CHECKs: visual, fer, audio,
-        # stage2, finetune, pipeline (default: all; also embedded, profile); KEY=VALUE overrides the pipeline's params (a quick CPU try:
-        # stage1.schedule.epochs=1 stage2.schedule.epochs=1 extract.device=cpu ...)
+        # + Stage-I fine-tuning and the paper profile's stages end to end on the GPU. CHECKs: visual, fer, audio,
+        # stage2, finetune, pipeline (default: all), embedded, profile (on request); KEY=VALUE overrides the
+        # pipeline's params (a quick try on a CPU: pipeline stage1.schedule.epochs=1 stage2.schedule.epochs=1)
 
 Encoders are random-initialised here (no hub on the check machine): throughput and numerics do not depend on
 the weights' values. Nothing here runs in CI (no GPU there); tests never depend on it.
@@ -13,6 +13,7 @@ the weights' values. Nothing here runs in CI (no GPU there); tests never depend 
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import sys
@@ -253,11 +254,12 @@ def random_bert_base(tokenizer: Path, out: Path) -> Path:
 
 
 def pipeline_on_device(device: torch.device, root: Path, overrides: list[str]) -> None:
-    """The ``paper`` profile's stages one after the other on a 24-clip dataset in the Hume-Vidmimic2 layout (``DIR/raw``
-    as the "local copy"): download (link + validate), extract (ViT-B/16, Wav2Vec2-large width, BERT-base; fp16),
-    Stage I with the last 2 blocks tuned, augment, Stage II (50 epochs, EMA 0.999), the ablation grid and evaluate.
-    Encoders are random-initialised; whisper large-v3-turbo cannot run here (no hub, no CTranslate2), so the
-    transcripts are the generator's script (``DIR/tr.csv``). Stage functions run untracked (no MLflow server)."""
+    """The ``paper`` profile's stages one after the other on a 24-clip dataset in the Hume-Vidmimic2 layout
+    (``DIR/raw`` as the "local copy"): download (link + validate), extract (ViT-B/16, Wav2Vec2-large width,
+    BERT-base; fp16), Stage I with the last 2 blocks tuned, augment, Stage II (50 epochs, EMA 0.999), the ablation
+    grid and evaluate. Encoders are random-initialised; whisper large-v3-turbo is not run (no hub on the check
+    machine), so the transcripts are the generator's script (``DIR/tr.csv``). The stage functions run untracked
+    (no MLflow server there)."""
     from emi.paths import Layout
     from emi.stages.ablate import ablation
     from emi.stages.augment import augment
@@ -292,15 +294,17 @@ def pipeline_on_device(device: torch.device, root: Path, overrides: list[str]) -
             ("evaluate", lambda: evaluate.__wrapped__(params, lay, show_progress=False)),
         ]
         for name, step in steps:
-            torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
             result = step()
             peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
             check(f"paper pipeline: {name}", result is not None,
                   f"{time.perf_counter() - start:.1f} s, peak GPU memory {peak:.1f} GiB")
-        metrics = __import__("json").loads((lay.reports / "metrics.json").read_text())
-        print("     headline: " + ", ".join(f"{k} {v:.3f}" for k, v in flat_numbers(metrics).items()
-                                          if k.endswith("pearson_mean"))[:600], flush=True)
+        scores = {k: v for k, v in flat_numbers(json.loads((lay.reports / "metrics.json").read_text())).items()
+                  if k.endswith("pearson_mean")}
+        check("paper pipeline: headline metrics", bool(scores) and all(np.isfinite(list(scores.values()))),
+              ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
 
 def flat_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
