@@ -8,8 +8,9 @@ speed-up of the loop alone.
 
 Next to each loop it prints the work one epoch needs (matmul, convolution and attention GFLOP, forward and backward,
 as ``torch.utils.flop_counter`` counts them) and the rate the loop reached, as a share of what one fp32 matmul of a
-shape the model runs (the Transformer's feed-forward: batch tokens x W times W x 4W) reaches on this machine with
-the same threads: a loop near that share is bound by the model's arithmetic, not by its own overhead.
+shape the model runs (the Transformer's feed-forward: batch tokens x W times W x 4W) reaches on the loops' device
+(``stage2.device``; on a CPU with the same threads): a loop near that share is bound by the model's arithmetic, not
+by its own overhead.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from emi.config import Stage2Params
 from emi.data.sequences import SequenceData
+from emi.encoders.base import resolve_device
 from emi.model import EMIFusionModel, emi_loss
 from emi.train.fusion import dims_of, forward_batch, split_data, train_model, with_copies
 
@@ -62,15 +64,19 @@ def epoch_gflop(p: Stage2Params, seed: int, data: SequenceData) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def matmul_gflop_per_s(rows: int, width: int, repeats: int = 50) -> float:
-    """fp32 GFLOP/s of ``(rows x width) @ (width x 4 width)`` on this machine with torch's current threads: the
-    Transformer feed-forward's shape for a batch of ``rows`` tokens (the median of ``repeats`` timings)."""
-    a, b = torch.rand(rows, width), torch.rand(width, 4 * width)
+def matmul_gflop_per_s(rows: int, width: int, repeats: int = 50, device: str = "cpu") -> float:
+    """fp32 GFLOP/s of ``(rows x width) @ (width x 4 width)`` on ``device`` (on a CPU with torch's current threads):
+    the Transformer feed-forward's shape for a batch of ``rows`` tokens (the median of ``repeats`` timings)."""
+    dev = torch.device(device)
+    a, b = torch.rand(rows, width, device=dev), torch.rand(width, 4 * width, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.mm(a, b)  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
+        sync()
         times.append(time.perf_counter() - start)
     return 2 * rows * width * 4 * width / float(np.median(times)) / 1e9
 
@@ -105,8 +111,10 @@ def bench_stage2(p: Stage2Params, seed: int, aligned: Path, augmented: Path | No
             echo(f"{shape:>14}  {loop:<10}  {run.seconds:7.1f} s  {run.clip_epochs_per_s:7.1f} clip-epochs/s  "
                  f"{run.epoch_gflop:6.1f} GFLOP/epoch  {run.gflop_per_s:5.1f} GFLOP/s")
             runs.append(run)
-    peak = matmul_gflop_per_s(p.batch_size * round(runs[0].mean_steps), p.width)
-    echo(f"fp32 matmul at the feed-forward's shape: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+    device = resolve_device(p.device)  # the loops' device: their rate is compared with its matmuls
+    peak = matmul_gflop_per_s(p.batch_size * round(runs[0].mean_steps), p.width, device=device.type)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    echo(f"fp32 matmul at the feed-forward's shape: {peak:.1f} GFLOP/s ({where})")
     return runs, peak
 
 
@@ -124,5 +132,5 @@ def bench_lines(runs: list[LoopRun], peak_gflop_per_s: float) -> list[str]:
                    f"{new.clip_epochs_per_s / ref.clip_epochs_per_s:.2f}x | {ref.epoch_gflop:.1f} / "
                    f"{new.epoch_gflop:.1f} | {ref.gflop_per_s:.1f} / {new.gflop_per_s:.1f} "
                    f"({ref.gflop_per_s / peak_gflop_per_s:.0%} / {new.gflop_per_s / peak_gflop_per_s:.0%}) |")
-    out.append(f"\nfp32 matmul at the feed-forward's shape on this machine: {peak_gflop_per_s:.1f} GFLOP/s")
+    out.append(f"\nfp32 matmul at the feed-forward's shape on the loops' device: {peak_gflop_per_s:.1f} GFLOP/s")
     return out
