@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emi.config import EncoderSpec, load_params  # noqa: E402
+from emi.config import EncoderSpec, Stage2Params, flatten, load_params  # noqa: E402
 from emi.encoders.audio import load_audio  # noqa: E402
 from emi.encoders.base import packaged_path, resolve_device, resolve_dtype  # noqa: E402
 from emi.encoders.visual import load_visual  # noqa: E402
@@ -118,22 +118,29 @@ def stage2_on_device(device: torch.device) -> None:
     embedded_throughput(device)
 
 
-def embedded_throughput(device: torch.device, epochs: int = 3) -> None:
-    """The embedded default's Stage-II model (width 128) on clips shaped like its features (~38 steps of V 775,
-    A 640, T 640): clip-epochs/s on ``device``; run it on a CPU too for the ratio."""
+def embedded_case(device: torch.device, epochs: int) -> tuple[int, Stage2Params, SequenceData, SequenceData]:
+    """The embedded default's Stage-II settings on ``device`` for ``epochs``, 600 training and 60 validation clips
+    shaped like its features, after one warm-up epoch (CUDA context, kernels, allocator): (seed, p, train, valid)."""
     params = load_params(None, profile="embedded")
     p = params.stage2.model_copy(update={"device": device.type, "reliability_cues": False, "schedule":
                                          params.stage2.schedule.model_copy(update={"epochs": epochs})})
     train, valid = synthetic(600, EMBEDDED_DIMS, 2, (30, 46)), synthetic(60, EMBEDDED_DIMS, 3, (30, 46))
     train_model(p.model_copy(update={"schedule": p.schedule.model_copy(update={"epochs": 1})}), params.seed,
-                train, valid, None, log_epochs=False)  # warm-up: CUDA context, kernels, allocator
+                train, valid, None, log_epochs=False)
+    return params.seed, p, train, valid
+
+
+def embedded_throughput(device: torch.device, epochs: int = 3) -> None:
+    """The embedded default's Stage-II model (width 128) on clips shaped like its features (~38 steps of V 775,
+    A 640, T 640): clip-epochs/s on ``device``; run it on a CPU too for the ratio."""
+    seed, p, train, valid = embedded_case(device, epochs)
     start = time.perf_counter()
-    model, history, _ = train_model(p, params.seed, train, valid, None, log_epochs=False)
+    model, history, _ = train_model(p, seed, train, valid, None, log_epochs=False)
     seconds = time.perf_counter() - start
     check(f"embedded stage II on {device.type}", np.isfinite(history[-1]["valid_pearson_mean"]),
           f"{epochs} epochs x 600 clips in {seconds:.1f} s: {600 * epochs / seconds:.0f} clip-epochs/s "
           f"({torch.get_num_threads()} CPU threads)")
-    again, _, _ = train_model(p, params.seed, train, valid, None, log_epochs=False)  # same seed, same data
+    again, _, _ = train_model(p, seed, train, valid, None, log_epochs=False)  # same seed, same data
     diff = np.abs(predict(model, valid, 64)[0] - predict(again, valid, 64)[0]).max()
     print(f"     the same seed trained twice: predictions differ by at most {diff:.2e}", flush=True)
 
@@ -144,15 +151,11 @@ def stage2_profile(device: torch.device) -> None:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    params = load_params(None, profile="embedded")
-    p = params.stage2.model_copy(update={"device": device.type, "reliability_cues": False, "schedule":
-                                         params.stage2.schedule.model_copy(update={"epochs": 1})})
-    train, valid = synthetic(600, EMBEDDED_DIMS, 2, (30, 46)), synthetic(60, EMBEDDED_DIMS, 3, (30, 46))
-    train_model(p, params.seed, train, valid, None, log_epochs=False)  # warm-up
+    seed, p, train, valid = embedded_case(device, 1)
     cuda = device.type == "cuda"
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         start = time.perf_counter()
-        train_model(p, params.seed, train, valid, None, log_epochs=False)
+        train_model(p, seed, train, valid, None, log_epochs=False)
         wall = time.perf_counter() - start
     events = prof.key_averages()
     steps = -(-len(train) // p.batch_size)
@@ -301,20 +304,10 @@ def pipeline_on_device(device: torch.device, root: Path, overrides: list[str]) -
             peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
             check(f"paper pipeline: {name}", result is not None,
                   f"{time.perf_counter() - start:.1f} s, peak GPU memory {peak:.1f} GiB")
-        scores = {k: v for k, v in flat_numbers(json.loads((lay.reports / "metrics.json").read_text())).items()
-                  if k.endswith("pearson_mean")}
+        scores = {k: v for k, v in flatten(json.loads((lay.reports / "metrics.json").read_text())).items()
+                  if k.endswith("pearson_mean") and isinstance(v, int | float)}
         check("paper pipeline: headline metrics", bool(scores) and all(np.isfinite(list(scores.values()))),
               ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-
-
-def flat_numbers(tree: dict, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat_numbers(value, f"{prefix}{key}/"))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = float(value)
-    return out
 
 
 def main() -> int:
