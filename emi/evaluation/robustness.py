@@ -94,12 +94,13 @@ def damage_plan(r: RobustnessParams, n: int, seed: int) -> dict[str, dict[int, s
             MIXED: mixed_damage(n, r.mixed_rate, seed)}
 
 
-def condition_chunks(featurizer: Featurizer, clips: list[Clip], texts: dict[str, str | None],
+def condition_chunks(featurizer: Featurizer, clips: list[Clip], text_vectors: dict[str, np.ndarray | None],
                      kinds: dict[str, Damage], plan: dict[str, dict[int, str]], seed: int, chunk_size: int,
                      progress: Progress | None = None) -> Iterator[dict[str, SequenceData]]:
     """Encoder features of ``clips`` under each condition of ``plan`` (clip row -> damage kind of ``kinds``), by
     the one featurize path, one chunk of ``chunk_size`` clips at a time (memory holds a chunk, whatever the size
-    of the validation split).
+    of the validation split). Text is the vector extract stored for each clip (``text_vectors``): no damage here
+    changes a transcript, only drops it.
 
     Each clip is decoded once and only the modalities a damage touches are encoded again: the same numbers as
     ``featurizer(damaged clips, texts, damage=damage)`` at a fraction of the cost. Random damage (noise) draws
@@ -113,7 +114,7 @@ def condition_chunks(featurizer: Featurizer, clips: list[Clip], texts: dict[str,
         broken = [f"{d.clip.id} ({d.detail})" for d in decoded if d.visual_status == "error"]
         if broken:
             raise RobustnessError(f"validation clip(s) cannot be decoded again: {', '.join(broken)}")
-        clean = featurizer.encode(decoded, texts, MODALITIES)
+        clean = featurizer.encode(decoded, {}, MODALITIES, text_vectors=text_vectors)
         out = {}
         for name, assigned in plan.items():
             cols = {m: list(getattr(clean, m)) for m in MODALITIES}
@@ -124,7 +125,8 @@ def condition_chunks(featurizer: Featurizer, clips: list[Clip], texts: dict[str,
                 if not idx:
                     continue
                 touched = damage.touched()
-                redone = featurizer.encode([decoded[j] for j in idx], texts, touched, damage, rngs[(name, kind)])
+                redone = featurizer.encode([decoded[j] for j in idx], {}, touched, damage, rngs[(name, kind)],
+                                           text_vectors)
                 for m in touched:
                     for k, j in enumerate(idx):
                         cols[m][j], status[m][j] = getattr(redone, m)[k], redone.status[m][k]
@@ -139,11 +141,11 @@ def condition_chunks(featurizer: Featurizer, clips: list[Clip], texts: dict[str,
         yield out
 
 
-def condition_features(featurizer: Featurizer, clips: list[Clip], texts: dict[str, str | None],
+def condition_features(featurizer: Featurizer, clips: list[Clip], text_vectors: dict[str, np.ndarray | None],
                        kinds: dict[str, Damage], plan: dict[str, dict[int, str]], seed: int,
                        chunk_size: int) -> dict[str, SequenceData]:
     """``condition_chunks`` joined: every clip's features per condition (for checks on a few clips)."""
-    parts = list(condition_chunks(featurizer, clips, texts, kinds, plan, seed, chunk_size))
+    parts = list(condition_chunks(featurizer, clips, text_vectors, kinds, plan, seed, chunk_size))
     return {name: SequenceData([i for p in parts for i in p[name].ids],
                                [x for p in parts for x in p[name].visual], [x for p in parts for x in p[name].audio],
                                np.concatenate([p[name].text for p in parts]),
@@ -196,7 +198,7 @@ def _weights(frame: pd.DataFrame, rows: list[int]) -> list[float]:
 
 
 def robustness(featurizer: Featurizer, r: RobustnessParams, seed: int, valid: SequenceData, clips: list[Clip],
-               texts: dict[str, str | None], alignment_path: Path,
+               text_vectors: dict[str, np.ndarray | None], alignment_path: Path,
                models: dict[str, list[tuple[EMIFusionModel, str]]], batch_size: int,
                show_progress: bool = False) -> Robustness:
     """Condition x fusion x training seed (``models``: per fusion, one (model, inputs) per seed; the damage is
@@ -215,7 +217,7 @@ def robustness(featurizer: Featurizer, r: RobustnessParams, seed: int, valid: Se
     parts: dict[tuple, list[pd.DataFrame]] = {key: [] for key in keys}
     with Progress(disable=not show_progress) as progress:
         start = 0
-        for chunk in condition_chunks(featurizer, clips, texts, kinds, plan, seed, featurizer.cfg.shard_size,
+        for chunk in condition_chunks(featurizer, clips, text_vectors, kinds, plan, seed, featurizer.cfg.shard_size,
                                       progress):
             chunk |= {f"{name}:{DROPPED}": drop_damaged(chunk[name], plan[name], start) for name in droppable}
             for name, fusion, k in keys:

@@ -98,9 +98,12 @@ class Featurizer:
         return [d for d, _ in pairs], [found for _, found in pairs]
 
     def encode(self, decoded: list[Decoded], texts: dict[str, str | None], modalities: set[str] | tuple[str, ...],
-               damage: Damage | None = None, rng: np.random.Generator | None = None) -> Features:
+               damage: Damage | None = None, rng: np.random.Generator | None = None,
+               text_vectors: dict[str, np.ndarray | None] | None = None) -> Features:
         """Features of decoded clips for ``modalities``; ``damage`` is applied to every clip (in order, drawing
-        from ``rng``) before the face crop."""
+        from ``rng``) before the face crop. ``text_vectors`` (clip id -> the text vector extract stored, None where
+        the clip had no usable text) stands in for encoding ``texts``: a transcript is encoded once, by extract, and
+        the stages that decode clips again reuse its vector (no text encoder needed)."""
         cfg = self.cfg
         if damage is not None:
             rng = rng if rng is not None else np.random.default_rng(0)
@@ -124,9 +127,12 @@ class Featurizer:
         if "text" in modalities:
             dropped = damage is not None and damage.drop_text
             text = np.zeros((len(decoded), cfg.text.dim), np.float32)
-            status["text"] = ["dropped" if dropped else text_status(i, texts) for i in ids]
+            status["text"] = ["dropped" if dropped else text_status(i, texts) if text_vectors is None
+                              else OK if text_vectors.get(i) is not None else "missing" for i in ids]
             for k, clip_id in enumerate(ids):
-                if status["text"][k] == OK:
+                if status["text"][k] == OK and text_vectors is not None:
+                    text[k] = text_vectors[clip_id]
+                elif status["text"][k] == OK:
                     # one transcript per call: padding to a batch-mate's length moves the mean-pooled vector in
                     # the 7th digit, and a clip's features must not depend on which clips it is encoded with
                     text[k] = self.encoders["text"].encode([texts[clip_id]])[0]
@@ -134,5 +140,6 @@ class Featurizer:
 
     def __call__(self, clips: list[Clip], texts: dict[str, str | None],
                  modalities: set[str] | tuple[str, ...] = MODALITIES, damage: Damage | None = None,
-                 rng: np.random.Generator | None = None) -> Features:
-        return self.encode(self.decode(clips, modalities), texts, modalities, damage, rng)
+                 rng: np.random.Generator | None = None,
+                 text_vectors: dict[str, np.ndarray | None] | None = None) -> Features:
+        return self.encode(self.decode(clips, modalities), texts, modalities, damage, rng, text_vectors)

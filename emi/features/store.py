@@ -200,6 +200,12 @@ class FeatureSet:
     encoders: list[dict]
     cues: dict[str, Ragged] | None = None  # visual, audio: per-step reliability cues (None: a store without them)
 
+    def text_vectors(self) -> dict[str, np.ndarray | None]:
+        """Clip id -> its stored text vector, None where the clip had no usable text (``Featurizer.encode``'s
+        ``text_vectors``)."""
+        return {clip: self.text[i] if self.mask[i, MODALITIES.index("text")] else None
+                for i, clip in enumerate(self.ids)}
+
 
 def read_sequences(index: pd.DataFrame, root: Path) -> SequenceData:
     """The usable items of ``index`` (status ok) from the shards under ``root``: visual and audio sequences (and

@@ -15,6 +15,7 @@ from emi.train.augmentation import AugmentError, assemble, copies_table, plan_co
 from emi.config import Params
 from emi.data.dataset import list_clips, read_labels, split_ids, transcript_texts
 from emi.encoders.registry import load_featurizer
+from emi.features.store import load_features
 from emi.paths import AUGMENTED_FILE, COPIES_FILE, work_dir
 from emi.tracking.runs import tracked
 from emi.train.projection import load_alignment, load_tuned_encoders, write_aligned
@@ -39,7 +40,7 @@ class AugmentResult:
 
 
 @tracked("augment")
-def augment(params: Params, raw_dir: Path, transcripts: Path, alignment_path: Path, out_dir: Path,
+def augment(params: Params, raw_dir: Path, transcripts: Path, features: Path, alignment_path: Path, out_dir: Path,
             show_progress: bool = True) -> AugmentResult:
     started = time.perf_counter()
     a = params.stage2.augment
@@ -52,9 +53,11 @@ def augment(params: Params, raw_dir: Path, transcripts: Path, alignment_path: Pa
     plan = plan_shards(params, copies, clips, texts, work_dir(out_dir), alignment_path)
     with Progress(disable=not show_progress) as progress:
         task = progress.add_task("augment", total=sum(len(plan.shards[i]) for i in plan.shards_to_run))
-        done_now = run_all(plan, lambda: load_featurizer(params.extract, params.data,
+        # the copies' clips are decoded and encoded again, their text is not: the vectors extract stored
+        done_now = run_all(plan, lambda: load_featurizer(params.extract, params.data, ("visual", "audio"),
                                                          tuned=load_tuned_encoders(alignment_path)),
-                           clips, texts, a, params.seed, lambda n: progress.advance(task, n))
+                           clips, lambda: load_features(features, ("train",)).text_vectors(), a, params.seed,
+                           lambda n: progress.advance(task, n))
     data, problems = assemble(plan)
     for clip, reason in problems.items():
         log.warning("augment: %s skipped: %s", clip, reason)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from emi.config import EMOTIONS, Params
-from emi.data.dataset import list_clips, split_ids, transcript_texts
+from emi.data.dataset import list_clips, split_ids
 from emi.encoders.registry import load_featurizer
 from emi.evaluation.ceiling import rendered_controls
 from emi.evaluation.headline import (ablation_cells, flat_metrics, headline, plot_tables, scored_splits,
@@ -30,7 +30,7 @@ from emi.evaluation.probes import control_probes
 from emi.evaluation.robustness import robustness, robustness_table, seed_models
 from emi.evaluation.submission import write_submission
 from emi.features.damage import DAMAGED_MODALITY
-from emi.features.store import data_fingerprint
+from emi.features.store import data_fingerprint, load_features
 from emi.paths import Layout
 from emi.report import plots
 from emi.report.evaluation import report_markdown
@@ -102,9 +102,11 @@ def evaluate(params: Params, layout: Layout, show_progress: bool = True) -> Eval
     models, model_sources = seed_models(layout.ablation_models, model, saved, params.evaluate.seeds)
     valid = parts["valid"]
     by_id = {c.id: c for c in list_clips(layout.raw)}
-    featurizer = load_featurizer(params.extract, params.data, tuned=load_tuned_encoders(layout.alignment_model))
+    # the clips are decoded and encoded again, their text is not: the vectors extract stored (no text encoder)
+    featurizer = load_featurizer(params.extract, params.data, ("visual", "audio"),
+                                 tuned=load_tuned_encoders(layout.alignment_model))
     measured = robustness(featurizer, params.evaluate.robustness, params.seed, valid, [by_id[i] for i in valid.ids],
-                          transcript_texts(layout.transcripts_table), layout.alignment_model, models,
+                          load_features(layout.features, ("valid",)).text_vectors(), layout.alignment_model, models,
                           saved.batch_size, show_progress)
     rob, mixed = robustness_table(measured)
     same = measured.predictions.get(f"clean/{saved.fusion}/0")  # the saved model on clips decoded again

@@ -96,11 +96,12 @@ def plan_shards(params: Params, copies: list[DamagedCopy], clips: dict[str, Clip
 
 
 def featurize_copies(shard: list[DamagedCopy], featurizer: Featurizer, clips: dict[str, Clip],
-                     texts: dict[str, str | None], a: AugmentParams, seed: int) -> Features:
-    """Each copy's source clip decoded, damaged (its own damage and noise stream) and encoded; a clip that cannot be
-    decoded gives an ``error`` row (the stage reports it)."""
+                     text_vectors: dict[str, np.ndarray | None], a: AugmentParams, seed: int) -> Features:
+    """Each copy's source clip decoded, damaged (its own damage and noise stream) and encoded, its text the vector
+    extract stored for the source clip (``text_vectors``) unless the damage drops it; a clip that cannot be decoded
+    gives an ``error`` row (the stage reports it)."""
     decoded = featurizer.decode([clips[c.source] for c in shard], MODALITIES)
-    parts = [featurizer.encode([d], texts, MODALITIES, copy.damage(a), copy.rng(seed))
+    parts = [featurizer.encode([d], {}, MODALITIES, copy.damage(a), copy.rng(seed), text_vectors)
              for copy, d in zip(shard, decoded)]
     return Features.concat(parts, [c.id for c in shard])
 
@@ -119,12 +120,15 @@ def assemble(shards: ShardSet) -> tuple[SequenceData, dict[str, str]]:
 
 
 def run_all(shards: ShardSet, make_featurizer: Callable[[], Featurizer], clips: dict[str, Clip],
-            texts: dict[str, str | None], a: AugmentParams, seed: int, advance: Callable[[int], None]) -> int:
-    """The unfinished shards, in order; the featurizer (encoders) is loaded only when one is left."""
+            stored_text: Callable[[], dict[str, np.ndarray | None]], a: AugmentParams, seed: int,
+            advance: Callable[[int], None]) -> int:
+    """The unfinished shards, in order; the featurizer (encoders) and the clips' stored text vectors are loaded only
+    when one is left."""
     if not shards.shards_to_run:
         return 0
-    featurizer = make_featurizer()
+    featurizer, text_vectors = make_featurizer(), stored_text()
     for i in shards.shards_to_run:
-        shards.write(i, featurize_copies(shards.shards[i], featurizer, clips, texts, a, seed), list(MODALITIES))
+        shards.write(i, featurize_copies(shards.shards[i], featurizer, clips, text_vectors, a, seed),
+                     list(MODALITIES))
         advance(len(shards.shards[i]))
     return len(shards.shards_to_run)

@@ -94,6 +94,15 @@ def test_load_features_reads_every_ok_clip_back_from_the_shards(tmp_path):
     assert valid.ids == ["00003"] and valid.visual[0].shape == (4, DIMS["visual"])
 
 
+def test_text_vectors_are_each_clips_stored_text_and_none_without_usable_text(tmp_path):
+    expected = write_store(tmp_path, [[("00001", "train", 3, "ok"), ("00002", "valid", 2, "ok")]])
+    fs = load_features(tmp_path)
+    fs.mask[1, 2] = False  # as a clip with an empty transcript is stored
+    vectors = fs.text_vectors()
+    assert set(vectors) == {"00001", "00002"} and vectors["00002"] is None
+    np.testing.assert_array_equal(vectors["00001"], expected["00001"][2])
+
+
 def test_a_clip_that_errored_is_indexed_but_not_loaded(tmp_path):
     write_store(tmp_path, [[("00001", "train", 3, "ok"), ("00002", "train", 0, "error")]])
     fs = load_features(tmp_path)

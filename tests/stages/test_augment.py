@@ -31,11 +31,12 @@ def test_the_plan_copies_a_seeded_share_of_training_clips_with_one_damage_each()
 
 
 @pytest.fixture(scope="module")
-def augmented(tiny_dataset, tiny_aligned, tmp_path_factory):
+def augmented(tiny_dataset, tiny_features, tiny_aligned, tmp_path_factory):
     root = tmp_path_factory.mktemp("augment")
     params = tiny("stage2.augment.fraction=1.0")
     tr = transcripts_from_script(tiny_dataset, root / "tr.csv")
-    result = augment(params, tiny_dataset, tr, tiny_aligned.model_path, root / "augmented", show_progress=False)
+    result = augment(params, tiny_dataset, tr, tiny_features, tiny_aligned.model_path, root / "augmented",
+                     show_progress=False)
     return params, root, tr, result
 
 
@@ -70,12 +71,14 @@ def test_only_training_clips_are_copied_and_each_damage_shows_in_the_features(au
 
 
 @pytest.mark.slow
-def test_a_rerun_recomputes_nothing_and_a_fresh_run_writes_the_same_bytes(augmented, tiny_dataset, tiny_aligned,
-                                                                         tmp_path):
+def test_a_rerun_recomputes_nothing_and_a_fresh_run_writes_the_same_bytes(augmented, tiny_dataset, tiny_features,
+                                                                         tiny_aligned, tmp_path):
     params, root, tr, _ = augmented
-    again = augment(params, tiny_dataset, tr, tiny_aligned.model_path, root / "augmented", show_progress=False)
+    again = augment(params, tiny_dataset, tr, tiny_features, tiny_aligned.model_path, root / "augmented",
+                    show_progress=False)
     assert again.shards_done_now == 0
-    fresh = augment(params, tiny_dataset, tr, tiny_aligned.model_path, tmp_path / "augmented", show_progress=False)
+    fresh = augment(params, tiny_dataset, tr, tiny_features, tiny_aligned.model_path, tmp_path / "augmented",
+                    show_progress=False)
     assert fresh.shards_done_now > 0
     for name in (AUGMENTED_FILE, COPIES_FILE):
         assert (tmp_path / "augmented" / name).read_bytes() == (root / "augmented" / name).read_bytes(), name
@@ -101,7 +104,8 @@ def test_stage_ii_trains_on_the_split_and_the_copies_with_their_source_labels(au
 @pytest.mark.slow
 def test_no_copies_asked_for_writes_the_table_alone(tiny_dataset, tiny_aligned, tmp_path):
     tr = transcripts_from_script(tiny_dataset, tmp_path / "tr.csv")
-    result = augment(tiny("stage2.augment.fraction=0"), tiny_dataset, tr, tiny_aligned.model_path,
-                     tmp_path / "augmented", show_progress=False)
+    # nothing to encode: neither the encoders nor the feature store are read (there is none here)
+    result = augment(tiny("stage2.augment.fraction=0"), tiny_dataset, tr, tmp_path / "no-store",
+                     tiny_aligned.model_path, tmp_path / "augmented", show_progress=False)
     assert result.made == 0 and not (tmp_path / "augmented" / AUGMENTED_FILE).exists()
     assert pd.read_csv(tmp_path / "augmented" / COPIES_FILE).empty
