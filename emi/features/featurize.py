@@ -32,7 +32,10 @@ def usable_wave(d: Decoded) -> np.ndarray | None:
     return d.wave if d.audio_status in (OK, "silent") else None
 
 
-def text_status(clip_id: str, texts: dict[str, str | None]) -> str:
+def text_status(clip_id: str, texts: dict[str, str | None],
+                text_vectors: dict[str, np.ndarray | None] | None = None) -> str:
+    if text_vectors is not None:  # what extract stored: a vector, or None where the clip had no usable text
+        return OK if text_vectors.get(clip_id) is not None else "missing"
     return OK if texts.get(clip_id) else ("missing" if clip_id not in texts else "empty")
 
 
@@ -127,8 +130,7 @@ class Featurizer:
         if "text" in modalities:
             dropped = damage is not None and damage.drop_text
             text = np.zeros((len(decoded), cfg.text.dim), np.float32)
-            status["text"] = ["dropped" if dropped else text_status(i, texts) if text_vectors is None
-                              else OK if text_vectors.get(i) is not None else "missing" for i in ids]
+            status["text"] = ["dropped" if dropped else text_status(i, texts, text_vectors) for i in ids]
             for k, clip_id in enumerate(ids):
                 if status["text"][k] == OK and text_vectors is not None:
                     text[k] = text_vectors[clip_id]
