@@ -199,8 +199,6 @@ def augment(
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
     raw: RawOpt = LAYOUT.raw,
-    transcripts: Annotated[Path, typer.Option(help="transcripts.csv from `emi transcribe`.")] = (
-        LAYOUT.transcripts_table),
     features: Annotated[Path, typer.Option(help="the feature store from `emi extract` (a copy keeps its clip's text "
                                                 "vector unless its damage drops the text).")] = LAYOUT.features,
     alignment: Annotated[Path, typer.Option(help="the Stage-I model (its heads project the copies).")] = (
@@ -215,7 +213,7 @@ def augment(
 
     params = _load(params_path, profile, overrides)
     with _fails_with(AugmentError, *_stage_errors()):
-        result = run_augment(params, raw, transcripts, features, alignment, out, show_progress=progress)
+        result = run_augment(params, raw, features, alignment, out, show_progress=progress)
     console.print(f"augment: {result.made} damaged copies ({len(result.problems)} could not be made; "
                   f"{result.shards_done_now} shard(s) computed now, {result.seconds:.1f} s) in {result.out_dir}",
                   highlight=False)

@@ -186,8 +186,7 @@ def tiny_pipeline(tiny_dataset, tmp_path_factory):
             tr = transcribe(params, layout.raw, layout.transcripts, layout.validation, show_progress=False)
             extract(params, layout.raw, tr.table, layout.features, layout.validation, show_progress=False)
             stage1(params, layout.features, layout.stage1, layout.aligned, layout.raw, show_progress=False)
-            augment(params, layout.raw, tr.table, layout.features, layout.alignment_model, layout.augmented,
-                    show_progress=False)
+            augment(params, layout.raw, layout.features, layout.alignment_model, layout.augmented, show_progress=False)
             stage2(params, layout.aligned_file, layout.raw, layout.stage2, layout.augmented_file, show_progress=False)
             ablation(params, layout.aligned_file, layout.raw, layout.reports, modality_sets=("VAT",),
                      fusions=("quality", "average"), inputs=(params.stage2.inputs,), stage2_model=layout.fusion_model,

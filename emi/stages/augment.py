@@ -13,7 +13,7 @@ from rich.progress import Progress
 
 from emi.train.augmentation import AugmentError, assemble, copies_table, plan_copies, plan_shards, run_all
 from emi.config import Params
-from emi.data.dataset import list_clips, read_labels, split_ids, transcript_texts
+from emi.data.dataset import list_clips, read_labels, split_ids
 from emi.encoders.registry import load_featurizer
 from emi.features.store import load_features
 from emi.paths import AUGMENTED_FILE, COPIES_FILE, work_dir
@@ -40,8 +40,10 @@ class AugmentResult:
 
 
 @tracked("augment")
-def augment(params: Params, raw_dir: Path, transcripts: Path, features: Path, alignment_path: Path, out_dir: Path,
+def augment(params: Params, raw_dir: Path, features: Path, alignment_path: Path, out_dir: Path,
             show_progress: bool = True) -> AugmentResult:
+    """Damaged copies of training clips, decoded and encoded again; a copy's text is the vector extract stored for
+    its clip (``features``), unless its damage drops the text: no damage changes a transcript."""
     started = time.perf_counter()
     a = params.stage2.augment
     out_dir = Path(out_dir)
@@ -49,15 +51,13 @@ def augment(params: Params, raw_dir: Path, transcripts: Path, features: Path, al
     labels = read_labels(raw_dir)  # a copy of a clip Stage II does not train on would be trained on
     train_ids = [i for i in split_ids(raw_dir).get("train", []) if i in clips and i in labels.index]
     copies = plan_copies(train_ids, a, params.seed)
-    texts = transcript_texts(transcripts)
-    plan = plan_shards(params, copies, clips, texts, work_dir(out_dir), alignment_path)
+    text_vectors = load_features(features, ("train",)).text_vectors() if copies else {}
+    plan = plan_shards(params, copies, clips, text_vectors, work_dir(out_dir), alignment_path)
     with Progress(disable=not show_progress) as progress:
         task = progress.add_task("augment", total=sum(len(plan.shards[i]) for i in plan.shards_to_run))
-        # the copies' clips are decoded and encoded again, their text is not: the vectors extract stored
         done_now = run_all(plan, lambda: load_featurizer(params.extract, params.data, ("visual", "audio"),
                                                          tuned=load_tuned_encoders(alignment_path)),
-                           clips, lambda: load_features(features, ("train",)).text_vectors(), a, params.seed,
-                           lambda n: progress.advance(task, n))
+                           clips, text_vectors, a, params.seed, lambda n: progress.advance(task, n))
     data, problems = assemble(plan)
     for clip, reason in problems.items():
         log.warning("augment: %s skipped: %s", clip, reason)

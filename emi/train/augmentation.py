@@ -11,6 +11,7 @@ split (labels of the source clip); validation and test clips are never copied.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,19 +81,25 @@ def copies_table(copies: list[DamagedCopy], problems: dict[str, str] | None = No
                          "detail": [problems.get(c.id, "") for c in copies]})
 
 
-def plan_shards(params: Params, copies: list[DamagedCopy], clips: dict[str, Clip], texts: dict[str, str | None],
-                work: Path, alignment_path: Path) -> ShardSet:
+def plan_shards(params: Params, copies: list[DamagedCopy], clips: dict[str, Clip],
+                text_vectors: dict[str, np.ndarray | None], work: Path, alignment_path: Path) -> ShardSet:
     """Shards of ``extract.shard_size`` copies (``emi.features.store.ShardSet``); a shard's receipt fingerprints
     what its features depend on (the extract and data settings, the Stage-I model whose fine-tuned blocks encode
-    them, the copies, their clips' bytes and transcripts), so a rerun recomputes only unfinished or affected shards."""
+    them, the copies, their clips' bytes and stored text vectors), so a rerun recomputes only unfinished or affected
+    shards."""
     size = params.extract.shard_size
     shards = [copies[i:i + size] for i in range(0, len(copies), size)]
     common = {"extract": params.extract.model_dump(mode="json"), "data": params.data.model_dump(mode="json"),
               "occlusion_box": list(params.stage2.augment.occlusion_box), "seed": params.seed,
               "alignment": sha256_file(alignment_path), "cues": CUE_VERSION}
     keys = [fingerprint({**common, "copies": [(c.id, c.kind, c.snr_db, c.index, sha256_file(clips[c.source].path),
-                                               texts.get(c.source)) for c in shard]}) for shard in shards]
+                                               _vector_key(text_vectors.get(c.source))) for c in shard]})
+            for shard in shards]
     return ShardSet.plan(work, shards, [dict.fromkeys(MODALITIES, key) for key in keys])
+
+
+def _vector_key(vector: np.ndarray | None) -> str | None:
+    return None if vector is None else hashlib.sha256(np.ascontiguousarray(vector, np.float32).tobytes()).hexdigest()
 
 
 def featurize_copies(shard: list[DamagedCopy], featurizer: Featurizer, clips: dict[str, Clip],
@@ -120,13 +127,12 @@ def assemble(shards: ShardSet) -> tuple[SequenceData, dict[str, str]]:
 
 
 def run_all(shards: ShardSet, make_featurizer: Callable[[], Featurizer], clips: dict[str, Clip],
-            stored_text: Callable[[], dict[str, np.ndarray | None]], a: AugmentParams, seed: int,
+            text_vectors: dict[str, np.ndarray | None], a: AugmentParams, seed: int,
             advance: Callable[[int], None]) -> int:
-    """The unfinished shards, in order; the featurizer (encoders) and the clips' stored text vectors are loaded only
-    when one is left."""
+    """The unfinished shards, in order; the featurizer (encoders) is loaded only when one is left."""
     if not shards.shards_to_run:
         return 0
-    featurizer, text_vectors = make_featurizer(), stored_text()
+    featurizer = make_featurizer()
     for i in shards.shards_to_run:
         shards.write(i, featurize_copies(shards.shards[i], featurizer, clips, text_vectors, a, seed),
                      list(MODALITIES))

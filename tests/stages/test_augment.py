@@ -5,14 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emi.train.augmentation import plan_copies
+from emi.train.augmentation import plan_copies, plan_shards
 from emi.config import DAMAGE_KINDS
-from emi.data.dataset import split_ids
+from emi.data.dataset import Clip, split_ids
 from emi.paths import AUGMENTED_FILE, COPIES_FILE, COPY_SEPARATOR
 from emi.stages.augment import augment
 from emi.train.fusion import split_data, with_copies
 from emi.train.projection import load_aligned
-from tests.conftest import tiny, transcripts_from_script
+from tests.conftest import tiny
 
 
 def test_the_plan_copies_a_seeded_share_of_training_clips_with_one_damage_each():
@@ -30,20 +30,37 @@ def test_the_plan_copies_a_seeded_share_of_training_clips_with_one_damage_each()
     assert {c.kind for c in only} == {"missing_text"}
 
 
+def test_a_shard_receipt_follows_the_stored_text_vectors_of_its_clips(tmp_path):
+    params = tiny("stage2.augment.fraction=1.0")
+    ids = ["00001", "00002"]
+    for i in ids:
+        (tmp_path / f"{i}.mp4").write_bytes(i.encode())
+    (tmp_path / "alignment.pt").write_bytes(b"stage I")
+    clips = {i: Clip(i, "train", tmp_path / f"{i}.mp4") for i in ids}
+    copies = plan_copies(ids, params.stage2.augment, params.seed)
+
+    def keys(vectors):
+        return plan_shards(params, copies, clips, vectors, tmp_path / "work", tmp_path / "alignment.pt").keys
+
+    vectors = {i: np.full(4, k, np.float32) for k, i in enumerate(ids)}
+    assert keys(vectors) == keys({i: v.copy() for i, v in vectors.items()})
+    assert keys(vectors) != keys({**vectors, "00002": vectors["00002"] + 1e-3})  # the text encoder changed
+    assert keys(vectors) != keys({**vectors, "00002": None})  # the clip lost its text
+
+
 @pytest.fixture(scope="module")
 def augmented(tiny_dataset, tiny_features, tiny_aligned, tmp_path_factory):
     root = tmp_path_factory.mktemp("augment")
     params = tiny("stage2.augment.fraction=1.0")
-    tr = transcripts_from_script(tiny_dataset, root / "tr.csv")
-    result = augment(params, tiny_dataset, tr, tiny_features, tiny_aligned.model_path, root / "augmented",
+    result = augment(params, tiny_dataset, tiny_features, tiny_aligned.model_path, root / "augmented",
                      show_progress=False)
-    return params, root, tr, result
+    return params, root, result
 
 
 @pytest.mark.slow  # real encoders: the tiny dataset's extract, Stage I and augment
 def test_only_training_clips_are_copied_and_each_damage_shows_in_the_features(augmented, tiny_dataset,
                                                                                tiny_aligned):
-    _, root, _, result = augmented
+    _, root, result = augmented
     copies = pd.read_csv(root / "augmented" / COPIES_FILE, dtype={"source": str})
     train = split_ids(tiny_dataset)["train"]
     assert sorted(copies["source"]) == sorted(train) and (copies["status"] == "ok").all()
@@ -73,11 +90,11 @@ def test_only_training_clips_are_copied_and_each_damage_shows_in_the_features(au
 @pytest.mark.slow
 def test_a_rerun_recomputes_nothing_and_a_fresh_run_writes_the_same_bytes(augmented, tiny_dataset, tiny_features,
                                                                          tiny_aligned, tmp_path):
-    params, root, tr, _ = augmented
-    again = augment(params, tiny_dataset, tr, tiny_features, tiny_aligned.model_path, root / "augmented",
+    params, root, _ = augmented
+    again = augment(params, tiny_dataset, tiny_features, tiny_aligned.model_path, root / "augmented",
                     show_progress=False)
     assert again.shards_done_now == 0
-    fresh = augment(params, tiny_dataset, tr, tiny_features, tiny_aligned.model_path, tmp_path / "augmented",
+    fresh = augment(params, tiny_dataset, tiny_features, tiny_aligned.model_path, tmp_path / "augmented",
                     show_progress=False)
     assert fresh.shards_done_now > 0
     for name in (AUGMENTED_FILE, COPIES_FILE):
@@ -87,7 +104,7 @@ def test_a_rerun_recomputes_nothing_and_a_fresh_run_writes_the_same_bytes(augmen
 @pytest.mark.slow
 def test_stage_ii_trains_on_the_split_and_the_copies_with_their_source_labels(augmented, tiny_dataset,
                                                                               tiny_aligned):
-    params, root, _, _ = augmented
+    params, root, _ = augmented
     parts = split_data(tiny_aligned.aligned_path, tiny_dataset, params.stage2.inputs)
     train = with_copies(parts["train"], root / "augmented" / AUGMENTED_FILE, params.stage2.inputs)
     n = len(parts["train"])
@@ -103,9 +120,8 @@ def test_stage_ii_trains_on_the_split_and_the_copies_with_their_source_labels(au
 
 @pytest.mark.slow
 def test_no_copies_asked_for_writes_the_table_alone(tiny_dataset, tiny_aligned, tmp_path):
-    tr = transcripts_from_script(tiny_dataset, tmp_path / "tr.csv")
     # nothing to encode: neither the encoders nor the feature store are read (there is none here)
-    result = augment(tiny("stage2.augment.fraction=0"), tiny_dataset, tr, tmp_path / "no-store",
+    result = augment(tiny("stage2.augment.fraction=0"), tiny_dataset, tmp_path / "no-store",
                      tiny_aligned.model_path, tmp_path / "augmented", show_progress=False)
     assert result.made == 0 and not (tmp_path / "augmented" / AUGMENTED_FILE).exists()
     assert pd.read_csv(tmp_path / "augmented" / COPIES_FILE).empty
