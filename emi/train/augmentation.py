@@ -23,6 +23,7 @@ import pandas as pd
 from emi.config import MODALITIES, AugmentParams, Params
 from emi.data.dataset import Clip
 from emi.data.sequences import SequenceData
+from emi.encoders.registry import feature_revision
 from emi.features.cues import CUE_VERSION
 from emi.features.damage import Damage, damage_of
 from emi.features.decode import OK
@@ -84,14 +85,16 @@ def copies_table(copies: list[DamagedCopy], problems: dict[str, str] | None = No
 def plan_shards(params: Params, copies: list[DamagedCopy], clips: dict[str, Clip],
                 text_vectors: dict[str, np.ndarray | None], work: Path, alignment_path: Path) -> ShardSet:
     """Shards of ``extract.shard_size`` copies (``emi.features.store.ShardSet``); a shard's receipt fingerprints
-    what its features depend on (the extract and data settings, the Stage-I model whose fine-tuned blocks encode
-    them, the copies, their clips' bytes and stored text vectors), so a rerun recomputes only unfinished or affected
-    shards."""
+    what its features depend on (the extract and data settings, the visual and audio encoders' code revisions, the
+    Stage-I model whose fine-tuned blocks encode them, the copies, their clips' bytes and stored text vectors), so a
+    rerun recomputes only unfinished or affected shards."""
     size = params.extract.shard_size
     shards = [copies[i:i + size] for i in range(0, len(copies), size)]
     common = {"extract": params.extract.model_dump(mode="json"), "data": params.data.model_dump(mode="json"),
               "occlusion_box": list(params.stage2.augment.occlusion_box), "seed": params.seed,
-              "alignment": sha256_file(alignment_path), "cues": CUE_VERSION}
+              "alignment": sha256_file(alignment_path), "cues": CUE_VERSION,
+              # as extract's receipts: a code change that alters an encoder's features bumps its revision
+              "revisions": {m: feature_revision(m, getattr(params.extract, m).kind) for m in ("visual", "audio")}}
     keys = [fingerprint({**common, "copies": [(c.id, c.kind, c.snr_db, c.index, sha256_file(clips[c.source].path),
                                                _vector_key(text_vectors.get(c.source))) for c in shard]})
             for shard in shards]

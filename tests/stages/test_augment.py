@@ -48,6 +48,20 @@ def test_a_shard_receipt_follows_the_stored_text_vectors_of_its_clips(tmp_path):
     assert keys(vectors) != keys({**vectors, "00002": None})  # the clip lost its text
 
 
+def test_a_shard_receipt_follows_the_audio_encoders_code_revision(tmp_path, monkeypatch):
+    import emi.train.augmentation as augmentation
+
+    params = tiny("stage2.augment.fraction=1.0")
+    (tmp_path / "00001.mp4").write_bytes(b"clip")
+    (tmp_path / "alignment.pt").write_bytes(b"stage I")
+    clips = {"00001": Clip("00001", "train", tmp_path / "00001.mp4")}
+    copies = plan_copies(["00001"], params.stage2.augment, params.seed)
+    before = plan_shards(params, copies, clips, {}, tmp_path / "work", tmp_path / "alignment.pt").keys
+    real = augmentation.feature_revision
+    monkeypatch.setattr(augmentation, "feature_revision", lambda m, kind: real(m, kind) + (m == "audio"))
+    assert plan_shards(params, copies, clips, {}, tmp_path / "work", tmp_path / "alignment.pt").keys != before
+
+
 @pytest.fixture(scope="module")
 def augmented(tiny_dataset, tiny_features, tiny_aligned, tmp_path_factory):
     root = tmp_path_factory.mktemp("augment")
