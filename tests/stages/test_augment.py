@@ -30,36 +30,33 @@ def test_the_plan_copies_a_seeded_share_of_training_clips_with_one_damage_each()
     assert {c.kind for c in only} == {"missing_text"}
 
 
-def test_a_shard_receipt_follows_the_stored_text_vectors_of_its_clips(tmp_path):
+def _receipts(tmp_path, ids: list[str], vectors: dict) -> list[dict[str, str]]:
+    """The shard receipts augment would write for copies of ``ids`` (one-byte stand-in clips and Stage-I model)."""
     params = tiny("stage2.augment.fraction=1.0")
-    ids = ["00001", "00002"]
     for i in ids:
         (tmp_path / f"{i}.mp4").write_bytes(i.encode())
     (tmp_path / "alignment.pt").write_bytes(b"stage I")
     clips = {i: Clip(i, "train", tmp_path / f"{i}.mp4") for i in ids}
     copies = plan_copies(ids, params.stage2.augment, params.seed)
+    return plan_shards(params, copies, clips, vectors, tmp_path / "work", tmp_path / "alignment.pt").keys
 
-    def keys(vectors):
-        return plan_shards(params, copies, clips, vectors, tmp_path / "work", tmp_path / "alignment.pt").keys
 
+def test_a_shard_receipt_follows_the_stored_text_vectors_of_its_clips(tmp_path):
+    ids = ["00001", "00002"]
     vectors = {i: np.full(4, k, np.float32) for k, i in enumerate(ids)}
-    assert keys(vectors) == keys({i: v.copy() for i, v in vectors.items()})
-    assert keys(vectors) != keys({**vectors, "00002": vectors["00002"] + 1e-3})  # the text encoder changed
-    assert keys(vectors) != keys({**vectors, "00002": None})  # the clip lost its text
+    before = _receipts(tmp_path, ids, vectors)
+    assert before == _receipts(tmp_path, ids, {i: v.copy() for i, v in vectors.items()})
+    assert before != _receipts(tmp_path, ids, {**vectors, "00002": vectors["00002"] + 1e-3})  # the text encoder changed
+    assert before != _receipts(tmp_path, ids, {**vectors, "00002": None})  # the clip lost its text
 
 
 def test_a_shard_receipt_follows_the_audio_encoders_code_revision(tmp_path, monkeypatch):
     import emi.train.augmentation as augmentation
 
-    params = tiny("stage2.augment.fraction=1.0")
-    (tmp_path / "00001.mp4").write_bytes(b"clip")
-    (tmp_path / "alignment.pt").write_bytes(b"stage I")
-    clips = {"00001": Clip("00001", "train", tmp_path / "00001.mp4")}
-    copies = plan_copies(["00001"], params.stage2.augment, params.seed)
-    before = plan_shards(params, copies, clips, {}, tmp_path / "work", tmp_path / "alignment.pt").keys
+    before = _receipts(tmp_path, ["00001"], {})
     real = augmentation.feature_revision
     monkeypatch.setattr(augmentation, "feature_revision", lambda m, kind: real(m, kind) + (m == "audio"))
-    assert plan_shards(params, copies, clips, {}, tmp_path / "work", tmp_path / "alignment.pt").keys != before
+    assert _receipts(tmp_path, ["00001"], {}) != before
 
 
 @pytest.fixture(scope="module")
