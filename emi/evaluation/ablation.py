@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from emi.config import EMOTIONS
+from emi.config import EMOTIONS, Stage2Params
 from emi.evaluation.seeds import mean_sd, paired_difference
+from emi.model import FUSIONS
+
+MODALITY_SETS = ("V", "A", "T", "VA", "VT", "AT", "VAT")
+"""The grid's modality subsets (Table 3's rows), each with the configured fusion and inputs."""
+INPUTS = ("aligned", "encoder", "both")
+"""Stage-II inputs: the Stage-I projections, the standardized encoder features, both concatenated."""
 
 TEMPORAL, CLIP_MEAN, RIDGE = "TCN + BiLSTM", "clip mean", "ridge"
 """The ``blocks`` column: the paper's temporal blocks, each modality's clip-mean mapped features, the probe."""
@@ -15,6 +21,19 @@ TEMPORAL, CLIP_MEAN, RIDGE = "TCN + BiLSTM", "clip mean", "ridge"
 def blocks_name(temporal: bool) -> str:
     """The ablation table's ``blocks`` column: the paper's TCN + gated BiLSTM, or each modality's clip mean."""
     return TEMPORAL if temporal else CLIP_MEAN
+
+
+def ablation_grid(base: Stage2Params, modality_sets: tuple[str, ...] = MODALITY_SETS,
+                  fusions: tuple[str, ...] = FUSIONS, inputs: tuple[str, ...] = INPUTS) -> list[Stage2Params]:
+    """The paper's Table 3 grid around ``base``, one Stage-II configuration per cell: every modality subset with
+    ``base``'s fusion and inputs, then ``base``'s modalities with each other fusion and each other Stage-II input, and
+    last without the temporal blocks (what they add). ``base`` itself is the cell of its modalities."""
+    full = tuple(base.modalities)
+    cells = [{"modalities": tuple(m)} for m in modality_sets]
+    cells += [{"modalities": full, "fusion": f} for f in fusions if f != base.fusion]
+    cells += [{"modalities": full, "inputs": i} for i in inputs if i != base.inputs]
+    cells += [{"modalities": full, "temporal": not base.temporal}]
+    return [base.model_copy(update=c) for c in cells]
 
 
 def cell_key(r: dict) -> str:

@@ -13,14 +13,15 @@ import pandas as pd
 import torch
 
 from emi.config import Params
-from emi.evaluation.ablation import RIDGE, ablation_table, blocks_name, cell_key
+from emi.evaluation.ablation import (INPUTS, MODALITY_SETS, RIDGE, ablation_grid, ablation_table, blocks_name,
+                                     cell_key)
 from emi.model import FUSIONS
 from emi.evaluation.probes import LINEAR_PROBE as PROBE, linear_probe
 from emi.report.ablation import ablation_markdown
 from emi.tracking import runs
 from emi.tracking.runs import tracked
-from emi.train.fusion import (ABLATION_MODALITIES, dims_of, score_model, load_model, save_model, split_data,
-                              train_model, variant_name, with_copies)
+from emi.train.fusion import (dims_of, score_model, load_model, save_model, split_data, train_model, variant_name,
+                              with_copies)
 from emi.utils import finite, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,9 @@ def _ablation_job(job: tuple) -> dict:
 
 @tracked("ablate")
 def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
-             modality_sets: tuple[str, ...] = ABLATION_MODALITIES,
+             modality_sets: tuple[str, ...] = MODALITY_SETS,
              fusions: tuple[str, ...] = FUSIONS,
-             inputs: tuple[str, ...] = ("aligned", "encoder", "both"),
+             inputs: tuple[str, ...] = INPUTS,
              stage2_model: Path | None = None, models_dir: Path | None = None,
              augmented: Path | None = None) -> pd.DataFrame:
     """The paper's Table 3 grid: every modality subset with the configured fusion and inputs, then the configured
@@ -60,20 +61,16 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
     (``variant_name(..., i)``): evaluate's fusion comparison reads them, and trains none itself. Every cell trains on the training split plus its damaged copies (``augmented``), as Stage
     II does. Cells train in ``stage2.ablation_workers`` processes."""
     base = params.stage2
-    grid = [(m, base.fusion, base.inputs, base.temporal) for m in modality_sets]
-    full = "".join(base.modalities)
-    grid += [(full, f, base.inputs, base.temporal) for f in fusions if f != base.fusion]
-    grid += [(full, base.fusion, i, base.temporal) for i in inputs if i != base.inputs]
-    grid += [(full, base.fusion, base.inputs, not base.temporal)]  # what the temporal blocks add
-    cells = [(k, *cell) for k in range(params.evaluate.seeds) for cell in grid]
+    cells = [(k, p) for k in range(params.evaluate.seeds) for p in ablation_grid(base, modality_sets, fusions, inputs)]
     workers = max(1, min(base.ablation_workers, len(cells)))
     threads = max(1, torch.get_num_threads() // workers)
     jobs = []
-    for k, mods, fusion, inp, temporal in cells:
-        p = base.model_copy(update={"modalities": tuple(mods), "fusion": fusion, "inputs": inp, "temporal": temporal})
+    for k, p in cells:
+        mods = "".join(p.modalities)
         same = k == 0 and stage2_model is not None and Path(stage2_model).is_file() and p == base
-        keep = models_dir is not None and mods == full and temporal == base.temporal  # evaluate's robustness models
-        save_to = Path(models_dir) / f"{variant_name(mods, fusion, inp, k)}.pt" if keep and not same else None
+        # evaluate's robustness models
+        keep = models_dir is not None and p.modalities == base.modalities and p.temporal == base.temporal
+        save_to = Path(models_dir) / f"{variant_name(mods, p.fusion, p.inputs, k)}.pt" if keep and not same else None
         jobs.append((p, params.seed + k, aligned, augmented, raw_dir, threads, stage2_model if same else None,
                      save_to))
     if models_dir is not None:
@@ -84,9 +81,9 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(_ablation_job, jobs))
     rows = []
-    for (k, mods, fusion, inp, temporal), scores in zip(cells, results):
-        rows.append({"modalities": "+".join(mods), "fusion": fusion, "inputs": inp, "blocks": blocks_name(temporal),
-                     "seed": k, **scores})
+    for (k, p), scores in zip(cells, results):
+        rows.append({"modalities": "+".join(p.modalities), "fusion": p.fusion, "inputs": p.inputs,
+                     "blocks": blocks_name(p.temporal), "seed": k, **scores})
         log.info("ablation %s seed %d: valid mean Pearson %.4f", cell_key(rows[-1]), k, scores["pearson_mean"])
     start = time.perf_counter()
     parts = split_data(aligned, raw_dir, base.inputs)

@@ -27,7 +27,6 @@ from emi.train.loop import (ema_of, load_checkpoint, modality_dropout, restore_r
 from emi.utils import fingerprint
 
 log = logging.getLogger(__name__)
-ABLATION_MODALITIES = ("V", "A", "T", "VA", "VT", "AT", "VAT")
 
 
 SAVED_BEFORE = {"reliability_cues": False, "batch_pool": 1, "validate_every": 1, "cache_mb": 0.0, "temporal": True}
