@@ -400,6 +400,24 @@ def bench_stage2_cmd(
     typer.echo("\n".join(bench_lines(runs, peak)))
 
 
+@bench_app.command("ablate")
+def bench_ablate_cmd(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    root: Annotated[Path, typer.Option(help="the pipeline layout holding data/aligned, data/augmented, data/raw.")] = (
+        LAYOUT.root),
+) -> None:
+    """The ablation grid's arithmetic: each cell's matmul, convolution and attention GFLOP per epoch and in all its
+    trainings, and the seconds they need at least at the best fp32 matmul rate of this machine's ablation workers
+    (a lower bound: elementwise work is not counted)."""
+    from emi.bench.ablate import bench_ablate
+
+    params = _load(params_path, profile, overrides)
+    layout = Layout(root)
+    typer.echo("\n".join(bench_ablate(params, layout.aligned_file, layout.augmented_file, layout.raw)))
+
+
 @bench_app.command("scale")
 def bench_scale_cmd(
     params_path: ParamsOpt = Path("params.yaml"),
