@@ -111,6 +111,8 @@ def download(
 RawOpt = Annotated[Path, typer.Option("--raw", help="dataset folder in the Hume-Vidmimic2 layout.")]
 ReportsOpt = Annotated[Path, typer.Option("--reports", help="folder for the validation report (<stage>.json/.md).")]
 ProgressOpt = Annotated[bool, typer.Option(help="show progress bars.")]
+TrainedRootOpt = Annotated[
+    Path, typer.Option(help="the pipeline layout holding data/aligned, data/augmented, data/raw.")]
 
 
 def _stage_errors():
@@ -382,8 +384,7 @@ def bench_stage2_cmd(
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    root: Annotated[Path, typer.Option(help="the pipeline layout holding data/aligned, data/augmented, data/raw.")] = (
-        LAYOUT.root),
+    root: TrainedRootOpt = LAYOUT.root,
     epochs: Annotated[int, typer.Option(help="epochs per training.")] = 10,
     times: Annotated[int, typer.Option(help="the second data shape: every clip this many times longer.")] = 3,
 ) -> None:
@@ -405,8 +406,7 @@ def bench_ablate_cmd(
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    root: Annotated[Path, typer.Option(help="the pipeline layout holding data/aligned, data/augmented, data/raw.")] = (
-        LAYOUT.root),
+    root: TrainedRootOpt = LAYOUT.root,
 ) -> None:
     """The ablation grid's arithmetic: each cell's matmul, convolution and attention GFLOP per epoch and in all its
     trainings, and the seconds they need at least at the best fp32 matmul rate of this machine's ablation workers

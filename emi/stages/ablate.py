@@ -58,8 +58,9 @@ def ablation(params: Params, aligned: Path, raw_dir: Path, out_dir: Path,
 
     The seed-0 cell that equals the Stage-II configuration reuses ``stage2_model`` (same params and seed: the same
     model); ``models_dir`` keeps the other models of the configured modalities for every seed
-    (``variant_name(..., i)``): evaluate's fusion comparison reads them, and trains none itself. Every cell trains on the training split plus its damaged copies (``augmented``), as Stage
-    II does. Cells train in ``stage2.ablation_workers`` processes."""
+    (``variant_name(..., i)``): evaluate's fusion comparison reads them, and trains none itself. Every cell trains on
+    the training split plus its damaged copies (``augmented``), as Stage II does. Cells train in
+    ``stage2.ablation_workers`` processes; the cells are ``ablation_grid``'s."""
     base = params.stage2
     cells = [(k, p) for k in range(params.evaluate.seeds) for p in ablation_grid(base, modality_sets, fusions, inputs)]
     workers = max(1, min(base.ablation_workers, len(cells)))
