@@ -471,7 +471,8 @@ def registry_register(
     with _fails_with(TrackingError):
         decision = register_outputs(params, Layout(root))
     what = "registered" if decision["new"] else "already registered:"
-    console.print(f"{what} {decision['model']} v{decision['version']}; champion: v{decision['champion_version']} "
+    champion = f"v{decision['champion_version']}" if decision["champion_version"] else "none"
+    console.print(f"{what} {decision['model']} v{decision['version']}; champion: {champion} "
                   f"({decision['reason']})", highlight=False)
 
 

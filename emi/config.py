@@ -447,6 +447,9 @@ class TrackingParams(Strict):
     metric: str = Field(description="what 'better' means for promotion to champion")
     promote: Literal["better", "always", "never"] = Field(description="better | always | never")
     min_delta: float = Field(ge=0, description="promote when the metric beats the champion's by more than this")
+    floor: Literal["probe"] | float | None = Field(
+        description="champion only above this valid mean Pearson: probe (the run's own linear probe) | a number | "
+                    "null (none)")
 
 
 class DaskParams(Strict):

@@ -1,6 +1,7 @@
 """The MLflow model registry: the Stage-II model registered as a models-from-code pyfunc
 (``emi/tracking/pyfunc.py``: weights and source, no pickles), promotion by ``tracking.promote``, and comparing
-versions. Aliases: ``challenger`` is always the newest version, ``champion`` moves by the policy.
+versions. Aliases: ``challenger`` is always the newest version, ``champion`` moves by the policy, and never to a
+version below its floor (``tracking.floor``: by default its own run's linear probe on valid).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ RUN_TAG = "emi.run_id"  # the run that logged the version (its metrics, params, 
 PIPELINE_RUN_TAG = "emi.pipeline_run_id"  # its parent: one pipeline (flow) run, with the DVC output hashes
 METRIC_TAG = "emi.metric."  # prefix: a version's metrics travel with it even if its run is deleted
 MODEL_TAG = "emi.model_files"  # fingerprint of the two weight files: the same model is registered once
+PROMOTION_TAG = "emi.promotion"  # why the version did or did not become champion when it was registered
+FLOOR_METRIC = "valid_pearson_mean"  # what the floor is held against: the model's valid mean Pearson
+PROBE_METRIC = "linear_probe_pearson_mean"  # the run's ridge on clip means, valid (reports/metrics.json)
 MODEL_CODE = Path(__file__).with_name("pyfunc.py")
 OUTPUT_COLUMNS = (*EMOTIONS, "weight_V", "weight_A", "weight_T")
 COMPARE_LIMIT = 6
@@ -98,12 +102,42 @@ def version_metric(client: MlflowClient, version, metric: str) -> float | None:
     return _finite(value)
 
 
+def floor_of(floor: str | float | None, metrics: dict) -> tuple[float | None, str]:
+    """The valid mean Pearson a champion must beat and what it is: ``tracking.floor`` ``probe`` reads the run's own
+    linear probe (``PROBE_METRIC``; None when the run has none), a number is itself, None is no floor."""
+    if floor is None:
+        return None, "no floor"
+    if floor == "probe":
+        return _finite(metrics.get(PROBE_METRIC)), "the run's linear probe"
+    return float(floor), "tracking.floor"
+
+
+def above_floor(score: float | None, floor: str | float | None, metrics: dict) -> tuple[bool, str]:
+    """Whether a version's valid mean Pearson (``FLOOR_METRIC``) is above its floor (``floor_of``), and why not."""
+    value, what = floor_of(floor, metrics)
+    if floor is None:
+        return True, what
+    if value is None:
+        return False, f"floor {floor!r}: the run has no finite {PROBE_METRIC} (did the ablation run?)"
+    if score is None:
+        return False, f"the new version has no finite {FLOOR_METRIC} to hold against the floor"
+    if score > value:
+        return True, f"{FLOOR_METRIC} {score:.4f} > {what} {value:.4f}"
+    ridge = ": a ridge on clip means does as well" if floor == "probe" else ""
+    return False, f"{FLOOR_METRIC} {score:.4f} <= {what} {value:.4f}{ridge}"
+
+
 def promotion(policy: str, new: float | None, champion: float | None, has_champion: bool,
-              min_delta: float) -> tuple[bool, str]:
-    if policy == "always":
-        return True, "promote=always"
+              min_delta: float, floor: tuple[bool, str] = (True, "no floor")) -> tuple[bool, str]:
+    """Whether a new version becomes champion, and why: ``never`` never; below its ``floor`` (``above_floor``'s
+    answer) no policy promotes it; ``always`` then always, ``better`` when its metric beats the champion's by more
+    than ``min_delta`` (or there is no champion)."""
     if policy == "never":
         return False, "promote=never"
+    if not floor[0]:
+        return False, f"below the floor: {floor[1]}"
+    if policy == "always":
+        return True, "promote=always"
     if not has_champion:
         return True, "no champion yet"
     if new is None:
@@ -149,7 +183,10 @@ def register_model(params: Params, stage1_path: Path, stage2_path: Path, metrics
     client.set_registered_model_alias(t.registered_model, "challenger", version)
 
     new = _finite(values.get(t.metric))
-    promoted, reason = promotion(t.promote, new, champion_before, champion is not None, t.min_delta)
+    floor = above_floor(_finite(values.get(FLOOR_METRIC)), t.floor, values)
+    promoted, reason = promotion(t.promote, new, champion_before, champion is not None, t.min_delta, floor)
+    client.set_model_version_tag(t.registered_model, version, PROMOTION_TAG,
+                                 ("champion: " if promoted else "not champion: ") + reason)
     if promoted:
         client.set_registered_model_alias(t.registered_model, "champion", version)
     return {"version": version, "promoted": promoted,
@@ -190,7 +227,8 @@ def _version(client: MlflowClient, name: str, ref: str):
 
 
 def compare_versions(params: Params, versions: list[str] | None = None) -> str:
-    """Versions side by side (newest first): aliases, metrics, data, and only the params that differ."""
+    """Versions side by side (newest first): aliases, metrics (the linear probe's, the floor, among them), why each
+    version did or did not become champion, data, and only the params that differ."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -207,7 +245,7 @@ def compare_versions(params: Params, versions: list[str] | None = None) -> str:
     if not found:
         return f"registered model {name!r} has no versions yet"
 
-    metric_names = [params.tracking.metric, "valid_pearson_mean", "valid_mse",
+    metric_names = [params.tracking.metric, FLOOR_METRIC, PROBE_METRIC, "valid_mse",
                     *[f"valid_pearson_{e}" for e in EMOTIONS]]
     metric_names = list(dict.fromkeys(metric_names))
     runs = {mv.version: client.get_run(mv.run_id) if mv.run_id else None for mv in found}
@@ -220,6 +258,7 @@ def compare_versions(params: Params, versions: list[str] | None = None) -> str:
         values = [version_metric(client, mv, metric) for mv in found]
         if any(v is not None for v in values):
             rows.append((metric, [_cell(v) for v in values]))
+    rows.append(("promotion", [_cell(mv.tags.get(PROMOTION_TAG)) for mv in found]))
     rows.append(("data fingerprint", [_cell(mv.tags.get(DATA_TAG)) for mv in found]))
     rows.append(("run", [_cell(runs[mv.version].info.run_name if runs[mv.version] else None) for mv in found]))
     rows.append(("run id", [_cell(mv.tags.get(RUN_TAG) or mv.run_id) for mv in found]))
@@ -293,7 +332,8 @@ def register_outputs(params: Params, layout: Layout) -> dict:
         champion = _champion(client, t.registered_model)
         decision = {"version": str(existing.version), "promoted": False, "new": False,
                     "champion_version": str(champion.version) if champion else None,
-                    "reason": "these model files are registered already"}
+                    "reason": "these model files are registered already"
+                              + (f"; {existing.tags[PROMOTION_TAG]}" if PROMOTION_TAG in existing.tags else "")}
     else:
         metrics = {k: v for k, v in json.loads((layout.reports / "metrics.json").read_text()).items() if numeric(v)}
         with stage_run(params, "register", data):

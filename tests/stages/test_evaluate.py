@@ -32,13 +32,14 @@ def test_dvc_metrics_file_is_a_headline_and_the_scores_file_has_every_dimension(
     assert set(head) == {"valid_pearson_mean", "valid_mse", "test_pearson_mean", "test_mse",
                          *[f"valid_pearson_{e}" for e in EMOTIONS], "valid_fraction_of_ceiling",
                          "test_fraction_of_ceiling", "ablation_full_pearson_mean", "ablation_full_pearson_sd",
-                         "margin_over_linear_probe", "margin_over_other_blocks", "mixed_damage_delta_pearson_quality",
+                         "linear_probe_pearson_mean", "margin_over_linear_probe", "margin_over_other_blocks", "mixed_damage_delta_pearson_quality",
                          "mixed_damage_delta_pearson_average", "mixed_damage_loss_avoided"}
     assert len(head) <= 25
     assert head["valid_pearson_mean"] == scores_["valid"]["pearson_mean"] and head["test_mse"] == scores_["test"]["mse"]
     ablation = json.loads((run.reports / "ablation.json").read_text())
     full, probe = ablation["V+A+T/quality/both"], ablation["V+A+T/linear probe/both"]
     assert head["margin_over_linear_probe"] == pytest.approx(full["pearson_mean"] - probe["pearson_mean"])
+    assert head["linear_probe_pearson_mean"] == probe["pearson_mean"]  # the registry's floor for a champion
     blocks = ablation["V+A+T/quality/both/clip-mean"]  # the same model without the TCN and BiLSTM
     assert head["margin_over_other_blocks"] == pytest.approx(full["pearson_mean"] - blocks["pearson_mean"])
     rob = run.result.robustness.set_index(["condition", "fusion"])

@@ -34,10 +34,12 @@ def weights(tmp_path_factory):
     return root / "alignment.pt", root / "model.pt"
 
 
-def register(params, weights, metric: float, data: str = "data-1") -> dict:
+def register(params, weights, metric: float, data: str = "data-1", probe: float | None = 0.0) -> dict:
+    metrics = {"valid_pearson_mean": metric, "valid_mse": 0.1, "fusion": "quality"}
+    if probe is not None:
+        metrics["linear_probe_pearson_mean"] = probe
     with runs.stage_run(params, "stage2", data):
-        return registry.register_model(params, *weights, {"valid_pearson_mean": metric, "valid_mse": 0.1,
-                                                          "fusion": "quality"}, data)
+        return registry.register_model(params, *weights, metrics, data)
 
 
 @pytest.mark.slow  # a real MLflow store
@@ -67,6 +69,40 @@ def test_champion_moves_only_as_the_policy_says(store, weights):
 
     tags = client.get_model_version(name, "3").tags
     assert tags["emi.data_fingerprint"] == "data-1" and float(tags["emi.metric.valid_pearson_mean"]) == 0.6
+
+
+@pytest.mark.slow  # a real MLflow store
+def test_no_model_that_its_own_linear_probe_beats_becomes_champion(store, weights):
+    """A model at or below its run's ridge on clip means is registered as a version but not made champion, whatever
+    the policy; register and compare say why. ``tracking.floor`` may be a number, or null for none."""
+    name = "floor"
+    client = MlflowClient(store)
+    floored = lambda *overrides: params_for(store, name, "tracking.floor=probe", *overrides)  # tiny's is null
+    params = floored()
+    champion = lambda: [str(mv.version) for mv in client.search_model_versions(f"name = '{name}'") if "champion" in
+                        client.get_model_version(name, mv.version).aliases]
+
+    bad = register(params, weights, 0.0011, probe=0.3551)  # the first version: no champion to beat
+    assert (bad["version"], bad["promoted"], bad["champion_version"]) == ("1", False, None)
+    assert "below the floor" in bad["reason"] and "linear probe 0.3551" in bad["reason"]
+    assert champion() == [] and str(client.get_model_version_by_alias(name, "challenger").version) == "1"
+
+    good = register(params, weights, 0.40, probe=0.35)
+    assert good["promoted"] and champion() == ["2"]
+    tie = register(params, weights, 0.45, probe=0.45)  # better than the champion, but no better than a ridge
+    assert not tie["promoted"] and champion() == ["2"] and "below the floor" in tie["reason"]
+    always = register(floored("tracking.promote=always"), weights, 0.9, probe=0.95)
+    assert not always["promoted"] and champion() == ["2"], "no policy promotes a model below its floor"
+    no_probe = register(params, weights, 0.9, probe=None)  # a run without the ablation's probe: floor unknown
+    assert not no_probe["promoted"] and "linear_probe_pearson_mean" in no_probe["reason"]
+    number = register(params_for(store, name, "tracking.floor=0.95"), weights, 0.9, probe=0.1)
+    assert not number["promoted"] and "tracking.floor 0.9500" in number["reason"]
+    none = register(params_for(store, name, "tracking.floor=null"), weights, 0.5, probe=0.9)
+    assert none["promoted"] and champion() == ["7"]
+
+    table = registry.compare_versions(params, ["1", "2"])
+    assert "promotion" in table and "not champion: below the floor" in table and "linear_probe_pearson_mean" in table
+    assert client.get_model_version(name, "2").tags[registry.PROMOTION_TAG].startswith("champion: ")
 
 
 @pytest.mark.slow  # a real MLflow store
@@ -135,3 +171,16 @@ def test_promotion_policy():
     assert registry.promotion("better", 0.6, 0.5, True, 0.0)[0]
     assert not registry.promotion("better", 0.6, 0.5, True, 0.2)[0], "within min_delta: no promotion"
     assert not registry.promotion("better", 0.5, 0.5, True, 0.0)[0], "a tie keeps the champion"
+    below = (False, "valid_pearson_mean 0.0011 <= the run's linear probe 0.3551")
+    assert registry.promotion("better", 0.0011, None, False, 0.0, below) == (False, f"below the floor: {below[1]}")
+    assert not registry.promotion("always", 0.9, 0.1, True, 0.0, below)[0]
+    assert registry.promotion("never", 0.9, None, False, 0.0, (True, "")) == (False, "promote=never")
+
+
+def test_the_floor_is_the_runs_own_linear_probe_a_number_or_none():
+    metrics = {"linear_probe_pearson_mean": 0.35}
+    assert registry.above_floor(0.36, "probe", metrics)[0] and not registry.above_floor(0.35, "probe", metrics)[0]
+    assert not registry.above_floor(0.9, "probe", {})[0], "no probe score: the floor is unknown, so not above it"
+    assert not registry.above_floor(None, 0.1, metrics)[0]
+    assert registry.above_floor(0.2, 0.1, metrics) == (True, "valid_pearson_mean 0.2000 > tracking.floor 0.1000")
+    assert registry.above_floor(-0.5, None, metrics) == (True, "no floor")
