@@ -14,8 +14,8 @@ from emi.config import Params
 from emi.paths import CHECKPOINT_FILE, FUSION_FILE, work_dir
 from emi.tracking.runs import tracked
 from emi.train.fusion import (Stage2Error, dims_of, score_model, prediction_table, save_model, split_data,
-                              train_model, with_copies)
-from emi.utils import fingerprint, sha256_file, write_json, write_text
+                              train_model, training_data_key, with_copies)
+from emi.utils import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,8 @@ def stage2(params: Params, aligned: Path, raw_dir: Path, model_dir: Path, augmen
         log.info("stage II: %d training clips and %d damaged copies", len(parts["train"]),
                  len(train) - len(parts["train"]))
     model_dir.mkdir(parents=True, exist_ok=True)
-    # the inputs' content, not just their ids: a checkpoint of other features or labels is never resumed
-    inputs = [aligned, *([augmented] if augmented is not None and Path(augmented).is_file() else [])]
-    data_key = fingerprint([sha256_file(f) for f in inputs] +
-                           [sha256_file(f) for f in sorted(Path(raw_dir).glob("*_split.csv"))])
-    model, history, ran = train_model(p, params.seed, train, parts["valid"],
-                                      work_dir(model_dir) / CHECKPOINT_FILE, show_progress, data_key)
+    model, history, ran = train_model(p, params.seed, train, parts["valid"], work_dir(model_dir) / CHECKPOINT_FILE,
+                                      show_progress, training_data_key(aligned, augmented, raw_dir))
     metrics = {f"valid_{k}": v for k, v in score_model(model, parts["valid"], p.batch_size).items()} if len(
         parts["valid"]) > 1 else {}
     metrics.update({"train_loss": history[-1]["train_loss"], "epochs": p.schedule.epochs,

@@ -24,7 +24,7 @@ from emi.train.projection import load_aligned
 from emi.data.sequences import SequenceData, batch_cues
 from emi.train.loop import (ema_of, load_checkpoint, modality_dropout, restore_rng, rng_state, save_checkpoint,
                             seed_everything, sgdr)
-from emi.utils import fingerprint
+from emi.utils import fingerprint, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,14 @@ def with_copies(train: SequenceData, augmented: Path | None, inputs: str) -> Seq
     copies = copies.subset(keep)
     copies.labels = train.labels[[row[sources[j]] for j in keep]]
     return train.followed_by(copies)
+
+
+def training_data_key(aligned: Path, augmented: Path | None, raw_dir: Path) -> str:
+    """What a Stage-II training's inputs hold, by content (the aligned features, the damaged copies when there are
+    any, the split files' labels): a checkpoint or finished training of other features or labels is never reused."""
+    inputs = [aligned, *([augmented] if augmented is not None and Path(augmented).is_file() else [])]
+    return fingerprint([sha256_file(f) for f in inputs] +
+                       [sha256_file(f) for f in sorted(Path(raw_dir).glob("*_split.csv"))])
 
 
 def dims_of(data: SequenceData) -> dict[str, int]:

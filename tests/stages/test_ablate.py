@@ -73,3 +73,60 @@ def test_ablation_grid_writes_one_table_and_reuses_the_stage2_model(tiny_aligned
     assert "| V+A+T | linear probe | both | ridge |" in (tmp_path / "ablation.md").read_text()
     assert "| V+A+T | quality | both | clip mean |" in (tmp_path / "ablation.md").read_text()
     assert len(pd.read_csv(tmp_path / "ablation_seeds.csv")) == 6
+
+
+KILL_GRID = dict(modality_sets=("V", "VAT"), fusions=("quality", "average"), inputs=("both",))
+KILLED = """
+import sys
+from pathlib import Path
+import torch
+from emi.config import load_params
+from emi.stages.ablate import ablation
+torch.set_num_threads(int(sys.argv[4]))  # the test process's: the same threads, the same trainings
+root, aligned, raw = map(Path, sys.argv[1:4])
+params = load_params(None, profile="tiny", overrides=sys.argv[5:])
+ablation(params, aligned, raw, root / "reports", models_dir=root / "cells", **{grid})
+""".format(grid=KILL_GRID)
+
+
+@pytest.mark.slow  # a real ablation process, killed mid-grid, then the grid again
+def test_a_killed_ablation_resumes_from_its_finished_trainings_and_ends_with_the_same_table(tiny_aligned,
+                                                                                            tiny_dataset, tmp_path):
+    """DVC deletes the stage's outputs before it runs again, so the finished trainings live in the work folder:
+    the rerun trains only what the kill interrupted and writes the same files as a run never killed."""
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from emi.paths import work_dir
+
+    overrides = ("stage2.schedule.epochs=4", "evaluate.seeds=2")  # 8 trainings of a second or two each
+    whole = tmp_path / "whole"
+    ablation(tiny(*overrides), tiny_aligned.aligned_path, tiny_dataset, whole / "reports",
+             models_dir=whole / "cells", **KILL_GRID)
+    killed = tmp_path / "killed"
+    work = work_dir(killed / "cells")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(killed), str(tiny_aligned.aligned_path),
+                             str(tiny_dataset), str(torch.get_num_threads()), *overrides])
+    deadline = time.monotonic() + 300
+    while not list(work.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL: no cleanup runs
+    proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in work.glob("*.json")}
+    assert 1 <= len(before) < 8, f"the kill came after {len(before)} of 8 trainings"
+    assert not (killed / "reports" / "ablation.csv").exists()
+
+    ablation(tiny(*overrides), tiny_aligned.aligned_path, tiny_dataset, killed / "reports",
+             models_dir=killed / "cells", **KILL_GRID)
+    after = {p.name: p.stat().st_mtime_ns for p in work.glob("*.json")}
+    assert len(after) == 8  # 4 cells (V, V+A+T, average fusion, clip means) x 2 seeds
+    assert all(after[name] == mtime for name, mtime in before.items()), "a finished training was trained again"
+    for name in ("ablation.csv", "ablation_seeds.csv", "ablation.json", "ablation.md"):
+        assert (killed / "reports" / name).read_bytes() == (whole / "reports" / name).read_bytes(), name
+    cells = sorted(p.name for p in (whole / "cells").iterdir())
+    assert cells == sorted(p.name for p in (killed / "cells").iterdir()) and cells
+    for name in cells:
+        assert (killed / "cells" / name).read_bytes() == (whole / "cells" / name).read_bytes(), name
