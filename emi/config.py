@@ -332,6 +332,42 @@ class ScheduleParams(Strict):
     epochs: int = Field(ge=1, description="training epochs")
 
 
+class Stage2ScheduleParams(ScheduleParams):
+    """SGDR for Stage II, its length in epochs (the paper) or in optimizer steps: a length in steps gives every data
+    size the same number of updates (and the EMA, which averages per step, the same window), where a length in
+    epochs gives a small dataset few updates and a large one many."""
+
+    cycle_epochs: int | None = Field(default=None, ge=1, description="epochs per cycle (T_i), with epochs")
+    epochs: int | None = Field(default=None, ge=1, description="training epochs (null: steps sets the length)")
+    steps: int | None = Field(default=None, ge=1, description="training length in optimizer steps, the last epoch "
+                                                             "cut short (null: epochs sets it)")
+    cycle_steps: int | None = Field(default=None, ge=1, description="optimizer steps per cycle (T_i), with steps")
+
+    @model_validator(mode="after")
+    def _one_length(self) -> Stage2ScheduleParams:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("set one of schedule.epochs and schedule.steps (the other null)")
+        if self.epochs is not None and (self.cycle_epochs is None or self.cycle_steps is not None):
+            raise ValueError("schedule.epochs goes with cycle_epochs (and cycle_steps null)")
+        if self.steps is not None and (self.cycle_steps is None or self.cycle_epochs is not None):
+            raise ValueError("schedule.steps goes with cycle_steps (and cycle_epochs null)")
+        return self
+
+    @property
+    def per_step(self) -> bool:
+        """Whether the length and the cycles count optimizer steps (the scheduler steps after each of them)."""
+        return self.steps is not None
+
+    def epochs_for(self, batches_per_epoch: int) -> int:
+        """Epochs a training runs over data of ``batches_per_epoch`` batches (the last one cut short with steps)."""
+        return self.epochs if self.steps is None else -(-self.steps // max(1, batches_per_epoch))
+
+    def as_epochs(self, epochs: int) -> Stage2ScheduleParams:
+        """This schedule over ``epochs`` epochs (cycles of the same share of the training), e.g. for a benchmark."""
+        cycle = self.cycle_epochs if self.steps is None else max(1, round(epochs * self.cycle_steps / self.steps))
+        return self.model_copy(update={"epochs": epochs, "cycle_epochs": cycle, "steps": None, "cycle_steps": None})
+
+
 class FinetuneParams(Strict):
     """Stage I end to end: the last k blocks of the visual/audio encoders trained with the heads, from frames and
     waveforms (paper section 3.3). k = 0 trains the heads alone over the cached features."""
@@ -405,7 +441,7 @@ class Stage2Params(Strict):
     cache_mb: float = Field(ge=0, description="a training run holds its clips in memory up to this size (else "
                                               "reads them per batch)")
     weight_decay: float = Field(ge=0, description="AdamW weight decay")
-    schedule: ScheduleParams = Field(description="SGDR schedule")
+    schedule: Stage2ScheduleParams = Field(description="SGDR schedule, its length in epochs or optimizer steps")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> Stage2Params:

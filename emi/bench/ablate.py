@@ -31,7 +31,7 @@ class CellWork:
     trainings: int
     epoch_gflop: float
 
-    def gflop(self, epochs: int) -> float:
+    def gflop(self, epochs: float) -> float:
         return self.epoch_gflop * epochs * self.trainings
 
 
@@ -66,16 +66,16 @@ def worker_rate(params: Params, mean_steps: float) -> float:
         torch.set_num_threads(threads)
 
 
-def floor_seconds(work: list[CellWork], epochs: int, rate: float, workers: int) -> float:
+def floor_seconds(work: list[CellWork], epochs: float, rate: float, workers: int) -> float:
     """Seconds the grid's counted work takes at ``rate`` GFLOP/s per worker with ``workers`` side by side."""
     return sum(c.gflop(epochs) for c in work) / (rate * workers)
 
 
-def floor_lines(work: list[CellWork], epochs: int, rate: float, workers: int) -> list[str]:
+def floor_lines(work: list[CellWork], epochs: float, rate: float, workers: int) -> list[str]:
     out = ["| cell | trainings | GFLOP per epoch | GFLOP |", "|---|---|---|---|"]
     out += [f"| {c.cell} | {c.trainings} | {c.epoch_gflop:.1f} | {c.gflop(epochs):,.0f} |" for c in work]
     total = sum(c.gflop(epochs) for c in work)
-    out.append(f"| all ({epochs} epochs each) | {sum(c.trainings for c in work)} | | {total:,.0f} |")
+    out.append(f"| all ({epochs:.4g} epochs each) | {sum(c.trainings for c in work)} | | {total:,.0f} |")
     out.append(f"\nbest fp32 matmul rate of one worker: {rate:.1f} GFLOP/s; {workers} workers: the grid's trainings "
                f"need at least {floor_seconds(work, epochs, rate, workers):,.0f} s")
     return out
@@ -94,4 +94,6 @@ def bench_ablate(params: Params, aligned: Path, augmented: Path | None, raw_dir:
     work = grid_work(params, train_for)
     steps = train_for(params.stage2.inputs).steps()
     rate = worker_rate(params, sum(steps) / max(1, len(steps)))
-    return floor_lines(work, params.stage2.schedule.epochs, rate, side_by_side(params))
+    schedule, batches = params.stage2.schedule, -(-len(train_for(params.stage2.inputs)) // params.stage2.batch_size)
+    epochs = schedule.steps / batches if schedule.per_step else schedule.epochs  # the last epoch cut short
+    return floor_lines(work, epochs, rate, side_by_side(params))

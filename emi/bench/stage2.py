@@ -95,7 +95,7 @@ def bench_stage2(p: Stage2Params, seed: int, aligned: Path, augmented: Path | No
     """The reference and the configured loop, one after the other, on the default data and ``times`` longer; and
     the machine's matmul GFLOP/s at the model's feed-forward shape (``matmul_gflop_per_s``, one batch of clips of
     the default data's mean length)."""
-    p = p.model_copy(update={"schedule": p.schedule.model_copy(update={"epochs": epochs})})
+    p = p.model_copy(update={"schedule": p.schedule.as_epochs(epochs)})
     parts = split_data(aligned, raw_dir, p.inputs)
     train = with_copies(parts["train"], augmented, p.inputs)
     runs = []

@@ -53,7 +53,7 @@ def stage2(params: Params, aligned: Path, raw_dir: Path, model_dir: Path, augmen
                                       show_progress, training_data_key(aligned, augmented, raw_dir))
     metrics = {f"valid_{k}": v for k, v in score_model(model, parts["valid"], p.batch_size).items()} if len(
         parts["valid"]) > 1 else {}
-    metrics.update({"train_loss": history[-1]["train_loss"], "epochs": p.schedule.epochs,
+    metrics.update({"train_loss": history[-1]["train_loss"], "epochs": len(history),
                     "modalities": "".join(p.modalities), "fusion": p.fusion})
     model_path = model_dir / FUSION_FILE
     save_model(model_path, model, p, dims_of(parts["train"]))

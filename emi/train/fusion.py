@@ -8,6 +8,7 @@ Stage-II model: loading it and predicting.
 from __future__ import annotations
 
 import logging
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,8 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.schedule.lr_max, weight_decay=p.weight_decay, foreach=True)
     train, valid = train.in_memory(p.cache_mb), valid.in_memory(p.cache_mb)  # every epoch reads every clip
     scheduler = sgdr(optimizer, p.schedule)
+    per_epoch = -(-len(train) // p.batch_size)  # batches per epoch (SequenceData.batches: the last one partial)
+    epochs = p.schedule.epochs_for(per_epoch)
     run_key = fingerprint({"stage2": p.model_dump(mode="json"), "seed": seed, "train": train.ids,
                            "dims": dims_of(train), "data": data_key})
     history: list[dict] = []
@@ -138,13 +141,16 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
         generator.set_state(state["generator"])
         restore_rng(state["rng"])
         history, start_epoch = list(state["history"]), int(state["epoch"])
-        log.info("stage II: resuming after epoch %d of %d", start_epoch, p.schedule.epochs)
+        log.info("stage II: resuming after epoch %d of %d", start_epoch, epochs)
 
     used = torch.tensor([m in p.modalities for m in ("V", "A", "T")])
-    for epoch in range(start_epoch, p.schedule.epochs):
+    for epoch in range(start_epoch, epochs):
         model.train()
-        losses = []
-        for b in train.batches(p.batch_size, generator, device, p.batch_pool):
+        losses, lr = [], optimizer.param_groups[0]["lr"]  # the epoch's first step's
+        # with a length in steps the last epoch stops at the step budget; its batch order is drawn all the same
+        batches = islice(train.batches(p.batch_size, generator, device, p.batch_pool),
+                         min(per_epoch, p.schedule.steps - epoch * per_epoch) if p.schedule.per_step else None)
+        for b in batches:
             available = b["modality_mask"]
             if p.augment.modality_dropout > 0:  # drawn from the training generator: the same for a seed
                 available = modality_dropout(available.cpu(), p.augment.modality_dropout, used,
@@ -156,10 +162,12 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
             optimizer.step()
             ema.update_parameters(model)
             losses.append(loss.item())
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+            if p.schedule.per_step:
+                scheduler.step()
+        if not p.schedule.per_step:
+            scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses))}
-        if len(valid) > 1 and ((epoch + 1) % p.validate_every == 0 or epoch + 1 == p.schedule.epochs):
+        if len(valid) > 1 and ((epoch + 1) % p.validate_every == 0 or epoch + 1 == epochs):
             row.update({f"valid_{k}": v for k, v in score_model(ema.module, valid, p.batch_size).items()})
         history.append(row)
         if ckpt_path is not None:
@@ -168,9 +176,9 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
                                         "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                                         "rng": rng_state(), "history": history})
         if log_epochs:
-            log.info("stage II epoch %d/%d: train_loss=%.4f valid_pearson=%.4f", epoch + 1, p.schedule.epochs,
+            log.info("stage II epoch %d/%d: train_loss=%.4f valid_pearson=%.4f", epoch + 1, epochs,
                      row["train_loss"], row.get("valid_pearson_mean", float("nan")))
-    return ema.module.eval(), history, p.schedule.epochs - start_epoch
+    return ema.module.eval(), history, max(0, epochs - start_epoch)
 
 
 def save_model(path: Path, model: EMIFusionModel, p: Stage2Params, dims: dict[str, int]) -> None:

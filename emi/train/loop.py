@@ -27,8 +27,10 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def sgdr(optimizer: torch.optim.Optimizer, schedule: ScheduleParams) -> CosineAnnealingWarmRestarts:
-    """Cosine annealing with warm restarts stepped once per epoch: eta_max -> eta_min over each T_0-epoch cycle."""
-    return CosineAnnealingWarmRestarts(optimizer, T_0=schedule.cycle_epochs, T_mult=1, eta_min=schedule.lr_min)
+    """Cosine annealing with warm restarts: eta_max -> eta_min over each cycle of T_0 epochs, stepped once per epoch,
+    or of T_0 optimizer steps (a Stage-II schedule whose length is in steps), stepped after each of them."""
+    cycle = schedule.cycle_steps if getattr(schedule, "per_step", False) else schedule.cycle_epochs
+    return CosineAnnealingWarmRestarts(optimizer, T_0=cycle, T_mult=1, eta_min=schedule.lr_min)
 
 
 def ema_of(model: nn.Module, decay: float) -> AveragedModel:

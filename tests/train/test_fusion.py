@@ -69,6 +69,28 @@ def test_training_is_seeded_and_reports_every_epoch(trained):
     assert not torch.equal(vec(first.parameters()), vec(other.parameters()))
 
 
+def test_a_length_in_steps_is_that_many_updates_whatever_the_data_size(tmp_path):
+    """``schedule.steps``: the training stops after that many optimizer steps (the last epoch cut short) and SGDR
+    restarts every ``cycle_steps`` steps; the same budget over twice the clips is half the epochs."""
+    import math
+
+    per_step = tiny("stage2.schedule.epochs=null", "stage2.schedule.cycle_epochs=null", "stage2.schedule.steps=10",
+                    "stage2.schedule.cycle_steps=3").stage2  # batch_size 4
+    train, valid = clips(16, 1), clips(6, 2)
+    _, history, ran = train_model(per_step, 1, train, valid, tmp_path / "ckpt.pt", log_epochs=False)
+    assert ran == len(history) == 3  # 4 + 4 + 2 steps
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 10 and state["scheduler"]["T_0"] == 3
+    s = per_step.schedule
+    cosine = lambda t: s.lr_min + (s.lr_max - s.lr_min) * (1 + math.cos(math.pi * (t % 3) / 3)) / 2
+    assert [h["lr"] for h in history] == pytest.approx([cosine(0), cosine(4), cosine(8)])  # each epoch's first step
+    _, longer, _ = train_model(per_step, 1, clips(32, 3), valid, None, log_epochs=False)
+    assert len(longer) == 2  # 8 + 2 steps
+    assert s.epochs_for(4) == 3 and s.as_epochs(6).cycle_epochs == 2 and s.as_epochs(6).steps is None
+    with pytest.raises(ValueError, match="one of schedule.epochs and schedule.steps"):
+        tiny("stage2.schedule.steps=10", "stage2.schedule.cycle_steps=3")
+
+
 def test_predictions_are_intensities_with_fusion_weights_and_score_like_metrics(trained):
     model, _, _, _, valid = trained
     pred, weights = predict(model, valid, 4)
