@@ -122,9 +122,9 @@ def test_paper_keeps_the_projects_additions_off_and_paper_plus_takes_them_over_t
     assert paper.stage2.augment.fraction == 0 and paper.stage2.augment.modality_dropout == 0
     assert not paper.stage2.reliability_cues and paper.stage2.fusion == "quality"
     assert plus.stage2.augment.fraction > 0 and plus.stage2.augment.modality_dropout > 0
-    assert plus.stage2.fusion == "gated"
+    assert plus.stage2.fusion == "quality"  # gated fusion never won on the held-back datasets
     # everything else is the paper's (reliability cues measured worse on the embedded data: off in both)
-    strip = {"stage2": {"augment", "fusion"}}
+    strip = {"stage2": {"augment"}}
     assert plus.model_dump(exclude=strip | {"profile": True}) == paper.model_dump(exclude=strip | {"profile": True})
 
 
