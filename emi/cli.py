@@ -253,15 +253,31 @@ def ablate(
     root: Annotated[Path, typer.Option(help="the folder holding data/, models/ and reports/ (the pipeline layout); "
                                             "the Stage-II model is reused for the matching cell, the V+A+T cell "
                                             "models go to models/ablation/.")] = LAYOUT.root,
+    modality_sets: Annotated[Optional[str], typer.Option(help="comma-separated modality subsets of the grid's rows "
+                                                              "(default: V,A,T,VA,VT,AT,VAT).")] = None,
+    fusions: Annotated[Optional[str], typer.Option(help="comma-separated fusions of the configured modalities "
+                                                        "(default: every fusion).")] = None,
+    inputs: Annotated[Optional[str], typer.Option(help="comma-separated Stage-II inputs of the configured modalities "
+                                                       "(default: every input).")] = None,
 ) -> None:
     """The paper's Table 3: V, A, T, V+A, V+T, A+T, V+A+T (configured fusion), V+A+T with each other fusion, each
-    other Stage-II input, and without the temporal blocks; next to a linear probe."""
+    other Stage-II input, and without the temporal blocks; next to a linear probe. The options narrow the grid
+    (the pipeline runs all of it)."""
+    from emi.evaluation.ablation import INPUTS, MODALITY_SETS
+    from emi.model import FUSIONS
     from emi.stages.ablate import ablation
 
     params = _load(params_path, profile, overrides)
     layout = Layout(root)
+    grid = {}
+    for name, value, allowed in (("modality_sets", modality_sets, MODALITY_SETS), ("fusions", fusions, FUSIONS),
+                                 ("inputs", inputs, INPUTS)):
+        grid[name] = allowed if value is None else tuple(x.strip() for x in value.split(",") if x.strip())
+        if unknown := [x for x in grid[name] if x not in allowed]:
+            raise typer.BadParameter(f"{', '.join(unknown)} not in {', '.join(allowed)}",
+                                     param_hint=f"--{name.replace('_', '-')}")
     table = ablation(params, layout.aligned_file, layout.raw, layout.reports, stage2_model=layout.fusion_model,
-                     models_dir=layout.ablation_models, augmented=layout.augmented_file)
+                     models_dir=layout.ablation_models, augmented=layout.augmented_file, **grid)
     typer.echo(table[["modalities", "fusion", "inputs", "blocks", "pearson_mean", "pearson_mean_sd", "diff_vs_full", "mse",
                       "seconds"]].to_string(index=False))
 
@@ -418,6 +434,13 @@ def bench_ablate_cmd(
     typer.echo("\n".join(bench_ablate(params, layout.aligned_file, layout.augmented_file, layout.raw)))
 
 
+def _clip_sizes(clips: str) -> list[int]:
+    try:
+        return sorted({int(x) for x in clips.split(",") if x.strip()})
+    except ValueError:
+        raise typer.BadParameter(f"--clips {clips!r}: comma-separated numbers of clips") from None
+
+
 @bench_app.command("scale")
 def bench_scale_cmd(
     params_path: ParamsOpt = Path("params.yaml"),
@@ -440,10 +463,7 @@ def bench_scale_cmd(
     from emi.utils import write_json
 
     params = _load(params_path, profile, overrides)
-    try:
-        sizes = sorted({int(x) for x in clips.split(",") if x.strip()})
-    except ValueError:
-        raise typer.BadParameter(f"--clips {clips!r}: comma-separated numbers of clips") from None
+    sizes = _clip_sizes(clips)
     chosen = None if stages == "all" else tuple(x.strip() for x in stages.split(",") if x.strip())
     try:
         runs = bench_scale(params, sizes, work, dvc_yaml, chosen, echo=typer.echo)
@@ -453,6 +473,37 @@ def bench_scale_cmd(
     typer.echo("\n".join(scale_summary(runs, target)))
     if out is not None:
         write_json(out, {"profile": params.profile, "runs": [asdict(r) for r in runs]})
+
+
+@bench_app.command("curve")
+def bench_curve_cmd(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    clips: Annotated[str, typer.Option(help="dataset sizes to generate, comma-separated.")] = "300,1000,3000",
+    work: Annotated[Path, typer.Option(help="where each size's data, models and logs go (kept; a rerun resumes "
+                                            "finished work).")] = Path("data/bench-curve"),
+    out: Annotated[Path, typer.Option(help="the curve as JSON.")] = Path("benchmarks/results/curve.json"),
+    plot: Annotated[Path, typer.Option(help="the curve as a plot (PNG).")] = Path("benchmarks/results/curve.png"),
+) -> None:
+    """A learning curve of the network against the ridge: the embedded generator at each size (persons in
+    proportion), the stages up to Stage II, then the full model, each fusion, no temporal blocks and the linear
+    probe over `evaluate.seeds` seeds; a markdown table, a plot and JSON (`--profile tiny` for a quick run)."""
+    from emi.bench.curve import bench_curve, curve_markdown, curve_plot
+    from emi.utils import write_json, write_text
+
+    params = _load(params_path, profile, overrides)
+    sizes = _clip_sizes(clips)
+    try:
+        curve = bench_curve(params, sizes, work, echo=typer.echo)
+    except (ValueError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    table = "\n".join(curve_markdown(curve)) + "\n"
+    write_json(out, curve)
+    write_text(out.with_suffix(".md"), f"Learning curve at {curve['commit']} on {curve['machine']}\n\n{table}")
+    curve_plot(curve, plot)
+    typer.echo(table + f"\nwrote {out}, {out.with_suffix('.md')}, {plot}")
 
 
 @registry_app.command("register")

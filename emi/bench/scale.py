@@ -68,36 +68,55 @@ def run_measured(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path
     return seconds, measured["peak_kib"] / 1024, int(measured["code"])
 
 
-def bench_scale(params: Params, sizes: list[int], work: Path, dvc_yaml: Path,
-                stages: tuple[str, ...] | None = None, echo=print) -> list[StageRun]:
-    """Generate ``n`` clips for each size and run every stage (or ``stages``) on them as its own process, as DVC
-    would: wall time and peak RSS per stage. Each size runs in ``work/n<size>`` with its own params.yaml and MLflow
-    store."""
+def sized_params(params: Params, n: int, store: str, scale_people: bool = False) -> Params:
+    """``params`` generating ``n`` clips (``scale_people``: persons in proportion, so clips per person stay the
+    profile's) and tracking into ``store``."""
+    synthetic = params.download.synthetic
+    update: dict = {"n_clips": n}
+    if scale_people:
+        people = max(3, round(synthetic.people.count * n / synthetic.n_clips))  # splits are by person: 3 at least
+        update["people"] = synthetic.people.model_copy(update={"count": people})
+    return params.model_copy(update={
+        "download": params.download.model_copy(update={"source": "synthetic",
+                                                       "synthetic": synthetic.model_copy(update=update)}),
+        "tracking": params.tracking.model_copy(update={"uri": store})})
+
+
+def run_stages(sized: Params, root: Path, commands: dict[str, list[str]], echo=print) -> list[StageRun]:
+    """The ``commands`` (``stage_commands``) in ``root`` with its own params.yaml (``sized``) and MLflow store, each
+    its own measured process, as DVC runs them."""
     import os
     import sys
 
     from emi.params_yaml import write
 
-    commands = stage_commands(dvc_yaml, stages)
     emi = str(Path(sys.executable).parent / "emi")
+    root.mkdir(parents=True, exist_ok=True)
+    write(sized, root / "params.yaml")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sized.tracking.uri}
+    env.pop("EMI_MLFLOW_PARENT_RUN_ID", None)
+    n = sized.download.synthetic.n_clips
+    runs = []
+    for stage, argv in commands.items():
+        seconds, rss, code = run_measured([emi, *argv[1:]], root, env, root / f"{stage}.log")
+        if code != 0:
+            raise RuntimeError(f"{stage} failed on {n} clips (exit {code}); see {root / f'{stage}.log'}")
+        runs.append(StageRun(n, stage, seconds, rss))
+        echo(f"{n:>6} clips  {stage:<10} {seconds:8.1f} s  {rss:8.0f} MB")
+    return runs
+
+
+def bench_scale(params: Params, sizes: list[int], work: Path, dvc_yaml: Path,
+                stages: tuple[str, ...] | None = None, echo=print) -> list[StageRun]:
+    """Generate ``n`` clips for each size and run every stage (or ``stages``) on them as its own process, as DVC
+    would: wall time and peak RSS per stage. Each size runs in ``work/n<size>`` with its own params.yaml and MLflow
+    store."""
+    commands = stage_commands(dvc_yaml, stages)
     runs: list[StageRun] = []
     for n in sizes:
         root = Path(work) / f"n{n}"
-        root.mkdir(parents=True, exist_ok=True)
-        store = f"sqlite:///{(root / 'mlflow.db').resolve()}"
-        sized = params.model_copy(update={
-            "download": params.download.model_copy(update={
-                "source": "synthetic", "synthetic": params.download.synthetic.model_copy(update={"n_clips": n})}),
-            "tracking": params.tracking.model_copy(update={"uri": store})})
-        write(sized, root / "params.yaml")
-        env = {**os.environ, "MLFLOW_TRACKING_URI": store}
-        env.pop("EMI_MLFLOW_PARENT_RUN_ID", None)
-        for stage, argv in commands.items():
-            seconds, rss, code = run_measured([emi, *argv[1:]], root, env, root / f"{stage}.log")
-            if code != 0:
-                raise RuntimeError(f"{stage} failed on {n} clips (exit {code}); see {root / f'{stage}.log'}")
-            runs.append(StageRun(n, stage, seconds, rss))
-            echo(f"{n:>6} clips  {stage:<10} {seconds:8.1f} s  {rss:8.0f} MB")
+        runs += run_stages(sized_params(params, n, f"sqlite:///{(root / 'mlflow.db').resolve()}"), root, commands,
+                           echo)
     return runs
 
 
