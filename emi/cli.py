@@ -494,16 +494,20 @@ def bench_curve_cmd(
 
     params = _load(params_path, profile, overrides)
     sizes = _clip_sizes(clips)
+
+    def write(curve: dict) -> str:  # after every size
+        table = "\n".join(curve_markdown(curve)) + "\n"
+        write_json(out, curve)
+        write_text(out.with_suffix(".md"), f"Learning curve at {curve['commit']} on {curve['machine']}\n\n{table}")
+        curve_plot(curve, plot)
+        return table
+
     try:
-        curve = bench_curve(params, sizes, work, echo=typer.echo)
+        curve = bench_curve(params, sizes, work, echo=typer.echo, on_size=write)
     except (ValueError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    table = "\n".join(curve_markdown(curve)) + "\n"
-    write_json(out, curve)
-    write_text(out.with_suffix(".md"), f"Learning curve at {curve['commit']} on {curve['machine']}\n\n{table}")
-    curve_plot(curve, plot)
-    typer.echo(table + f"\nwrote {out}, {out.with_suffix('.md')}, {plot}")
+    typer.echo(write(curve) + f"\nwrote {out}, {out.with_suffix('.md')}, {plot}")
 
 
 @registry_app.command("register")

@@ -138,15 +138,20 @@ def curve_size(params: Params, n: int, work: Path, echo=print) -> dict:
             "persons": sized.download.synthetic.people.count, "rows": rows, "differences": diffs, "seconds": seconds}
 
 
-def bench_curve(params: Params, sizes: list[int], work: Path, echo=print) -> dict:
-    """Every size in turn (smallest first); the curve's JSON: commit, machine, the recipe and one entry per size."""
+def bench_curve(params: Params, sizes: list[int], work: Path, echo=print, on_size=None) -> dict:
+    """Every size in turn (smallest first); the curve's JSON: commit, machine, the recipe and one entry per size.
+    ``on_size(curve)`` sees the curve after each size (a run of hours keeps what it finished)."""
     start = time.perf_counter()
     s = params.stage2
     out = {"commit": commit(), "machine": machine(), "profile": params.profile, "seeds": params.evaluate.seeds,
            "recipe": {"fusion": s.fusion, "temporal": s.temporal, "inputs": s.inputs, "batch_pool": s.batch_pool,
                       "schedule": s.schedule.model_dump(mode="json")},
-           "sizes": [curve_size(params, n, work, echo) for n in sorted(set(sizes))]}
-    out["seconds"] = round(time.perf_counter() - start, 1)
+           "sizes": []}
+    for n in sorted(set(sizes)):
+        out["sizes"].append(curve_size(params, n, work, echo))
+        out["seconds"] = round(time.perf_counter() - start, 1)
+        if on_size is not None:
+            on_size(out)
     return out
 
 
