@@ -184,7 +184,7 @@ def curve_plot(curve: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     fusion = curve["recipe"]["fusion"]
@@ -197,6 +197,7 @@ def curve_plot(curve: dict, path: Path) -> Path:
                         linestyle="--" if row == "linear_probe" else "-", linewidth=2.5 if row == "full" else 1.2)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())  # label the sizes measured, not the decade's steps
     ax.set_xticks([s["train_clips"] for s in curve["sizes"]])
     ax.set_xlabel("training clips")
     ax.set_ylabel("valid mean Pearson")
