@@ -483,9 +483,10 @@ class TrackingParams(Strict):
     metric: str = Field(description="what 'better' means for promotion to champion")
     promote: Literal["better", "always", "never"] = Field(description="better | always | never")
     min_delta: float = Field(ge=0, description="promote when the metric beats the champion's by more than this")
+    # a default: the params.json of a model registered before the key existed still loads (emi predict)
     floor: Literal["probe"] | float | None = Field(
-        description="champion only above this valid mean Pearson: probe (the run's own linear probe) | a number | "
-                    "null (none)")
+        default="probe", description="champion only above this valid mean Pearson: probe (the run's own linear "
+                                     "probe) | a number | null (none)")
 
 
 class DaskParams(Strict):

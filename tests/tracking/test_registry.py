@@ -184,3 +184,13 @@ def test_the_floor_is_the_runs_own_linear_probe_a_number_or_none():
     assert not registry.above_floor(None, 0.1, metrics)[0]
     assert registry.above_floor(0.2, 0.1, metrics) == (True, "valid_pearson_mean 0.2000 > tracking.floor 0.1000")
     assert registry.above_floor(-0.5, None, metrics) == (True, "no floor")
+
+
+def test_params_of_a_model_registered_before_the_floor_still_load():
+    """A registered version's params.json is validated at load (emi predict): one written before
+    ``tracking.floor`` existed loads, with the default floor."""
+    from emi.config import Params
+
+    dumped = load_params(None, profile="embedded").model_dump(mode="json")
+    del dumped["tracking"]["floor"]
+    assert Params.model_validate(dumped).tracking.floor == "probe"
