@@ -19,7 +19,7 @@ from emi.bench.scale import sized_params
 from emi.config import Params
 from emi.evaluation.probes import LINEAR_PROBE
 from emi.paths import Layout
-from emi.tracking.runs import PARENT_ENV
+from emi.tracking.runs import PARENT_ENV, git_commit
 
 ROW_ORDER = ("full", "no_temporal", "fusion_quality", "fusion_average", "fusion_concat", "fusion_gated",
              "linear_probe")
@@ -42,13 +42,12 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """HEAD's short hash, with ``+changes`` when the checkout differs from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=False,
-                              cwd=Path(__file__).resolve().parents[2]).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    """The package checkout's short HEAD hash, with ``+changes`` when its tracked files differ from it."""
+    repo = Path(__file__).resolve().parents[2]
+    head = git_commit(repo)
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                             text=True, check=False, cwd=repo).stdout.strip()
+    return head[:7] + ("+changes" if changed and head != "nogit" else "")
 
 
 def rows_of(ablation: dict, modalities: str, fusion: str, inputs: str) -> tuple[dict, dict]:

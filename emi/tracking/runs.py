@@ -77,9 +77,11 @@ def experiment_id(client: MlflowClient, params: Params) -> str:
 
 
 # ----------------------------------------------------------------------------- pipeline parent, stage children
-def git_commit() -> str:
+def git_commit(cwd: Path | None = None) -> str:
+    """HEAD's hash of the checkout at ``cwd`` (default: the working directory), or ``nogit``."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True,
+                             cwd=cwd)
         return out.stdout.strip() or "nogit"
     except (OSError, subprocess.SubprocessError):
         return "nogit"
