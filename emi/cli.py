@@ -485,25 +485,32 @@ def bench_curve_cmd(
                                             "finished work).")] = Path("data/bench-curve"),
     out: Annotated[Path, typer.Option(help="the curve as JSON.")] = Path("benchmarks/results/curve.json"),
     plot: Annotated[Path, typer.Option(help="the curve as a plot (PNG).")] = Path("benchmarks/results/curve.png"),
+    fresh: Annotated[bool, typer.Option("--fresh", help="replace --out instead of keeping its other sizes.")] = False,
 ) -> None:
     """A learning curve of the network against the ridge: the embedded generator at each size (persons in
     proportion), the stages up to Stage II, then the full model, each fusion, no temporal blocks and the linear
-    probe over `evaluate.seeds` seeds; a markdown table, a plot and JSON (`--profile tiny` for a quick run)."""
+    probe over `evaluate.seeds` seeds; a markdown table, a plot and JSON (`--profile tiny` for a quick run).
+    The sizes already in --out (same profile, seeds and recipe) that this run does not measure are kept."""
+    import json
+
     from emi.bench.curve import bench_curve, curve_markdown, curve_plot
     from emi.utils import write_json, write_text
 
     params = _load(params_path, profile, overrides)
     sizes = _clip_sizes(clips)
+    previous = None if fresh or not out.is_file() else json.loads(out.read_text(encoding="utf-8"))
 
     def write(curve: dict) -> str:  # after every size
         table = "\n".join(curve_markdown(curve)) + "\n"
         write_json(out, curve)
-        write_text(out.with_suffix(".md"), f"Learning curve at {curve['commit']} on {curve['machine']}\n\n{table}")
+        machines = ", ".join(dict.fromkeys(s.get("machine") or curve["machine"] for s in curve["sizes"]))
+        write_text(out.with_suffix(".md"), f"Learning curve on {machines} (each size's commit in its last row)"
+                                           f"\n\n{table}")
         curve_plot(curve, plot)
         return table
 
     try:
-        curve = bench_curve(params, sizes, work, echo=typer.echo, on_size=write)
+        curve = bench_curve(params, sizes, work, echo=typer.echo, on_size=write, previous=previous)
     except (ValueError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -137,17 +137,40 @@ def curve_size(params: Params, n: int, work: Path, echo=print) -> dict:
             "persons": sized.download.synthetic.people.count, "rows": rows, "differences": diffs, "seconds": seconds}
 
 
-def bench_curve(params: Params, sizes: list[int], work: Path, echo=print, on_size=None) -> dict:
-    """Every size in turn (smallest first); the curve's JSON: commit, machine, the recipe and one entry per size.
-    ``on_size(curve)`` sees the curve after each size (a run of hours keeps what it finished)."""
-    start = time.perf_counter()
+def recipe_of(params: Params) -> dict:
+    """What a curve's figures depend on besides the data size: the profile, the seeds and the Stage-II recipe."""
     s = params.stage2
-    out = {"commit": commit(), "machine": machine(), "profile": params.profile, "seeds": params.evaluate.seeds,
-           "recipe": {"fusion": s.fusion, "temporal": s.temporal, "inputs": s.inputs, "batch_pool": s.batch_pool,
-                      "schedule": s.schedule.model_dump(mode="json")},
-           "sizes": []}
+    return {"profile": params.profile, "seeds": params.evaluate.seeds,
+            "recipe": {"fusion": s.fusion, "temporal": s.temporal, "inputs": s.inputs, "batch_pool": s.batch_pool,
+                       "schedule": s.schedule.model_dump(mode="json")}}
+
+
+def kept_sizes(previous: dict | None, identity: dict, sizes: list[int]) -> list[dict]:
+    """The sizes of an earlier curve that this run keeps: those it does not measure again, when the earlier curve
+    was made with the same profile, seeds and recipe (each keeps the commit and machine it was measured on)."""
+    if not previous:
+        return []
+    differs = [k for k in identity if previous.get(k) != identity[k]]
+    if differs:
+        raise ValueError(f"the curve already there was made with another {', '.join(differs)} "
+                         f"({', '.join(f'{k}={previous.get(k)!r}' for k in differs)}); write to another --out, "
+                         "or pass --fresh to replace it")
+    return [{"commit": previous.get("commit"), "machine": previous.get("machine")} | s
+            for s in previous.get("sizes", []) if s["clips"] not in sizes]
+
+
+def bench_curve(params: Params, sizes: list[int], work: Path, echo=print, on_size=None,
+                previous: dict | None = None) -> dict:
+    """Every size in turn (smallest first); the curve's JSON: commit, machine, the recipe and one entry per size,
+    each with the commit and machine it was measured on. ``previous`` (an earlier curve of the same recipe) gives
+    the sizes not measured again. ``on_size(curve)`` sees the curve after each size (a run of hours keeps what it
+    finished)."""
+    start = time.perf_counter()
+    identity = recipe_of(params)
+    here = {"commit": commit(), "machine": machine()}
+    out = here | identity | {"sizes": kept_sizes(previous, identity, list(sizes))}
     for n in sorted(set(sizes)):
-        out["sizes"].append(curve_size(params, n, work, echo))
+        out["sizes"] = sorted(out["sizes"] + [here | curve_size(params, n, work, echo)], key=lambda s: s["clips"])
         out["seconds"] = round(time.perf_counter() - start, 1)
         if on_size is not None:
             on_size(out)
@@ -173,6 +196,7 @@ def curve_markdown(curve: dict) -> list[str]:
     for name in names:
         lines.append("| " + " | ".join([name] + [_cell(s["differences"].get(name), True) for s in sizes]) + " |")
     lines.append("| wall time (s) | " + " | ".join(f"{sum(s['seconds'].values()):,.0f}" for s in sizes) + " |")
+    lines.append("| commit | " + " | ".join(s.get("commit") or curve.get("commit", "-") for s in sizes) + " |")
     return lines
 
 
@@ -200,7 +224,8 @@ def curve_plot(curve: dict, path: Path) -> Path:
     ax.set_xticks([s["train_clips"] for s in curve["sizes"]])
     ax.set_xlabel("training clips")
     ax.set_ylabel("valid mean Pearson")
-    ax.set_title(f"learning curve ({curve['seeds']} seeds, {curve['commit']})", fontsize=10)
+    commits = ", ".join(dict.fromkeys(s.get("commit") or curve["commit"] for s in curve["sizes"]))
+    ax.set_title(f"learning curve ({curve['seeds']} seeds, {commits})", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from emi.bench.curve import curve_markdown, rows_of
+from emi.bench.curve import curve_markdown, kept_sizes, rows_of
 from tests.conftest import EMI
 
 
@@ -45,7 +45,22 @@ def test_markdown_has_a_column_per_size_and_marks_differences_past_2_sd():
     lines = curve_markdown(curve)
     assert lines[0] == "| row | 300 clips (178 train) |"
     assert "| full_minus_probe | +0.0800 ± 0.0100 * |" in lines
-    assert "| fusion_minus_concat | -0.0100 ± 0.0200 |" in lines and lines[-1] == "| wall time (s) | 30 |"
+    assert "| fusion_minus_concat | -0.0100 ± 0.0200 |" in lines and lines[-2] == "| wall time (s) | 30 |"
+
+
+def test_a_run_keeps_the_earlier_sizes_of_the_same_recipe_and_refuses_another_recipe():
+    identity = {"profile": "embedded", "seeds": 3, "recipe": {"fusion": "quality", "batch_pool": 1}}
+    earlier = {"commit": "359c8ea", "machine": "AMD EPYC (AVX2), 2 cores", **identity,
+               "sizes": [{"clips": 300, "rows": {}}, {"clips": 1000, "rows": {}}]}
+    kept = kept_sizes(earlier, identity, [1000, 3000])  # 1000 is measured again: the new figures replace it
+    assert kept == [{"commit": "359c8ea", "machine": "AMD EPYC (AVX2), 2 cores", "clips": 300, "rows": {}}]
+    assert kept_sizes(None, identity, [300]) == []
+    other = identity | {"recipe": {"fusion": "gated", "batch_pool": 1}}
+    with pytest.raises(ValueError, match="another recipe.*--fresh"):
+        kept_sizes(earlier, other, [3000])
+    assert curve_markdown({"commit": "abc1234", "sizes": [{"clips": 300, "train_clips": 180, "rows": {},
+                                                           "differences": {}, "seconds": {"trainings": 1.0},
+                                                           **kept[0]}]})[-1] == "| commit | 359c8ea |"
 
 
 @pytest.mark.slow  # two tiny datasets through the real stages
