@@ -313,7 +313,12 @@ class ExtractParams(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(description="auto | cpu | cuda")
     dtype: Literal["fp32", "fp16", "bf16"] = Field(description="encoder dtype on a GPU (fp32 on CPU)")
     batch_size: int = Field(ge=1, description="frames / audio windows per encoder call")
-    decode_workers: int = Field(ge=0, description="threads decoding clips (the features do not depend on it)")
+    decode_workers: int = Field(ge=0, description="workers decoding clips: threads in extract and evaluate, loader "
+                                                  "processes in Stage I's fine-tuning (no output depends on it)")
+    keep_decoded: tuple[Literal["train", "valid", "test"], ...] = Field(
+        default=("valid",), description="splits whose clips extract keeps decoded (frames as lossless PNG, "
+                                        "waveforms) for Stage I's fine-tuning (train, valid) and evaluate's "
+                                        "robustness (valid), which then decode nothing; docs/gpu.md has the disk")
     shard_size: int = Field(ge=1, description="clips per feature shard (the unit of resume)")
     frame_max_side: int = Field(ge=16, description="frames are downscaled to this side at decode")
     max_steps: int = Field(ge=1, description="steps per clip at most, spread uniformly over a longer clip")
@@ -528,7 +533,8 @@ class Params(Strict):
 
 
 UNTRACKED: frozenset[str] = frozenset({
-    "profile", "download.workers", "extract.decode_workers", "stage2.cache_mb", "tracking", "orchestration"})
+    "profile", "download.workers", "extract.decode_workers", "extract.keep_decoded", "stage2.cache_mb", "tracking",
+    "orchestration"})
 """Keys (or sections) that cannot change an output: the profile the values came from, how many processes do the
 same work, where MLflow logs, how Prefect schedules. dvc.yaml does not track them, so changing one reruns nothing.
 (transcribe.workers and stage2.ablation_workers are tracked: they split the CPU threads among the workers, and float

@@ -29,6 +29,12 @@ def work_dir(out_dir: Path) -> Path:
     return out_dir.parent / WORK_DIR / out_dir.name
 
 
+def decoded_dir(features_dir: Path) -> Path:
+    """Where the clips extract decoded are kept (``emi.features.decoded``): ``<parent>/work/decoded`` beside the
+    feature store, outside every DVC output (a cache keyed by content: deleting it costs a decode, never a number)."""
+    return work_dir(features_dir).parent / "decoded"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where each stage reads and writes, under one root (the repository by default)."""

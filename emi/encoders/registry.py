@@ -13,6 +13,7 @@ from emi.encoders.base import EncoderError, resolve_device, resolve_dtype
 from emi.encoders.text import TEXT_FACTORIES, load_text
 from emi.encoders.tuning import load_block_state
 from emi.encoders.visual import VISUAL_FACTORIES, load_visual
+from emi.features.decoded import DecodedStore
 from emi.features.featurize import Featurizer
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,9 @@ def load_encoders(cfg: ExtractParams, device: torch.device, dtype: torch.dtype, 
 
 
 def load_featurizer(cfg: ExtractParams, data: DataParams, needed: set[str] | tuple[str, ...] = MODALITIES,
-                    tuned: dict | None = None) -> Featurizer:
+                    tuned: dict | None = None, store: DecodedStore | None = None) -> Featurizer:
     """The one decode -> encode path with its encoders loaded on ``extract.device`` / ``extract.dtype`` (and the
-    blocks a Stage-I model fine-tuned, when ``tuned``)."""
+    blocks a Stage-I model fine-tuned, when ``tuned``), reading the clips kept in ``store`` instead of decoding."""
     device = resolve_device(cfg.device)
-    return Featurizer(cfg, data, load_encoders(cfg, device, resolve_dtype(cfg.dtype, device), set(needed), tuned))
+    return Featurizer(cfg, data, load_encoders(cfg, device, resolve_dtype(cfg.dtype, device), set(needed), tuned),
+                      store)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import av
 import numpy as np
@@ -75,6 +76,14 @@ def decode_clip(clip: Clip, cfg: ExtractParams, data: DataParams, want_frames: b
     return out
 
 
+class KeptDecodes(Protocol):
+    """Where decoded clips are kept (``emi.features.decoded.DecodedStore``)."""
+
+    def load(self, clip: Clip) -> Decoded | None: ...
+
+    def save(self, d: Decoded) -> bool: ...
+
+
 def grid_audio(wave: np.ndarray, steps: np.ndarray, n_grid: int, fps: float) -> np.ndarray:
     """The waveform under the featurized steps: the whole grid's length (cut, or padded with silence where the audio
     ends early), or for a subsampled clip each chosen step's 1/fps slice, back to back."""
@@ -90,9 +99,16 @@ def grid_audio(wave: np.ndarray, steps: np.ndarray, n_grid: int, fps: float) -> 
 
 
 def decode_clips(clips: list[Clip], cfg: ExtractParams, data: DataParams, want_frames: bool,
-                 want_audio: bool) -> list[Decoded]:
+                 want_audio: bool, store: KeptDecodes | None = None) -> list[Decoded]:
+    """``store`` (``emi.features.decoded``): a clip kept there is read instead of decoded; one decoded here with
+    both its frames and its audio is kept there."""
     def one(clip: Clip) -> Decoded:
-        return decode_clip(clip, cfg, data, want_frames, want_audio)
+        if store is not None and (kept := store.load(clip)) is not None:
+            return kept
+        d = decode_clip(clip, cfg, data, want_frames, want_audio)
+        if store is not None and want_frames and want_audio:
+            store.save(d)
+        return d
 
     if cfg.decode_workers <= 1:
         return [one(c) for c in clips]

@@ -11,9 +11,10 @@ from emi.data.dataset import Clip, face_image_dir, list_clips, transcript_texts
 from emi.data.media import image_sequence
 from emi.encoders.registry import encoder_key, load_featurizer
 from emi.features.cues import CUE_VERSION
+from emi.features.decoded import DecodedStore
 from emi.features.featurize import Featurizer
 from emi.features.store import ShardSet
-from emi.paths import work_dir
+from emi.paths import decoded_dir, work_dir
 from emi.utils import fingerprint, sha256_file
 
 
@@ -28,6 +29,16 @@ class ExtractPlan:
     clips: list[Clip]
     shards: ShardSet
     texts: dict[str, str | None]
+    hashes: dict[str, str]
+
+    def decoded_store(self) -> DecodedStore | None:
+        """Where the clips this run decodes in the splits ``extract.keep_decoded`` names are kept, with the hashes
+        taken here (None when it names none)."""
+        cfg = self.params.extract
+        if not cfg.keep_decoded:
+            return None
+        return DecodedStore(decoded_dir(self.out_dir), cfg, self.params.data, dict(self.hashes),
+                            frozenset(cfg.keep_decoded))
 
     @property
     def shards_to_run(self) -> list[int]:
@@ -60,7 +71,8 @@ def plan_extract(params: Params, raw_dir: Path, transcripts: Path, out_dir: Path
     shards = [clips[i:i + size] for i in range(0, len(clips), size)]
     hashes = {c.id: (sha256_file(c.path) if c.path.is_file() else "missing") for c in clips}
     keys = [shard_keys(params, shard, hashes, texts) for shard in shards]
-    return ExtractPlan(params, raw_dir, out_dir, clips, ShardSet.plan(work_dir(out_dir), shards, keys), texts)
+    return ExtractPlan(params, raw_dir, out_dir, clips, ShardSet.plan(work_dir(out_dir), shards, keys), texts,
+                       hashes)
 
 
 _FEATURIZERS: dict[str, Featurizer] = {}
@@ -80,6 +92,7 @@ def run_shard(plan: ExtractPlan, i: int, featurizer: Featurizer | None = None) -
     """Compute the missing modalities of shard ``i``; returns the number of frames encoded. Safe to run in
     any process: the only output is the shard's own files, each written atomically, receipt last."""
     featurizer = featurizer or cached_featurizer(plan.params)
+    featurizer.store = plan.decoded_store()  # the clips decoded here are kept for Stage I and evaluate
     todo = plan.shards.modalities_todo(i)
     feats = featurizer(plan.shards.shards[i], plan.texts, todo)
     plan.shards.write(i, feats, todo)

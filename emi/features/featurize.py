@@ -24,6 +24,7 @@ from emi.data.dataset import Clip
 from emi.features.cues import audio_cues, visual_cues
 from emi.features.damage import Damage, damage_clip
 from emi.features.decode import OK, Decoded, FaceCropper, decode_clips
+from emi.features.decoded import DecodedStore
 from emi.features.encode import encode_audio, encode_frames
 
 
@@ -82,15 +83,16 @@ class Features:
 class Featurizer:
     """Decode, damage, crop and encode clips with one set of (optionally fine-tuned) encoders."""
 
-    def __init__(self, cfg: ExtractParams, data: DataParams, encoders: dict):
-        self.cfg, self.data, self.encoders = cfg, data, encoders
+    def __init__(self, cfg: ExtractParams, data: DataParams, encoders: dict, store: DecodedStore | None = None):
+        self.cfg, self.data, self.encoders, self.store = cfg, data, encoders, store
         self.cropper = FaceCropper(cfg.face_margin) if cfg.face_crop else None
 
     def decode(self, clips: list[Clip], modalities: set[str] | tuple[str, ...]) -> list[Decoded]:
+        """Decoded clips for ``modalities``: read from ``store`` where kept there, else decoded (and kept)."""
         want_v, want_a = "visual" in modalities, "audio" in modalities
         if not (want_v or want_a):
             return [Decoded(c) for c in clips]  # text needs no decoding
-        return decode_clips(clips, self.cfg, self.data, want_v, want_a)
+        return decode_clips(clips, self.cfg, self.data, want_v, want_a, self.store)
 
     def cropped(self, decoded: list[Decoded]) -> tuple[list[Decoded], list[bool | None]]:
         """The frames the visual encoder sees (faces cropped when ``extract.face_crop``), and whether a face was

@@ -4,7 +4,7 @@ model in MLflow is a step of its own (``emi registry register``), so these files
 alone, never on an MLflow store's history.
 
 - scores: the saved Stage-II model re-run on the aligned features, per labelled split, next to the oracle ceiling;
-- robustness (``emi.evaluation.robustness``): the models on validation clips decoded again and damaged;
+- robustness (``emi.evaluation.robustness``): the models on validation clips (as extract decoded and kept them) damaged;
 - the probe table, the ABAW submission, DVC plot data, figures, ``report.md`` and ``metrics.json`` (the headline).
 """
 
@@ -30,8 +30,9 @@ from emi.evaluation.probes import control_probes
 from emi.evaluation.robustness import robustness, robustness_table, seed_models
 from emi.evaluation.submission import write_submission
 from emi.features.damage import DAMAGED_MODALITY
+from emi.features.decoded import DecodedStore
 from emi.features.store import data_fingerprint, load_features
-from emi.paths import Layout
+from emi.paths import Layout, decoded_dir
 from emi.report import plots
 from emi.report.evaluation import report_markdown
 from emi.tracking.runs import tracked
@@ -103,13 +104,16 @@ def evaluate(params: Params, layout: Layout, show_progress: bool = True) -> Eval
     valid = parts["valid"]
     by_id = {c.id: c for c in list_clips(layout.raw)}
     # the clips are decoded and encoded again, their text is not: the vectors extract stored (no text encoder)
+    # the decoded clips extract kept are read, not decoded again (emi.features.decoded)
     featurizer = load_featurizer(params.extract, params.data, ("visual", "audio"),
-                                 tuned=load_tuned_encoders(layout.alignment_model))
+                                 tuned=load_tuned_encoders(layout.alignment_model),
+                                 store=DecodedStore(decoded_dir(layout.features), params.extract, params.data,
+                                                    keep=frozenset(params.extract.keep_decoded)))
     measured = robustness(featurizer, params.evaluate.robustness, params.seed, valid, [by_id[i] for i in valid.ids],
                           load_features(layout.features, ("valid",)).text_vectors(), layout.alignment_model, models,
                           saved.batch_size, show_progress)
     rob, mixed = robustness_table(measured)
-    same = measured.predictions.get(f"clean/{saved.fusion}/0")  # the saved model on clips decoded again
+    same = measured.predictions.get(f"clean/{saved.fusion}/0")  # the saved model on the clips encoded again
     clean_diff = (float(np.abs(same[list(EMOTIONS)].to_numpy() - preds["valid"]).max()) if same is not None
                   else float("nan"))
     if clean_diff > 1e-3:

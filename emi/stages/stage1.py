@@ -38,7 +38,8 @@ class Stage1Result:
 @tracked("stage1")
 def stage1(params: Params, features_dir: Path, model_dir: Path, aligned_dir: Path, raw_dir: Path,
            show_progress: bool = True) -> Stage1Result:
-    """``raw_dir`` is decoded again only when encoder blocks are fine-tuned (``stage1.finetune.last_k_blocks``)."""
+    """``raw_dir`` is read only when encoder blocks are fine-tuned (``stage1.finetune.last_k_blocks``), and its clips
+    are decoded only where extract did not keep them (``emi.features.decoded``)."""
     started = time.perf_counter()
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)

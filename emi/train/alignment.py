@@ -17,6 +17,7 @@ import torch
 from emi.config import Params, Stage1Params
 from emi.features.store import load_features
 from emi.model import AlignmentModel, clip_pool
+from emi.paths import decoded_dir
 from emi.data.sequences import SequenceData
 from emi.train.loop import load_checkpoint, restore_rng, rng_state, save_checkpoint, seed_everything, sgdr
 from emi.utils import fingerprint
@@ -120,7 +121,7 @@ def train_alignment(params: Params, features_dir: Path, features_key: str, ckpt_
         from emi.train.finetune import Finetuner  # lazy: decoding and the encoders only when tuning
 
         try:
-            tuner = Finetuner(params, Path(raw_dir), data)
+            tuner = Finetuner(params, Path(raw_dir), data, decoded_dir(features_dir))
         except EncoderError as exc:  # an encoder that cannot be tuned is a Stage-I configuration error
             raise Stage1Error(str(exc)) from exc
         model.to(tuner.device)

@@ -1,20 +1,25 @@
 """Stage I end to end (``stage1.finetune.last_k_blocks > 0``, paper section 3.3).
 
 The last k blocks of the visual and/or audio encoder are trained together with the projection heads, from
-frames and waveforms decoded on the fly (a few frames and one waveform crop per clip and step); the rest of each
-encoder stays frozen and runs without a graph. Afterwards every clip is re-encoded with the tuned blocks -- with
-the same code `emi extract` and `emi predict` use -- so Stage II, evaluation and prediction all see the tuned
-encoder. A modality that is not tuned keeps its cached features.
+frames and waveforms (a few frames and one waveform crop per clip and step); the rest of each encoder stays frozen
+and runs without a graph. Nothing is decoded inside the training loop: the clips `emi extract` decoded are kept
+(``emi.features.decoded``; a clip not kept there is decoded once, before the first epoch) and loader processes
+(``extract.decode_workers``) read and crop the next batches while the current one trains. Afterwards every clip is
+re-encoded with the tuned blocks -- with the same code `emi extract` and `emi predict` use -- so Stage II,
+evaluation and prediction all see the tuned encoder. A modality that is not tuned keeps its cached features.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from emi.config import Params
 from emi.data.dataset import list_clips
@@ -23,20 +28,50 @@ from emi.data.sequences import Ragged
 from emi.encoders.base import resolve_device, resolve_dtype
 from emi.encoders.registry import encoder_spec, load_encoders
 from emi.encoders.tuning import block_state, load_block_state, tunable_blocks, under
-from emi.features.decode import Decoded
+from emi.features.decode import Decoded, FaceCropper, decode_clips
+from emi.features.decoded import DecodedStore
 from emi.features.featurize import Featurizer, usable_wave
 from emi.model import AlignmentModel
 from emi.data.sequences import SequenceData
+
+
+log = logging.getLogger(__name__)
+
+TRAINED_ON = frozenset({"train", "valid"})
+"""The splits the fine-tuning loop reads (the train loss and the validation loss): kept decoded before it starts."""
 
 
 class FinetuneError(RuntimeError):
     """The clips cannot be decoded or encoded the way `emi extract` did (the dataset changed since)."""
 
 
+class KeptClips(Dataset):
+    """Clip ``i`` read from the kept decodes, its frames cropped to the face when ``face_margin`` is set (the
+    cropper is made in each loader process)."""
+
+    def __init__(self, store: DecodedStore, clips: list, face_margin: float | None):
+        self.store, self.clips, self.face_margin = store, clips, face_margin
+        self._cropper: FaceCropper | None = None
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> Decoded:
+        d = self.store.load(self.clips[i])
+        if d is None:
+            raise FinetuneError(f"{self.clips[i].path}: its kept decode went missing from {self.store.root} "
+                                "during training")
+        if self.face_margin is None:
+            return d
+        if self._cropper is None:
+            self._cropper = FaceCropper(self.face_margin)
+        return self._cropper.crop(d)[0]
+
+
 class Finetuner:
     """The trainable encoder blocks of Stage I and the data path that feeds them."""
 
-    def __init__(self, params: Params, raw_dir: Path, data: SequenceData):
+    def __init__(self, params: Params, raw_dir: Path, data: SequenceData, decoded: Path):
         self.params, self.cfg, self.f = params, params.extract, params.stage1.finetune
         self.device = resolve_device(self.cfg.device)
         # the weights stay fp32 (the optimiser's copy); on a GPU the forward runs under autocast in extract.dtype
@@ -57,7 +92,11 @@ class Finetuner:
                 p.requires_grad_(under(name, names))
             self.blocks[m] = names
         self._train_mode(True)
-        self.featurizer = Featurizer(self.cfg, params.data, self.encoders)
+        # every clip from the kept decodes (extract's, else decoded once here): no decode inside the loop
+        self.store = DecodedStore(Path(decoded), self.cfg, params.data, keep=TRAINED_ON).hashed(self.clips)
+        self.decoded_now = self._keep_all()
+        log.info("stage I: train and valid clips read from %s, %d of them decoded once now (not kept by extract)",
+                 self.store.root, self.decoded_now)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
 
     # ------------------------------------------------------------------ what is trained and saved
@@ -87,12 +126,26 @@ class Finetuner:
         return torch.autocast(self.device.type, dtype=self.amp)
 
     # ------------------------------------------------------------------ the data path
-    def _decode(self, rows: list[int]) -> list[Decoded]:
-        decoded = self.featurizer.decode([self.clips[i] for i in rows], set(self.blocks))
-        for d in decoded:
-            if d.visual_status == "error":
-                raise FinetuneError(f"{d.clip.path}: decodable at extract time, not now: {d.detail}")
-        return decoded
+    def _keep_all(self) -> int:
+        """Decode (once) and keep every clip of the splits the loop reads that the store does not hold yet; how many
+        that was."""
+        missing = [i for i, c in enumerate(self.clips) if c.split in TRAINED_ON and not self.store.path(c).is_file()]
+        step = self.cfg.shard_size
+        for start in range(0, len(missing), step):
+            for d in decode_clips([self.clips[i] for i in missing[start:start + step]], self.cfg, self.params.data,
+                                  True, True, self.store):
+                if d.visual_status == "error":
+                    raise FinetuneError(f"{d.clip.path}: decodable at extract time, not now: {d.detail}")
+        return len(missing)
+
+    def batches(self, batches: list[list[int]]) -> Iterator[tuple[list[int], list[Decoded]]]:
+        """The batches' clips as the visual encoder sees them (kept decodes, cropped), read ``decode_workers``
+        batches ahead by loader processes, in order."""
+        clips = KeptClips(self.store, self.clips, self.cfg.face_margin if self.cfg.face_crop else None)
+        workers = self.cfg.decode_workers if len(batches) > 1 else 0
+        loader = DataLoader(clips, batch_sampler=batches, collate_fn=list, num_workers=workers,
+                            prefetch_factor=2 if workers else None, multiprocessing_context="fork" if workers else None)
+        yield from zip(batches, loader)
 
     def _pick(self, n: int, generator: torch.Generator | None) -> list[int]:
         k = min(self.f.frames_per_clip, n)
@@ -146,16 +199,18 @@ class Finetuner:
         seqs = self.data.visual if modality == "visual" else self.data.audio
         return torch.from_numpy(np.stack([seqs[i].mean(0) for i in rows])).to(self.device)
 
-    def vectors(self, rows: list[int], generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip vectors (visual, audio) for Stage I's loss: tuned modalities from the decoded clips, others cached."""
-        decoded, _ = self.featurizer.cropped(self._decode(rows))  # the frames the encoder sees in `emi extract`
+    def vectors(self, rows: list[int], decoded: list[Decoded],
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip vectors (visual, audio) for Stage I's loss: tuned modalities from the clips ``decoded`` (cropped,
+        as the encoder sees them in `emi extract`), others cached."""
         with self._autocast():
             v = self._visual(decoded, generator) if "visual" in self.blocks else self._cached(rows, "visual")
             a = self._audio(decoded, generator) if "audio" in self.blocks else self._cached(rows, "audio")
         return v.float(), a.float()
 
-    def _loss(self, model: AlignmentModel, rows: list[int], generator: torch.Generator | None) -> dict:
-        v, a = self.vectors(rows, generator)
+    def _loss(self, model: AlignmentModel, rows: list[int], decoded: list[Decoded],
+              generator: torch.Generator | None) -> dict:
+        v, a = self.vectors(rows, decoded, generator)
         mask = torch.from_numpy(self.data.mask[rows]).to(self.device)
         t = torch.from_numpy(self.data.text[rows]).to(self.device)
         return model(v, a, t, vt_mask=mask[:, 0] & mask[:, 2], at_mask=mask[:, 1] & mask[:, 2])
@@ -165,12 +220,11 @@ class Finetuner:
                     batch_size: int, generator: torch.Generator) -> list[float]:
         model.train()
         order = [rows[j] for j in torch.randperm(len(rows), generator=generator).tolist()]
+        batches = [b for start in range(0, len(order), batch_size)
+                   if len(b := order[start:start + batch_size]) >= 2]  # InfoNCE needs a negative
         losses = []
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            if len(batch) < 2:  # InfoNCE needs a negative
-                continue
-            loss = self._loss(model, batch, generator)["loss"]
+        for batch, decoded in self.batches(batches):
+            loss = self._loss(model, batch, decoded, generator)["loss"]
             optimizer.zero_grad()
             self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)
@@ -184,7 +238,8 @@ class Finetuner:
             return {}
         model.eval()
         self._train_mode(False)
-        vs, as_ = zip(*(self.vectors(rows[i:i + batch_size], None) for i in range(0, len(rows), batch_size)))
+        vs, as_ = zip(*(self.vectors(batch, decoded, None) for batch, decoded in
+                        self.batches([rows[i:i + batch_size] for i in range(0, len(rows), batch_size)])))
         mask = torch.from_numpy(self.data.mask[rows]).to(self.device)
         t = torch.from_numpy(self.data.text[rows]).to(self.device)
         out = model(torch.cat(vs), torch.cat(as_), t, vt_mask=mask[:, 0] & mask[:, 2], at_mask=mask[:, 1] & mask[:, 2])
@@ -201,7 +256,7 @@ class Finetuner:
         is written."""
         tuned = self.tuned()
         encoders = load_encoders(self.cfg, self.device, resolve_dtype(self.cfg.dtype, self.device), set(tuned), tuned)
-        featurizer = Featurizer(self.cfg, self.params.data, encoders)
+        featurizer = Featurizer(self.cfg, self.params.data, encoders, self.store)
         work_dir = Path(work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
         out = {"visual": data.visual, "audio": data.audio}
@@ -215,7 +270,8 @@ class Finetuner:
             step = self.cfg.shard_size
             for start in range(0, len(data), step):
                 chunk = list(range(start, min(start + step, len(data))))
-                feats = featurizer.encode(self._decode(chunk), {}, set(tuned))
+                clips = [self.clips[i] for i in chunk]
+                feats = featurizer.encode(featurizer.decode(clips, set(tuned)), {}, set(tuned))
                 for m, kind in parts:
                     new_rows = getattr(feats, m) if kind == "features" else feats.cues[m]
                     for k, i in enumerate(chunk):

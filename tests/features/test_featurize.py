@@ -51,6 +51,17 @@ def test_fast_damage_path_matches_clip_features(tiny_dataset, tmp_path):
             assert (got.mask[i] == want.mask()[j]).all(), name
             for m in ("visual", "audio"):
                 np.testing.assert_allclose(got.cues[m][i], want.cues[m][j], atol=1e-5, err_msg=f"{name} {m} cues {i}")
+    # the robustness conditions from clips decoded once and kept (emi.features.decoded): the same numbers, bit for bit
+    from emi.features.decoded import DecodedStore
+
+    kept = Featurizer(params.extract, params.data, no_text.encoders, DecodedStore(tmp_path / "decoded", params.extract,
+                                                                                  params.data))
+    for _ in range(2):  # the first pass decodes and keeps, the second reads
+        from_kept = condition_features(kept, clips, stored_text, kinds, plan, params.seed, chunk_size=2)
+        for name in fast:
+            for m in ("visual", "audio"):
+                assert all(np.array_equal(a, b) for a, b in zip(getattr(from_kept[name], m), getattr(fast[name], m)))
+    assert len(list((tmp_path / "decoded").rglob("*.npz"))) == len(clips)
     # the cues see the damage: a covered lower face is darker, a missing track reads zero, noise is flat
     dark, level, flat = VISUAL_CUES.index("dark_fraction"), AUDIO_CUES.index("level"), AUDIO_CUES.index("flatness")
     for i in rows:

@@ -13,7 +13,9 @@ import pytest
 from emi.contracts.report import DataValidationError
 from emi.data.media import grid_steps, write_mp4
 from emi.features.store import load_features
-from emi.paths import work_dir
+from emi.data.dataset import list_clips
+from emi.features.decoded import DecodedStore
+from emi.paths import decoded_dir, work_dir
 from emi.stages.extract import extract
 from tests.conftest import EMI, tiny, transcripts_from_script
 
@@ -60,6 +62,11 @@ def test_extract_resumes_and_recomputes_only_what_changed(stage_inputs, tmp_path
     before = load_features(out)
     work = work_dir(out)
     assert all(os.path.samefile(p, work / p.relative_to(out)) for p in out.rglob("shard-*")), "linked, not copied"
+    # the clips of the splits extract.keep_decoded names (tiny: valid) are kept decoded for Stage I and evaluate
+    kept = DecodedStore(decoded_dir(out), params.extract, params.data)
+    clips = list_clips(raw)
+    assert params.extract.keep_decoded == ("valid",) and {c.split for c in clips} > {"valid"}
+    assert sorted(c.id for c in clips if kept.load(c) is not None) == sorted(c.id for c in clips if c.split == "valid")
 
     # a run killed while writing shard 1: its receipt never got written
     (work / "visual" / "shard-00001.json").unlink()

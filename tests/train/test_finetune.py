@@ -16,6 +16,8 @@ from emi.stages.stage1 import stage1
 from emi.train.alignment import Stage1Error
 from emi.train.projection import aligned_inputs, load_aligned, load_alignment, load_tuned_encoders
 from emi.data.sequences import SequenceData
+from emi.features import decode as decode_module
+from emi.paths import decoded_dir
 from tests.conftest import transcripts_from_script
 
 pytestmark = pytest.mark.slow  # real encoders, extract and Stage I training in every test
@@ -110,3 +112,32 @@ def test_a_model_tuned_for_one_encoder_refuses_another(tuned_run):
     other = params("extract.audio.dim=48")
     with pytest.raises(EncoderError, match="fine-tuned"):
         load_encoders(other.extract, CPU, torch.float32, {"audio"}, load_tuned_encoders(tuned_run.model_path))
+
+
+def test_the_training_loop_decodes_no_clip(inputs, tmp_path, monkeypatch):
+    """Stage I reads the train and valid clips from the kept decodes; those not kept are decoded once before the
+    first epoch, never per epoch or step, and the tuned weights are the same either way. Test clips are decoded
+    once, for the re-encode after training."""
+    import shutil
+    from collections import Counter
+
+    raw, _, features = inputs
+    calls: list[str] = []
+    real = decode_module.decode_clip
+    monkeypatch.setattr(decode_module, "decode_clip", lambda clip, *a: calls.append(clip.id) or real(clip, *a))
+    p = params(*TUNE, "extract.decode_workers=0")  # loader in this process, so every decode is counted
+    split = {c.id: c.split for c in list_clips(raw)}
+    ids = load_features(features).ids
+    runs = []
+    shutil.rmtree(decoded_dir(features), ignore_errors=True)
+    for k, before in enumerate(("none", "kept")):
+        calls.clear()
+        runs.append(stage1(p, features, tmp_path / f"m{k}", tmp_path / f"a{k}", raw, show_progress=False))
+        assert max(Counter(calls).values()) == 1, before  # each clip decoded once at most, for 2 epochs
+        test_ids = sorted(i for i in ids if split[i] == "test")
+        want = {"kept": test_ids, "none": ids}[before]
+        assert sorted(calls) == sorted(want), before
+    first = load_tuned_encoders(runs[0].model_path)
+    for run in runs[1:]:
+        for m, entry in load_tuned_encoders(run.model_path).items():
+            assert all(torch.equal(v, first[m]["state"][k]) for k, v in entry["state"].items()), m
