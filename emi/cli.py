@@ -178,8 +178,8 @@ def stage1(
     features: Annotated[Path, typer.Option(help="feature store from `emi extract`.")] = LAYOUT.features,
     out: Annotated[Path, typer.Option(help="folder for alignment.pt, metrics.json, history.csv.")] = LAYOUT.stage1,
     aligned: Annotated[Path, typer.Option(help="folder for the aligned sequences Stage II reads.")] = LAYOUT.aligned,
-    raw: Annotated[Path, typer.Option(help="the dataset, decoded again when stage1.finetune.last_k_blocks > 0.")] = (
-        LAYOUT.raw),
+    raw: Annotated[Path, typer.Option(help="the dataset, read when stage1.finetune.last_k_blocks > 0 (the clips "
+                                           "extract kept are not decoded again).")] = LAYOUT.raw,
     progress: ProgressOpt = True,
 ) -> None:
     """Stage I: vision<->text and audio<->text contrastive alignment (InfoNCE, SGDR); prints retrieval recall.
@@ -473,6 +473,38 @@ def bench_scale_cmd(
     typer.echo("\n".join(scale_summary(runs, target)))
     if out is not None:
         write_json(out, {"profile": params.profile, "runs": [asdict(r) for r in runs]})
+
+
+@bench_app.command("project")
+def bench_project_cmd(
+    params_path: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    clips: Annotated[str, typer.Option(help="dataset sizes to generate, comma-separated (two or more).")] = "48,96",
+    work: Annotated[Path, typer.Option(help="where each size's data, models and logs go (kept).")] = Path(
+        "data/bench-project"),
+    dvc_yaml: Annotated[Path, typer.Option(help="the stage commands are taken from here.")] = Path("dvc.yaml"),
+    out: Annotated[Path, typer.Option(help="the projection as JSON.")] = Path("benchmarks/results/project.json"),
+    stages: Annotated[str, typer.Option(help="comma-separated dvc.yaml stages to run, in order (all: every stage "
+                                             "of dvc.yaml).")] = "all",
+) -> None:
+    """How long the pipeline takes on Hume-Vidmimic2 (8,072 / 4,588 / 4,586 clips): every stage at two or more
+    generated sizes, its time fitted per unit it grows with (clips, training clip-epochs, trainings) and read at
+    the real split sizes; with the GPU's busy share and peak memory per stage where there is a GPU. Prints a table,
+    writes JSON (`device`, `commit`, per-stage `projected_s`, `projected_total_s`)."""
+    from emi.bench.project import bench_project, projection_markdown
+    from emi.utils import write_json
+
+    params = _load(params_path, profile, overrides)
+    chosen = None if stages == "all" else tuple(x.strip() for x in stages.split(",") if x.strip())
+    try:
+        result = bench_project(params, _clip_sizes(clips), work, dvc_yaml, chosen, echo=typer.echo)
+    except (ValueError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    write_json(out, result)
+    typer.echo(f"\n{result['profile']} profile on {result['device']} ({result['machine']}), {result['commit']}\n")
+    typer.echo("\n".join(projection_markdown(result)) + f"\n\nwrote {out}")
 
 
 @bench_app.command("curve")

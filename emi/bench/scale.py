@@ -18,6 +18,73 @@ class StageRun:
     stage: str
     seconds: float
     peak_rss_mb: float
+    gpu_busy: float | None = None  # mean share of samples the GPU was busy (nvidia-smi's utilization.gpu)
+    peak_gpu_mb: float | None = None  # most GPU memory in use while the stage ran
+    disk_mb: float | None = None  # what the size's folders hold after the stage
+
+
+def device_name() -> str:
+    """The GPU the stages can use (torch's name for device 0), or ``cpu``."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def gpu_samples(text: str) -> tuple[float | None, float | None]:
+    """Busy share and peak memory (MB) from ``nvidia-smi --query-gpu=utilization.gpu,memory.used
+    --format=csv,noheader,nounits`` lines; None, None without a sample."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            util, mem = (float(x) for x in line.split(","))
+        except ValueError:
+            continue
+        rows.append((util, mem))
+    if not rows:
+        return None, None
+    return round(float(np.mean([u for u, _ in rows])) / 100, 3), max(m for _, m in rows)
+
+
+class GpuWatch:
+    """``nvidia-smi`` polled every ``interval_ms`` while the block runs (nothing where there is no nvidia-smi):
+    ``busy`` and ``peak_mb`` afterwards."""
+
+    def __init__(self, interval_ms: int = 200):
+        self.interval_ms, self.busy, self.peak_mb = interval_ms, None, None
+
+    def __enter__(self) -> GpuWatch:
+        import shutil
+        import subprocess
+        import tempfile
+
+        exe = shutil.which("nvidia-smi")
+        self._proc = self._out = None
+        if exe:
+            self._out = tempfile.TemporaryFile(mode="w+")
+            self._proc = subprocess.Popen([exe, "--query-gpu=utilization.gpu,memory.used",
+                                           "--format=csv,noheader,nounits", "-lms", str(self.interval_ms)],
+                                          stdout=self._out, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        self._proc.wait()
+        self._out.seek(0)
+        self.busy, self.peak_mb = gpu_samples(self._out.read())
+        self._out.close()
+
+
+def folder_mb(*folders: Path) -> float:
+    """Bytes under ``folders`` (files, not following links), in MB."""
+    import os
+
+    total = 0
+    for folder in folders:
+        for dirpath, _, files in os.walk(folder):
+            total += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in files)
+    return round(total / 2**20, 1)
 
 
 def stage_commands(dvc_yaml: Path, stages: tuple[str, ...] | None = None) -> dict[str, list[str]]:
@@ -98,11 +165,14 @@ def run_stages(sized: Params, root: Path, commands: dict[str, list[str]], echo=p
     n = sized.download.synthetic.n_clips
     runs = []
     for stage, argv in commands.items():
-        seconds, rss, code = run_measured([emi, *argv[1:]], root, env, root / f"{stage}.log")
+        with GpuWatch() as gpu:
+            seconds, rss, code = run_measured([emi, *argv[1:]], root, env, root / f"{stage}.log")
         if code != 0:
             raise RuntimeError(f"{stage} failed on {n} clips (exit {code}); see {root / f'{stage}.log'}")
-        runs.append(StageRun(n, stage, seconds, rss))
-        echo(f"{n:>6} clips  {stage:<10} {seconds:8.1f} s  {rss:8.0f} MB")
+        runs.append(StageRun(n, stage, seconds, rss, gpu.busy, gpu.peak_mb,
+                             folder_mb(root / "data", root / "models", root / "reports")))
+        busy = "" if gpu.busy is None else f"  GPU busy {100 * gpu.busy:.0f} %, {gpu.peak_mb:,.0f} MB"
+        echo(f"{n:>6} clips  {stage:<10} {seconds:8.1f} s  {rss:8.0f} MB{busy}")
     return runs
 
 

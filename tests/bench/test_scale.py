@@ -1,13 +1,11 @@
 """`emi bench scale`: every stage of dvc.yaml as its own measured process on generated datasets of growing size."""
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 
 from emi.bench.scale import StageRun, run_measured, scale_summary, stage_commands
-from tests.conftest import EMI
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,23 +38,3 @@ def test_summary_gives_growth_and_a_linear_extrapolation():
     assert cells[0] == "stage2" and cells[1] == "60.0 / 1010"
     assert cells[4] == "3.19 (clips x3.33)" and cells[5] == "+7 %"
     assert cells[6] == "6340 / 2266"  # 10 + 0.5 * 12660 s, 1000 + 0.1 * 12660 MB
-
-
-@pytest.mark.slow
-def test_bench_scale_runs_the_download_stage_per_size(tmp_path):
-    """The real command on two tiny sizes, download only (the other stages are the pipeline tests' business)."""
-    import subprocess
-
-    out = tmp_path / "scale.json"
-    proc = subprocess.run([EMI, "bench", "scale", "--profile", "tiny", "--clips", "8,4", "--work", str(tmp_path / "w"),
-                           "--dvc-yaml", str(REPO / "dvc.yaml"), "--out", str(out), "--stages", "download"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    runs = json.loads(out.read_text())["runs"]
-    assert [(r["clips"], r["stage"]) for r in runs] == [(4, "download"), (8, "download")]
-    assert all(r["peak_rss_mb"] > 50 for r in runs)
-    for n in (4, 8):
-        split_rows = sum(len((tmp_path / "w" / f"n{n}" / "data/raw" / f"{s}_split.csv").read_text().splitlines()) - 1
-                         for s in ("train", "valid", "test"))
-        assert split_rows == n
-    assert "| download |" in proc.stdout and "fit at 12660" in proc.stdout
