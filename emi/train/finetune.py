@@ -143,8 +143,11 @@ class Finetuner:
         batches ahead by loader processes, in order."""
         clips = KeptClips(self.store, self.clips, self.cfg.face_margin if self.cfg.face_crop else None)
         workers = self.cfg.decode_workers if len(batches) > 1 else 0
+        # its own generator: a loader draws a seed for its workers, which must not move the training's random
+        # stream (the tuned weights do not depend on how many workers read, or whether any do)
         loader = DataLoader(clips, batch_sampler=batches, collate_fn=list, num_workers=workers,
-                            prefetch_factor=2 if workers else None, multiprocessing_context="fork" if workers else None)
+                            prefetch_factor=2 if workers else None, multiprocessing_context="fork" if workers else None,
+                            generator=torch.Generator())
         yield from zip(batches, loader)
 
     def _pick(self, n: int, generator: torch.Generator | None) -> list[int]:

@@ -141,3 +141,42 @@ def test_the_training_loop_decodes_no_clip(inputs, tmp_path, monkeypatch):
     for run in runs[1:]:
         for m, entry in load_tuned_encoders(run.model_path).items():
             assert all(torch.equal(v, first[m]["state"][k]) for k, v in entry["state"].items()), m
+
+
+def test_a_killed_fine_tuning_resumes_from_its_last_epoch_with_the_same_result(inputs, tmp_path):
+    """A real `emi stage1` (fine-tuning, loader processes reading the kept clips) SIGKILLed after its first epoch's
+    checkpoint, then run again: it resumes there and writes what an uninterrupted run writes, byte for byte."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from emi.paths import CHECKPOINT_FILE, work_dir
+    from emi.train.loop import load_checkpoint
+    from tests.conftest import EMI
+
+    raw, _, features = inputs
+    sets = [*W2V, *TUNE, "stage1.schedule.epochs=3", "stage1.schedule.cycle_epochs=3"]
+
+    def cmd(out):
+        return [EMI, "stage1", "--profile", "tiny", *[a for s in sets for a in ("--set", s)], "--features",
+                str(features), "--raw", str(raw), "--out", str(out / "model"), "--aligned", str(out / "aligned"),
+                "--no-progress"]
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    whole = subprocess.run(cmd(tmp_path / "whole"), env=env, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    ckpt = work_dir(tmp_path / "killed" / "model") / CHECKPOINT_FILE
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(ckpt)["epoch"] < 3, "the kill should land before the last epoch"
+    again = subprocess.run(cmd(tmp_path / "killed"), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming after epoch" in again.stderr
+    for rel in ("model/alignment.pt", "model/history.csv", "aligned/aligned.npz"):
+        assert (tmp_path / "killed" / rel).read_bytes() == (tmp_path / "whole" / rel).read_bytes(), rel
