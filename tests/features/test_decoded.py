@@ -12,7 +12,31 @@ from emi.features import decode as decode_module
 from emi.features.decode import decode_clip, decode_clips
 from emi.features.decoded import DecodedStore
 
-pytestmark = pytest.mark.slow  # the generated tiny dataset's clips, really decoded
+
+def test_frames_and_waveform_round_trip_bit_for_bit_and_only_kept_splits_are_kept(tmp_path, caplog):
+    """Fast: a decoded clip as the decoder returns it (frames of two sizes, a float waveform) without a video."""
+    from emi.features.decode import Decoded
+
+    p = load_params(None, profile="tiny")
+    rng = np.random.default_rng(0)
+    (tmp_path / "a.mp4").write_bytes(b"clip a")
+    clip = Clip("a", "valid", tmp_path / "a.mp4")
+    frames = [rng.integers(0, 256, (90, 160, 3), dtype=np.uint8), rng.integers(0, 256, (120, 96, 3), dtype=np.uint8)]
+    d = Decoded(clip, 2, frames, rng.normal(size=6400).astype(np.float32), audio_status="silent", detail="note")
+    store = DecodedStore(tmp_path / "kept", p.extract, p.data, keep=frozenset({"valid"}))
+    assert store.save(d)
+    back = store.load(clip)
+    _same(back, d)
+    assert back.wave.dtype == np.float32 and back.clip is clip
+    (tmp_path / "b.mp4").write_bytes(b"clip b")
+    train = Clip("b", "train", tmp_path / "b.mp4")  # another split: not kept
+    assert not store.save(Decoded(train, 2, frames, None)) and store.load(train) is None
+    assert not store.save(Decoded(clip, 0, visual_status="error", audio_status="error"))  # errors are not kept
+    store.path(clip).write_bytes(b"truncated")
+    assert store.load(clip) is None and "cannot be read" in caplog.text
+
+
+slow = pytest.mark.slow  # the tests below decode the generated tiny dataset's clips
 
 
 def _same(a, b) -> None:
@@ -22,6 +46,7 @@ def _same(a, b) -> None:
     assert (a.wave is None) == (b.wave is None) and (a.wave is None or np.array_equal(a.wave, b.wave))
 
 
+@slow
 def test_a_kept_clip_reads_back_exactly_as_decoded_and_is_not_decoded_again(tiny_dataset, tmp_path, monkeypatch):
     p = load_params(None, profile="tiny")
     clips = list_clips(tiny_dataset)[:3]
@@ -47,6 +72,7 @@ def test_a_kept_clip_reads_back_exactly_as_decoded_and_is_not_decoded_again(tiny
     assert [c.id for c in everything if valid.path(c).is_file()] == [c.id for c in everything if c.split == "valid"]
 
 
+@slow
 def test_another_clip_or_decode_setting_misses(tiny_dataset, tmp_path):
     p = load_params(None, profile="tiny")
     clip = list_clips(tiny_dataset)[0]
@@ -66,6 +92,7 @@ def test_another_clip_or_decode_setting_misses(tiny_dataset, tmp_path):
     shutil.copy(list_clips(tiny_dataset)[1].path, moved)
     assert DecodedStore(tmp_path / "decoded", p.extract, p.data).load(Clip(clip.id, clip.split, moved)) is None
 
+@slow
 def test_a_damaged_kept_file_is_decoded_again(tiny_dataset, tmp_path, caplog):
     p = load_params(None, profile="tiny")
     clip = list_clips(tiny_dataset)[0]
