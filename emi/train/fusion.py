@@ -8,6 +8,7 @@ Stage-II model: loading it and predicting.
 from __future__ import annotations
 
 import logging
+import math
 from itertools import islice
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from emi.metrics import scores
 from emi.model import EMIFusionModel, emi_loss
 from emi.paths import COPY_SEPARATOR
 from emi.train.projection import load_aligned
-from emi.data.sequences import SequenceData, batch_cues
+from emi.data.sequences import SequenceData, batch_cues, to_device
 from emi.train.loop import (ema_of, load_checkpoint, modality_dropout, restore_rng, rng_state, save_checkpoint,
                             seed_everything, sgdr)
 from emi.utils import fingerprint, sha256_file
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 
 SAVED_BEFORE = {"reliability_cues": False, "batch_pool": 1, "validate_every": 1, "cache_mb": 0.0, "temporal": True}
 """Settings a model saved before they existed was trained with (it loads and predicts as it did)."""
+
+
+AVAILABLE = "available"
+"""A training batch's key for the modality mask after modality dropout (what the model may use)."""
 
 
 class Stage2Error(RuntimeError):
@@ -122,8 +127,9 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
     device = resolve_device(p.device)
     model = EMIFusionModel.from_params(p, dims_of(train)).to(device)
     ema = ema_of(model, p.ema_decay)
-    # one kernel per step for all parameters (foreach) instead of one per tensor
-    optimizer = torch.optim.AdamW(model.parameters(), lr=p.schedule.lr_max, weight_decay=p.weight_decay, foreach=True)
+    # one kernel per step for all parameters: fused on a GPU, foreach (a kernel per operation) on the CPU
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p.schedule.lr_max, weight_decay=p.weight_decay, **fused)
     train, valid = train.in_memory(p.cache_mb), valid.in_memory(p.cache_mb)  # every epoch reads every clip
     scheduler = sgdr(optimizer, p.schedule)
     per_epoch = -(-len(train) // p.batch_size)  # batches per epoch (SequenceData.batches: the last one partial)
@@ -148,25 +154,26 @@ def train_model(p: Stage2Params, seed: int, train: SequenceData, valid: Sequence
         model.train()
         losses, lr = [], optimizer.param_groups[0]["lr"]  # the epoch's first step's
         # with a length in steps the last epoch stops at the step budget; its batch order is drawn all the same
-        batches = islice(train.batches(p.batch_size, generator, device, p.batch_pool),
+        batches = islice(train.batches(p.batch_size, generator, "cpu", p.batch_pool),
                          min(per_epoch, p.schedule.steps - epoch * per_epoch) if p.schedule.per_step else None)
-        for b in batches:
-            available = b["modality_mask"]
+        for b in batches:  # built on the host, then copied (no step waits for the device: no .item(), no .cpu())
             if p.augment.modality_dropout > 0:  # drawn from the training generator: the same for a seed
-                available = modality_dropout(available.cpu(), p.augment.modality_dropout, used,
-                                             generator).to(device)
-            out = forward_batch(model, b, available)
+                b[AVAILABLE] = modality_dropout(b["modality_mask"], p.augment.modality_dropout, used, generator)
+            b = to_device(b, device)
+            out = forward_batch(model, b, b.get(AVAILABLE))
             loss = emi_loss(out["pred"], b["y"], p.pearson_loss_weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             ema.update_parameters(model)
-            losses.append(loss.item())
+            losses.append(loss.detach())
             if p.schedule.per_step:
                 scheduler.step()
         if not p.schedule.per_step:
             scheduler.step()
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses))}
+        # one copy per epoch; the float64 mean of the float32 losses, as when each step's was read
+        mean_loss = float(np.mean(torch.stack(losses).cpu().numpy().astype(np.float64))) if losses else math.nan
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": mean_loss}
         if len(valid) > 1 and ((epoch + 1) % p.validate_every == 0 or epoch + 1 == epochs):
             row.update({f"valid_{k}": v for k, v in score_model(ema.module, valid, p.batch_size).items()})
         history.append(row)
