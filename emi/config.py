@@ -291,6 +291,8 @@ class TranscribeParams(Strict):
     compute_type: str = Field(description="CTranslate2 compute type (int8 on CPU, float16 on GPU)")
     shard_size: int = Field(ge=1, description="clips per resumable part")
     workers: int = Field(ge=1, description="clips transcribed concurrently; CPU threads are split among them")
+    batch_size: int = Field(ge=1, description="speech windows of several clips decoded as one batch (faster-whisper's "
+                                              "batched pipeline; 1: each clip on its own, workers at a time)")
     # above 0 whisper samples, from an unseeded per-thread RNG, so transcripts would change from run to run
     temperatures: list[Annotated[float, Field(ge=0)]] = Field(
         min_length=1, description="decoding temperatures ([0.0]: no sampling fallback, reproducible)")
@@ -300,6 +302,14 @@ class TranscribeParams(Strict):
         ge=0, description="repetition guard: no token n-gram of this size twice in a window (0: off)")
     repetition_penalty: float = Field(
         ge=1, description="repetition guard: score penalty on tokens already in the window (1: off)")
+
+    @model_validator(mode="after")
+    def _batched_has_one_temperature(self) -> TranscribeParams:
+        if self.batch_size > 1 and len(self.temperatures) > 1:
+            raise ValueError(f"transcribe.batch_size {self.batch_size} decodes at one temperature (faster-whisper's "
+                             f"batched pipeline has no fallback) but temperatures is {self.temperatures}: set "
+                             "temperatures to one value or batch_size to 1")
+        return self
 
 
 class ExtractParams(Strict):

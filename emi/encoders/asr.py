@@ -1,8 +1,10 @@
-"""Speech recognition: faster-whisper models (local folder, packaged tiny.en, or hub size/id) and the one
-function that turns a clip into a transcript-table row (used by ``transcribe`` and ``emi predict``)."""
+"""Speech recognition: faster-whisper models (local folder, packaged tiny.en, or hub size/id) and what turns clips
+into transcript-table rows: one clip at a time (``transcribe_clip``, also used by ``emi predict``) or several clips'
+speech windows per batch (``transcribe_clips``, for a GPU)."""
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from typing import Any
@@ -81,23 +83,23 @@ def recognise(model, wave: np.ndarray, cfg: TranscribeParams) -> tuple[list, Any
                             f"{cfg.compression_ratio_threshold:g})")
 
 
-def transcribe_clip(model, clip: Clip, cfg: TranscribeParams, silence_dbfs: float) -> dict[str, Any]:
-    """One transcript-table row; a clip that cannot be read or recognised gets a status, never an exception."""
+def clip_audio(clip: Clip, silence_dbfs: float) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """A clip's 16 kHz waveform to recognise, or its finished row (unreadable, no audio track, silent)."""
     try:
         wave = decode_audio(clip.path, AUDIO_SAMPLE_RATE)
     except MediaError as exc:
-        return _row(clip, "error", str(exc))
+        return None, _row(clip, "error", str(exc))
     if wave is None:
-        return _row(clip, "no_audio", "no audio stream")
-    duration = round(wave.size / AUDIO_SAMPLE_RATE, 4)
+        return None, _row(clip, "no_audio", "no audio stream")
     level = rms_dbfs(wave)
     if level < silence_dbfs:
-        return _row(clip, "silent", f"audio RMS {level:.1f} dBFS < {silence_dbfs:g} dBFS",
-                    duration_s=duration)
-    try:
-        segments, info, guarded = recognise(model, wave, cfg)
-    except (RuntimeError, ValueError) as exc:
-        return _row(clip, "error", f"{clip.path}: ASR failed: {type(exc).__name__}: {exc}", duration_s=duration)
+        return None, _row(clip, "silent", f"audio RMS {level:.1f} dBFS < {silence_dbfs:g} dBFS",
+                          duration_s=round(wave.size / AUDIO_SAMPLE_RATE, 4))
+    return wave, None
+
+
+def recognised_row(clip: Clip, wave: np.ndarray, segments: list, language: str, guarded: str) -> dict[str, Any]:
+    """The transcript-table row of a recognised clip."""
     text = " ".join(s.text.strip() for s in segments).strip()
     if segments:
         # whisper's avg_logprob is a per-token mean: weighting by token count gives the clip's per-token mean
@@ -107,6 +109,106 @@ def transcribe_clip(model, clip: Clip, cfg: TranscribeParams, silence_dbfs: floa
     else:
         logprob, no_speech = math.nan, 1.0
     detail = "; ".join(d for d in (guarded, "" if text else "no speech recognised") if d)
-    return _row(clip, "ok" if text else "empty", detail, duration_s=duration, text=text,
-                language=info.language or cfg.language, avg_logprob=round(logprob, 5),
-                no_speech_prob=round(no_speech, 5), compression_ratio=round(compression_ratio(segments), 4))
+    return _row(clip, "ok" if text else "empty", detail, duration_s=round(wave.size / AUDIO_SAMPLE_RATE, 4), text=text,
+                language=language, avg_logprob=round(logprob, 5), no_speech_prob=round(no_speech, 5),
+                compression_ratio=round(compression_ratio(segments), 4))
+
+
+def _asr_failed(clip: Clip, wave: np.ndarray, exc: Exception) -> dict[str, Any]:
+    return _row(clip, "error", f"{clip.path}: ASR failed: {type(exc).__name__}: {exc}",
+                duration_s=round(wave.size / AUDIO_SAMPLE_RATE, 4))
+
+
+def transcribe_clip(model, clip: Clip, cfg: TranscribeParams, silence_dbfs: float) -> dict[str, Any]:
+    """One transcript-table row; a clip that cannot be read or recognised gets a status, never an exception."""
+    wave, row = clip_audio(clip, silence_dbfs)
+    if row is not None:
+        return row
+    try:
+        segments, info, guarded = recognise(model, wave, cfg)
+    except (RuntimeError, ValueError) as exc:
+        return _asr_failed(clip, wave, exc)
+    return recognised_row(clip, wave, segments, info.language or cfg.language, guarded)
+
+
+# ----------------------------------------------------------------------------- batched: several clips per batch
+def speech_of(wave: np.ndarray, cfg: TranscribeParams) -> np.ndarray:
+    """What whisper decodes of a clip: with ``vad``, its speech joined (Silero's chunks, as faster-whisper's own VAD
+    filter does before a sequential decode); else all of it."""
+    if not cfg.vad:
+        return wave
+    from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+    chunks = get_speech_timestamps(wave, VadOptions(), sampling_rate=AUDIO_SAMPLE_RATE)
+    if not chunks:
+        return wave[:0]
+    return np.concatenate(collect_chunks(wave, chunks, sampling_rate=AUDIO_SAMPLE_RATE)[0]).astype(np.float32)
+
+
+def windows_of(speech: list[np.ndarray], window_s: float) -> tuple[np.ndarray, list[dict[str, float]], list[int]]:
+    """The clips' speech laid end to end with a silent second between clips, cut into windows of at most
+    ``window_s`` that never cross a clip: (audio, windows as {"start", "end"} in seconds, each window's clip)."""
+    sr, step = AUDIO_SAMPLE_RATE, int(window_s * AUDIO_SAMPLE_RATE)
+    pieces, windows, owner, at = [], [], [], 0
+    for k, s in enumerate(speech):
+        for start in range(0, s.size, step):
+            windows.append({"start": (at + start) / sr, "end": (at + min(start + step, s.size)) / sr})
+            owner.append(k)
+        pieces += [s.astype(np.float32), np.zeros(sr, np.float32)]
+        at += s.size + sr
+    return (np.concatenate(pieces) if pieces else np.zeros(0, np.float32)), windows, owner
+
+
+def recognise_batch(model, waves: list[np.ndarray], cfg: TranscribeParams) -> list[tuple[list, str]]:
+    """Whisper's segments for several clips and each clip's guard note, their speech windows decoded
+    ``transcribe.batch_size`` at a time (faster-whisper's ``BatchedInferencePipeline``: one beam search over a batch
+    of windows, what loads a GPU). Each window is decoded on its own at ``temperatures[0]``, as a sequential decode
+    with ``condition_on_previous_text=False`` does; a clip whose windows loop (compression ratio above the
+    threshold) is decoded again alone with the repetition guard, as ``recognise`` does."""
+    from faster_whisper import BatchedInferencePipeline
+
+    audio, windows, owner = windows_of([speech_of(w, cfg) for w in waves], model.feature_extractor.chunk_length)
+    segments: list[list] = [[] for _ in waves]
+    if windows:
+        found, _ = BatchedInferencePipeline(model).transcribe(
+            audio, language=cfg.language, beam_size=cfg.beam_size, temperature=cfg.temperatures[0],
+            condition_on_previous_text=False, clip_timestamps=windows, vad_filter=False, without_timestamps=True,
+            batch_size=cfg.batch_size)
+        starts = [w["start"] for w in windows]
+        for s in found:  # a window's segments start inside it; windows are a second apart at least
+            segments[owner[bisect.bisect_right(starts, s.start + 5e-3) - 1]].append(s)
+    guard_on = cfg.no_repeat_ngram_size > 0 or cfg.repetition_penalty > 1
+    out = []
+    for wave, segs in zip(waves, segments):
+        ratio = compression_ratio(segs)
+        if guard_on and ratio > cfg.compression_ratio_threshold:
+            segs, _ = _decode(model, wave, cfg, guard=True)
+            out.append((segs, f"repetition guard: decoded again (compression ratio {ratio:.2f} > "
+                              f"{cfg.compression_ratio_threshold:g})"))
+        else:
+            out.append((segs, ""))
+    return out
+
+
+def transcribe_clips(model, clips: list[Clip], cfg: TranscribeParams, silence_dbfs: float,
+                     read=map) -> list[dict[str, Any]]:
+    """Transcript-table rows of several clips in order, their speech recognised in batches (``recognise_batch``);
+    ``read`` maps ``clip_audio`` over the clips (a thread pool's map reads several at once). A batch that fails
+    is decoded again clip by clip, so one bad clip gets an error row and the others their text."""
+    read_out = list(read(lambda clip: clip_audio(clip, silence_dbfs), clips))
+    todo = [k for k, (wave, row) in enumerate(read_out) if row is None]
+    rows: list[dict[str, Any] | None] = [row for _, row in read_out]
+    try:
+        results = recognise_batch(model, [read_out[k][0] for k in todo], cfg)
+    except (RuntimeError, ValueError) as exc:
+        log.warning("batched ASR failed (%s: %s); decoding these %d clips one by one", type(exc).__name__, exc,
+                    len(todo))
+        results = None
+    for j, k in enumerate(todo):
+        clip, wave = clips[k], read_out[k][0]
+        if results is None:
+            rows[k] = transcribe_clip(model, clip, cfg, silence_dbfs)
+        else:
+            segs, guarded = results[j]
+            rows[k] = recognised_row(clip, wave, segs, cfg.language, guarded)
+    return rows

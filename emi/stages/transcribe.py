@@ -22,7 +22,7 @@ from emi.contracts.report import ValidationReport, write_report
 from emi.contracts.transcripts import validate_transcripts
 from emi.data.dataset import TRANSCRIPT_COLUMNS, list_clips, read_latents, read_transcripts, split_ids
 from emi.data.parts import PART_FORMAT, PARTS_DIR, Part, remove_stale_parts, write_transcripts
-from emi.encoders.asr import load_asr, transcribe_clip
+from emi.encoders.asr import load_asr, transcribe_clip, transcribe_clips
 from emi.encoders.base import resolve
 from emi.paths import TRANSCRIPTS_FILE, work_dir
 from emi.tracking.runs import tracked
@@ -82,15 +82,21 @@ def transcribe(params: Params, raw_dir: Path, out_dir: Path, report_dir: Path | 
                 progress.advance(task, len(part.clips))
                 continue
             if model is None:  # loaded only when there is work: a finished run resumes instantly
-                model, resolved = load_asr(cfg.asr, cfg.device, cfg.compute_type, cfg.workers)
+                # batched: one CTranslate2 worker decodes each batch with every thread; else `workers` clips at once
+                model, resolved = load_asr(cfg.asr, cfg.device, cfg.compute_type,
+                                           cfg.workers if cfg.batch_size == 1 else 1)
                 asr = resolved.describe()
-                log.info("ASR %s", asr)
+                log.info("ASR %s%s", asr, f", {cfg.batch_size} windows per batch" if cfg.batch_size > 1 else "")
             with ThreadPoolExecutor(cfg.workers) as pool:  # CTranslate2 releases the GIL; order is kept
-                rows = []
-                for row in pool.map(lambda clip: transcribe_clip(model, clip, cfg, params.data.silence_dbfs),
-                                    part.clips):
-                    rows.append(row)
-                    progress.advance(task)
+                if cfg.batch_size > 1:  # the pool reads the clips' audio
+                    rows = transcribe_clips(model, part.clips, cfg, params.data.silence_dbfs, read=pool.map)
+                    progress.advance(task, len(part.clips))
+                else:
+                    rows = []
+                    for row in pool.map(lambda clip: transcribe_clip(model, clip, cfg, params.data.silence_dbfs),
+                                        part.clips):
+                        rows.append(row)
+                        progress.advance(task)
             part.write(rows, settings)
             n_done_now += len(part.clips)
     remove_stale_parts(parts_dir, len(parts))

@@ -12,7 +12,7 @@ from faster_whisper.transcribe import get_compression_ratio
 from emi.config import EncoderSpec, load_params
 from emi.data.dataset import Clip
 from emi.data.media import write_mp4
-from emi.encoders.asr import load_asr, transcribe_clip
+from emi.encoders.asr import load_asr, transcribe_clip, transcribe_clips, windows_of
 from emi.contracts.transcripts import word_error_rates
 from emi.encoders.base import EncoderError, packaged_path
 from tests.conftest import LOOPING_CLIP
@@ -116,6 +116,25 @@ def test_the_guard_leaves_a_clip_at_the_threshold_alone_and_can_be_turned_off(tm
     assert transcribe_clip(model, clip, off, -60.0)["text"] == text.strip() and len(model.calls) == 1
 
 
+def test_batched_windows_hold_one_clip_each_and_at_most_a_window_of_it():
+    sr = 16000
+    speech = [np.ones(int(2.5 * sr), np.float32), np.zeros(0, np.float32), 2 * np.ones(int(65.2 * sr), np.float32)]
+    audio, windows, owner = windows_of(speech, 30.0)
+    assert owner == [0, 2, 2, 2], "a clip without speech gets no window; a long one is cut into 30 s windows"
+    assert [round(w["end"] - w["start"], 3) for w in windows] == [2.5, 30.0, 30.0, 5.2]
+    assert windows[1]["start"] - windows[0]["end"] == pytest.approx(2.0), "a silent second after each clip"
+    for w, k in zip(windows, owner):
+        piece = audio[round(w["start"] * sr):round(w["end"] * sr)]
+        assert (piece == [1, 0, 2][k]).all(), "a window never reaches into another clip or the gap"
+    assert windows_of([], 30.0)[1] == []
+
+
+def test_batched_decoding_needs_a_single_temperature():
+    with pytest.raises(ValueError, match="batch_size 8 decodes at one temperature"):
+        load_params(None, overrides=["transcribe.batch_size=8", "transcribe.temperatures=[0.0,0.2]"], profile="tiny")
+    assert load_params(None, overrides=["transcribe.batch_size=8"], profile="tiny").transcribe.batch_size == 8
+
+
 def test_load_asr_refuses_unknown_kinds_and_random_weights():
     with pytest.raises(EncoderError, match="unknown ASR kind 'vosk'"):
         load_asr(EncoderSpec(kind="vosk", name="x", dim=1), "cpu", "int8")
@@ -156,3 +175,29 @@ def test_a_local_ctranslate2_folder_transcribes_offline_as_the_packaged_model_do
     assert [resolved.source for _, resolved in loaded] == ["local", "packaged"]
     local, packaged = (transcribe_clip(model, clip, CFG, -60.0) for model, _ in loaded)
     assert local["status"] == "ok" and local["text"] == packaged["text"]
+
+
+@pytest.mark.slow
+def test_batched_decoding_gives_each_clip_its_own_text_and_a_status_like_one_at_a_time(tiny_dataset, tmp_path):
+    """The packaged tiny.en: three clips' speech in one batch, next to an unreadable and a silent clip; each row is
+    the clip's own (its sentence, not a neighbour's); the guard decodes a clip again when its text passes the
+    threshold."""
+    from emi.data.dataset import list_clips
+    model, _ = load_asr(EncoderSpec(kind="faster-whisper", name="tiny.en", dim=384), "cpu", "int8")
+    clips = list_clips(tiny_dataset)[:3]
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    batch = [clips[0], Clip("bad", "valid", bad), clips[1], clip_with(tmp_path, "quiet", np.zeros(2 * SR)), clips[2]]
+    cfg = CFG.model_copy(update={"batch_size": 2})
+    rows = transcribe_clips(model, batch, cfg, -60.0)
+    assert [r["id"] for r in rows] == [c.id for c in batch]
+    assert [r["status"] for r in rows] == ["ok", "error", "ok", "silent", "ok"]
+    alone = [transcribe_clip(model, c, CFG, -60.0) for c in clips]
+    for row, one in zip([rows[0], rows[2], rows[4]], alone):
+        assert row["duration_s"] == one["duration_s"]
+        # the batched text is the clip's own: closest to what the clip alone gives, not to another clip's
+        errors = {a["id"]: word_error_rates([a["text"]], [row["text"]])[0] for a in alone}
+        assert min(errors, key=errors.get) == row["id"], (row["text"], alone)
+    guarded = transcribe_clips(model, batch, cfg.model_copy(update={"compression_ratio_threshold": 0.1}), -60.0)
+    assert all(r["detail"].startswith("repetition guard: decoded again") for r in guarded if r["status"] == "ok")
+    assert transcribe_clips(model, batch, cfg, -60.0) == rows, "the same batch, the same rows"

@@ -66,6 +66,21 @@ def test_every_clip_is_transcribed_close_to_its_sentence(tiny_run, tiny_dataset)
     assert facts["compression_ratio_ok"]["above_threshold"] == 0
 
 
+def test_batched_decoding_transcribes_as_well_as_one_clip_at_a_time(tiny_run, tiny_dataset, tmp_path):
+    result, _ = tiny_run
+    batched = transcribe(params("transcribe.batch_size=4", "transcribe.shard_size=8"), tiny_dataset,
+                         tmp_path / "t", tmp_path / "r", show_progress=False)
+    one, many = read_transcripts(result.table), read_transcripts(batched.table)
+    assert list(many["id"]) == list(one["id"]) and list(many["status"]) == list(one["status"])
+    assert batched.report.passed and batched.report.facts["compression_ratio_ok"]["above_threshold"] == 0
+    assert batched.report.facts["wer"] <= result.report.facts["wer"] + 0.05, (batched.report.facts["wer"],
+                                                                             result.report.facts["wer"])
+    assert transcribe(params("transcribe.batch_size=4", "transcribe.shard_size=8"), tiny_dataset, tmp_path / "t",
+                      None, show_progress=False).n_done_now == 0, "a finished batched run resumes"
+    assert transcribe(params("transcribe.batch_size=2", "transcribe.shard_size=8"), tiny_dataset, tmp_path / "t",
+                      None, show_progress=False).n_done_now == 12, "the batch size is an ASR setting"
+
+
 def test_finished_run_resumes_without_loading_the_model(tiny_run, tiny_dataset):
     result, out = tiny_run
     before = result.table.read_bytes()
