@@ -50,9 +50,11 @@ class TranscribeResult:
 
 
 def _asr_settings(params: Params) -> dict[str, Any]:
-    """What a transcript depends on: every transcribe key but the part size, and the silence level."""
-    return {"format": PART_FORMAT, **params.transcribe.model_dump(mode="json", exclude={"shard_size"}),
-            "silence_dbfs": params.data.silence_dbfs}
+    """What a transcript depends on: every transcribe key but the part size, and the silence level. ``batch_size``
+    only when batched (1 decodes as before the key existed: the parts transcribed then stay finished)."""
+    cfg = params.transcribe
+    skip = {"shard_size"} | ({"batch_size"} if cfg.batch_size == 1 else set())
+    return {"format": PART_FORMAT, **cfg.model_dump(mode="json", exclude=skip), "silence_dbfs": params.data.silence_dbfs}
 
 
 @tracked("transcribe")

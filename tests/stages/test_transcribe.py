@@ -14,7 +14,7 @@ from emi.contracts.report import DataValidationError
 from emi.data.dataset import read_transcripts
 from emi.data.media import write_mp4
 from emi.paths import work_dir
-from emi.stages.transcribe import transcribe
+from emi.stages.transcribe import _asr_settings, transcribe
 
 pytestmark = pytest.mark.slow  # the real packaged whisper tiny.en through the stage
 
@@ -79,6 +79,8 @@ def test_batched_decoding_transcribes_as_well_as_one_clip_at_a_time(tiny_run, ti
                       None, show_progress=False).n_done_now == 0, "a finished batched run resumes"
     assert transcribe(params("transcribe.batch_size=2", "transcribe.shard_size=8"), tiny_dataset, tmp_path / "t",
                       None, show_progress=False).n_done_now == 12, "the batch size is an ASR setting"
+    settings = _asr_settings(params())
+    assert "batch_size" not in settings and "workers" in settings, "batch size 1 keeps the parts written before it"
 
 
 def test_finished_run_resumes_without_loading_the_model(tiny_run, tiny_dataset):
