@@ -7,6 +7,7 @@ same Great Expectations checkpoint.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from emi.config import Params
 from emi.contracts.raw import validate_raw
 from emi.contracts.report import ValidationReport, write_report
+from emi.data.dataset import GENERATOR_DIR
 from emi.data.sources import from_local, from_url, test_split
 from emi.synth.generate import generate
 from emi.tracking.runs import tracked
@@ -46,6 +48,11 @@ def download(params: Params, out_dir: Path, report_dir: Path | None, show_progre
     staging = out_dir.with_name(out_dir.name + ".partial")
     rendered_now = None
     if cfg.source == "synthetic":
+        if not staging.exists() and (Path(out_dir) / GENERATOR_DIR / "clips").is_dir():
+            # a finished dataset is resumed like a partial one: generate keeps every clip rendered for the same params
+            # and seed (and renders all again for others); run by hand or by a bench, not by DVC, which removes
+            # data/raw before the stage runs
+            os.replace(out_dir, staging)
         summary = generate(cfg.synthetic, params.seed, staging, cfg.workers, show_progress=show_progress)
         # how many clips this run rendered is a fact of the run, not of the data: it goes to the tracking run, and
         # _source.json (inside the DVC output) stays the same whether the clips were rendered now or resumed

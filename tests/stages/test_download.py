@@ -52,6 +52,12 @@ def test_a_resumed_synthetic_download_writes_the_same_bytes_as_a_fresh_one(tmp_p
     assert (fresh.rendered_now, resumed.rendered_now) == (len(clips), 2)
     assert tree_digest(tmp_path / "resumed" / "raw") == tree_digest(tmp_path / "fresh" / "raw")
     assert resumed.tracking()["metrics"]["rendered_now"] == 2  # the run's count goes to the tracking run
+    again = download(params, tmp_path / "resumed" / "raw", None, show_progress=False)
+    assert again.rendered_now == 0, "a finished dataset is not rendered again"
+    assert tree_digest(tmp_path / "resumed" / "raw") == tree_digest(tmp_path / "fresh" / "raw")
+    other = download(params_for(**{"download.synthetic.n_clips": 9}), tmp_path / "resumed" / "raw", None,
+                     show_progress=False)
+    assert other.rendered_now == 9 and len(list((tmp_path / "resumed" / "raw" / "raw").glob("*.mp4"))) == 9
 
 
 @pytest.mark.slow  # the stage end to end
