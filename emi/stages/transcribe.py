@@ -54,7 +54,8 @@ def _asr_settings(params: Params) -> dict[str, Any]:
     only when batched (1 decodes as before the key existed: the parts transcribed then stay finished)."""
     cfg = params.transcribe
     skip = {"shard_size"} | ({"batch_size"} if cfg.batch_size == 1 else set())
-    return {"format": PART_FORMAT, **cfg.model_dump(mode="json", exclude=skip), "silence_dbfs": params.data.silence_dbfs}
+    return {"format": PART_FORMAT, **cfg.model_dump(mode="json", exclude=skip),
+            "silence_dbfs": params.data.silence_dbfs}
 
 
 @tracked("transcribe")
