@@ -67,17 +67,24 @@ def _decode(model, wave: np.ndarray, cfg: TranscribeParams, guard: bool) -> tupl
 
 
 def recognise(model, wave: np.ndarray, cfg: TranscribeParams) -> tuple[list, Any, str]:
-    """Whisper's segments and info for one clip, and a note when the repetition guard decoded it.
+    """Whisper's segments and info for one clip, and a note when the repetition guard decoded it (``_guarded``)."""
+    segments, info = _decode(model, wave, cfg, guard=False)
+    segments, again, note = _guarded(model, wave, segments, cfg)
+    return segments, info if again is None else again, note
+
+
+def _guarded(model, wave: np.ndarray, segments: list, cfg: TranscribeParams) -> tuple[list, Any, str]:
+    """A clip's segments, decoded again with the repetition guard when they loop: (segments, the new decode's info
+    or None, a note).
 
     Whisper's own answer to a loop (a window above ``compression_ratio_threshold``) is to decode again at a higher
     temperature, which samples from an unseeded RNG; here the clip is decoded again at the same temperatures with
     ``no_repeat_ngram_size`` / ``repetition_penalty``, which is deterministic, and only when it loops: the guard
     would also forbid a repeated phrase that was really said."""
-    segments, info = _decode(model, wave, cfg, guard=False)
     ratio = compression_ratio(segments)
     guard_on = cfg.no_repeat_ngram_size > 0 or cfg.repetition_penalty > 1
     if not (guard_on and ratio > cfg.compression_ratio_threshold):
-        return segments, info, ""
+        return segments, None, ""
     segments, info = _decode(model, wave, cfg, guard=True)
     return segments, info, (f"repetition guard: decoded again (compression ratio {ratio:.2f} > "
                             f"{cfg.compression_ratio_threshold:g})")
@@ -114,11 +121,6 @@ def recognised_row(clip: Clip, wave: np.ndarray, segments: list, language: str, 
                 compression_ratio=round(compression_ratio(segments), 4))
 
 
-def _asr_failed(clip: Clip, wave: np.ndarray, exc: Exception) -> dict[str, Any]:
-    return _row(clip, "error", f"{clip.path}: ASR failed: {type(exc).__name__}: {exc}",
-                duration_s=round(wave.size / AUDIO_SAMPLE_RATE, 4))
-
-
 def transcribe_clip(model, clip: Clip, cfg: TranscribeParams, silence_dbfs: float) -> dict[str, Any]:
     """One transcript-table row; a clip that cannot be read or recognised gets a status, never an exception."""
     wave, row = clip_audio(clip, silence_dbfs)
@@ -127,7 +129,8 @@ def transcribe_clip(model, clip: Clip, cfg: TranscribeParams, silence_dbfs: floa
     try:
         segments, info, guarded = recognise(model, wave, cfg)
     except (RuntimeError, ValueError) as exc:
-        return _asr_failed(clip, wave, exc)
+        return _row(clip, "error", f"{clip.path}: ASR failed: {type(exc).__name__}: {exc}",
+                    duration_s=round(wave.size / AUDIO_SAMPLE_RATE, 4))
     return recognised_row(clip, wave, segments, info.language or cfg.language, guarded)
 
 
@@ -164,7 +167,7 @@ def recognise_batch(model, waves: list[np.ndarray], cfg: TranscribeParams) -> li
     ``transcribe.batch_size`` at a time (faster-whisper's ``BatchedInferencePipeline``: one beam search over a batch
     of windows, what loads a GPU). Each window is decoded on its own at ``temperatures[0]``, as a sequential decode
     with ``condition_on_previous_text=False`` does; a clip whose windows loop (compression ratio above the
-    threshold) is decoded again alone with the repetition guard, as ``recognise`` does."""
+    threshold) is decoded again alone with the repetition guard (``_guarded``), as in ``recognise``."""
     from faster_whisper import BatchedInferencePipeline
 
     audio, windows, owner = windows_of([speech_of(w, cfg) for w in waves], model.feature_extractor.chunk_length)
@@ -177,17 +180,7 @@ def recognise_batch(model, waves: list[np.ndarray], cfg: TranscribeParams) -> li
         starts = [w["start"] for w in windows]
         for s in found:  # a window's segments start inside it; windows are a second apart at least
             segments[owner[bisect.bisect_right(starts, s.start + 5e-3) - 1]].append(s)
-    guard_on = cfg.no_repeat_ngram_size > 0 or cfg.repetition_penalty > 1
-    out = []
-    for wave, segs in zip(waves, segments):
-        ratio = compression_ratio(segs)
-        if guard_on and ratio > cfg.compression_ratio_threshold:
-            segs, _ = _decode(model, wave, cfg, guard=True)
-            out.append((segs, f"repetition guard: decoded again (compression ratio {ratio:.2f} > "
-                              f"{cfg.compression_ratio_threshold:g})"))
-        else:
-            out.append((segs, ""))
-    return out
+    return [_guarded(model, wave, segs, cfg)[::2] for wave, segs in zip(waves, segments)]
 
 
 def transcribe_clips(model, clips: list[Clip], cfg: TranscribeParams, silence_dbfs: float,
