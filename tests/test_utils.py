@@ -68,3 +68,51 @@ def test_finite_makes_json_numbers_and_null_for_nan():
     assert finite(np.int64(3)) == 3 and finite(np.bool_(True)) is True
     assert finite(float("nan")) is None and finite(np.float32("inf")) is None
     assert finite("text") == "text" and finite(None) is None
+
+
+POOL_OWNER = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from emi.utils import end_with_parent
+init = dict(initializer=end_with_parent, initargs=(os.getpid(),)) if sys.argv[1] == "1" else {}
+pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), **init)
+print(pool.submit(os.getpid).result(), flush=True)
+pool.submit(time.sleep, 60)  # a long training
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:  # a zombie (state Z) waits for init to reap it: it no longer runs
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.slow  # two spawned pools, owners killed (~4 s)
+@pytest.mark.skipif(platform.system() != "Linux", reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_a_pools_workers_end_when_its_owner_is_killed():
+    """SIGKILL on the owner of a process pool: without ``end_with_parent`` its busy worker runs on (an orphan
+    beside the resumed run); with it the worker ends within seconds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for guarded in (True, False):
+        owner = subprocess.Popen([sys.executable, "-c", POOL_OWNER, str(int(guarded))], stdout=subprocess.PIPE,
+                                 text=True)
+        worker = int(owner.stdout.readline())
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + (10 if guarded else 2)  # the control: alive 2 s after its owner
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            assert _alive(worker) != guarded, "guarded: the worker outlived its owner" if guarded else "control"
+        finally:
+            if _alive(worker):
+                os.kill(worker, signal.SIGKILL)

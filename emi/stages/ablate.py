@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,7 +25,7 @@ from emi.paths import work_dir
 from emi.train import records
 from emi.train.fusion import (dims_of, score_model, load_model, save_model, split_data, train_model,
                               training_data_key, variant_name, with_copies)
-from emi.utils import finite, remove_temporaries, write_json, write_text
+from emi.utils import end_with_parent, finite, remove_temporaries, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def _train_cells(params: Params, cells: list[tuple[int, Stage2Params]], data: tu
     if workers == 1:
         results |= {i: _ablation_job(job) for i, job in jobs}
     else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=end_with_parent, initargs=(os.getpid(),)) as pool:
             results |= dict(zip([i for i, _ in jobs], pool.map(_ablation_job, [job for _, job in jobs])))
     return [results[i] for i in range(len(cells))]
 

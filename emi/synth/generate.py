@@ -27,7 +27,7 @@ from emi.data.media import write_mp4
 from emi.synth import face, latent, speech, timeline
 from emi.synth.people import Person, cast, sample_people, split_by_person
 from emi.synth.timeline import VOICE_PAD_S, Episode
-from emi.utils import fingerprint, remove_temporaries, write_json, write_text
+from emi.utils import end_with_parent, fingerprint, remove_temporaries, write_json, write_text
 
 CORRUPTIONS = ("occlusion", "heavy_noise", "muted_audio", "missing_audio")
 RISE, FALL = (0.2, 0.4), (0.3, 0.5)  # share of an episode spent rising to / falling from its apex
@@ -274,7 +274,7 @@ def generate(params: SyntheticParams, seed: int, out_dir: Path, workers: int = 1
     with Progress(disable=not show_progress) as progress:
         task = progress.add_task(f"rendering {len(jobs)} clips", total=len(jobs))
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            with ProcessPoolExecutor(workers, initializer=end_with_parent, initargs=(os.getpid(),)) as pool:
                 for _ in pool.map(_render_job, jobs, chunksize=1):
                     progress.advance(task)
         else:
