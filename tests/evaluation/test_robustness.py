@@ -143,3 +143,27 @@ def test_robustness_table_covers_every_condition_and_fusion(tiny_pipeline):
     assert robust["check"]["clean_vs_stored_max_abs_diff"] < 1e-4
     assert t.loc[("clean", "quality"), "pearson_mean"] == pytest.approx(run.result.metrics["valid"]["pearson_mean"],
                                                                         abs=1e-4)
+
+
+@pytest.mark.slow  # the robustness pass on the tiny pipeline's valid clips
+def test_robustness_compare_scores_model_sets_on_the_same_damaged_clips(tiny_pipeline, tmp_path):
+    """benchmarks/robustness_compare.py: a set against itself differs by exactly 0 in every condition; its scores
+    are evaluate's robustness scores of the same models."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "robustness_compare.py"
+    spec = importlib.util.spec_from_file_location("robustness_compare", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    models = tiny_pipeline.layout.ablation_models
+    result = bench.compare(tiny_pipeline.params, tiny_pipeline.root, {"a": models, "b": models}, "average")
+    assert list(result["conditions"]) == list(CONDITIONS)
+    table = pd.read_csv(tiny_pipeline.reports / "robustness.csv").set_index(["condition", "fusion"])
+    for cond, row in result["conditions"].items():
+        assert row["a_minus_b"]["mean"] == 0 and not row["a_minus_b"]["past_2sd"]
+        assert row["a"]["mean"] == pytest.approx(table.loc[(cond, "average"), "pearson_mean"], abs=1e-6)
+    lines = bench.markdown(result)
+    assert lines[0] == "| condition | a | b | a − b |" and len(lines) == 2 + len(CONDITIONS)
+    with pytest.raises(SystemExit, match="VAT-concat-both.pt: not found"):
+        bench.compare(tiny_pipeline.params, tiny_pipeline.root, {"a": models, "b": models}, "concat")
