@@ -146,7 +146,9 @@ def end_with_parent(parent: int) -> None:
     A killed ``emi ablate`` or ``emi download`` otherwise leaves its workers running: each finishes its training or
     clip and then the work queued for it, beside the resumed run, for minutes. Linux only (prctl); elsewhere the
     workers still stop at the end of their queued work. Pass ``os.getpid()`` of the process creating the pool: a
-    parent that died before this ran is caught by the check of the worker's parent after the call."""
+    parent that died before this ran is caught by the check of the worker's parent after the call. The signal comes
+    when the *thread* that started the worker ends: create the pool in a thread that outlives it (the stages do, in
+    their main thread)."""
     import ctypes
     import ctypes.util
     import signal

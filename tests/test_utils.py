@@ -76,9 +76,8 @@ from concurrent.futures import ProcessPoolExecutor
 from emi.utils import end_with_parent
 init = dict(initializer=end_with_parent, initargs=(os.getpid(),)) if sys.argv[1] == "1" else {}
 pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), **init)
-print(pool.submit(os.getpid).result(), flush=True)
-pool.submit(time.sleep, 60)  # a long training
-time.sleep(60)
+pool.submit(exec, "import os, time; print(os.getpid(), flush=True); time.sleep(60)")  # a long training, under way
+time.sleep(60)                                                                           # once it prints its pid
 """
 
 
