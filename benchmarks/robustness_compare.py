@@ -24,14 +24,9 @@ from pathlib import Path
 from emi.bench.curve import commit, machine
 from emi.bench.scale import sized_params
 from emi.config import Params, load_params
-from emi.data.dataset import list_clips
-from emi.encoders.registry import load_featurizer
-from emi.evaluation.robustness import CONDITIONS, robustness
-from emi.features.decoded import DecodedStore
-from emi.features.store import load_features
-from emi.paths import Layout, decoded_dir
+from emi.evaluation.robustness import CONDITIONS, measure
+from emi.paths import Layout
 from emi.train.fusion import load_fusion, split_data, variant_name
-from emi.train.projection import load_tuned_encoders
 from emi.utils import write_json
 
 
@@ -55,14 +50,7 @@ def compare(params: Params, root: Path, sets: dict[str, Path], fusion: str) -> d
     mods = "".join(s2.modalities)
     models = {name: saved_models(Path(d), mods, fusion, s2.inputs, params.evaluate.seeds) for name, d in sets.items()}
     valid = split_data(layout.aligned_file, layout.raw, s2.inputs)["valid"]
-    by_id = {c.id: c for c in list_clips(layout.raw)}
-    featurizer = load_featurizer(params.extract, params.data, ("visual", "audio"),
-                                 tuned=load_tuned_encoders(layout.alignment_model),
-                                 store=DecodedStore(decoded_dir(layout.features), params.extract, params.data,
-                                                    keep=frozenset(params.extract.keep_decoded)))
-    runs = robustness(featurizer, params.evaluate.robustness, params.seed, valid, [by_id[i] for i in valid.ids],
-                      load_features(layout.features, ("valid",)).text_vectors(), layout.alignment_model, models,
-                      s2.batch_size).runs
+    runs = measure(params, layout, valid, models, s2.batch_size).runs
     names, table = list(models), {}
     for cond in CONDITIONS:
         at = runs[runs.condition == cond]

@@ -13,15 +13,19 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
-from emi.config import DAMAGE_KINDS, EMOTIONS, MODALITIES, RobustnessParams, Stage2Params
-from emi.data.dataset import Clip
+from emi.config import DAMAGE_KINDS, EMOTIONS, MODALITIES, Params, RobustnessParams, Stage2Params
+from emi.data.dataset import Clip, list_clips
+from emi.encoders.registry import load_featurizer
 from emi.features.decode import OK
 from emi.features.damage import DAMAGED_MODALITY, Damage, damage_of
+from emi.features.decoded import DecodedStore
 from emi.features.featurize import Featurizer
+from emi.features.store import load_features
 from emi.evaluation.seeds import REFERENCE_FUSION, loss_avoided, mean_sd, model_fusion, paired_difference
 from emi.metrics import scores
 from emi.model import EMIFusionModel
-from emi.train.projection import aligned_inputs, load_alignment
+from emi.paths import Layout, decoded_dir
+from emi.train.projection import aligned_inputs, load_alignment, load_tuned_encoders
 from emi.train.fusion import load_fusion, prediction_frame, variant_name
 from emi.data.sequences import SequenceData
 
@@ -261,6 +265,21 @@ def robustness(featurizer: Featurizer, r: RobustnessParams, seed: int, valid: Se
                               if hit else np.nan})
     return Robustness(pd.DataFrame(runs), pd.DataFrame(mixed),
                       {f"{name}/{fusion}/{k}": frame for (name, fusion, k), frame in predictions.items()})
+
+
+def measure(params: Params, layout: Layout, valid: SequenceData, models: dict[str, list[tuple[EMIFusionModel, str]]],
+            batch_size: int, show_progress: bool = False) -> Robustness:
+    """``robustness`` on a pipeline root: its validation clips (``valid``), read as extract decoded and kept them
+    (decoded once otherwise), encoded again by the encoders with ``layout``'s tuned blocks; their text is not encoded
+    again (the vectors extract stored)."""
+    featurizer = load_featurizer(params.extract, params.data, ("visual", "audio"),
+                                 tuned=load_tuned_encoders(layout.alignment_model),
+                                 store=DecodedStore(decoded_dir(layout.features), params.extract, params.data,
+                                                    keep=frozenset(params.extract.keep_decoded)))
+    by_id = {c.id: c for c in list_clips(layout.raw)}
+    return robustness(featurizer, params.evaluate.robustness, params.seed, valid, [by_id[i] for i in valid.ids],
+                      load_features(layout.features, ("valid",)).text_vectors(), layout.alignment_model, models,
+                      batch_size, show_progress)
 
 
 SUMMED = ("pearson_mean", "delta_pearson", "mse", "weight_V", "weight_A", "weight_T", "weight_damaged",

@@ -20,24 +20,21 @@ import numpy as np
 import pandas as pd
 
 from emi.config import EMOTIONS, Params
-from emi.data.dataset import list_clips, split_ids
-from emi.encoders.registry import load_featurizer
+from emi.data.dataset import split_ids
 from emi.evaluation.ceiling import rendered_controls
 from emi.evaluation.headline import (ablation_cells, flat_metrics, headline, plot_tables, scored_splits,
                                      split_scores)
 from emi.evaluation.outputs import write_probe, write_robustness
 from emi.evaluation.probes import control_probes
-from emi.evaluation.robustness import robustness, robustness_table, seed_models
+from emi.evaluation.robustness import measure, robustness_table, seed_models
 from emi.evaluation.submission import write_submission
 from emi.features.damage import DAMAGED_MODALITY
-from emi.features.decoded import DecodedStore
-from emi.features.store import data_fingerprint, load_features
-from emi.paths import Layout, decoded_dir
+from emi.features.store import data_fingerprint
+from emi.paths import Layout
 from emi.report import plots
 from emi.report.evaluation import report_markdown
 from emi.tracking.runs import tracked
 from emi.train.fusion import load_fusion, predict, split_data
-from emi.train.projection import load_tuned_encoders
 from emi.utils import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -101,17 +98,7 @@ def evaluate(params: Params, layout: Layout, show_progress: bool = True) -> Eval
 
     # robustness: per seed, quality and average fusion (the Stage-II model and the ablation stage's models)
     models, model_sources = seed_models(layout.ablation_models, model, saved, params.evaluate.seeds)
-    valid = parts["valid"]
-    by_id = {c.id: c for c in list_clips(layout.raw)}
-    # the clips are decoded and encoded again, their text is not: the vectors extract stored (no text encoder)
-    # the decoded clips extract kept are read, not decoded again (emi.features.decoded)
-    featurizer = load_featurizer(params.extract, params.data, ("visual", "audio"),
-                                 tuned=load_tuned_encoders(layout.alignment_model),
-                                 store=DecodedStore(decoded_dir(layout.features), params.extract, params.data,
-                                                    keep=frozenset(params.extract.keep_decoded)))
-    measured = robustness(featurizer, params.evaluate.robustness, params.seed, valid, [by_id[i] for i in valid.ids],
-                          load_features(layout.features, ("valid",)).text_vectors(), layout.alignment_model, models,
-                          saved.batch_size, show_progress)
+    measured = measure(params, layout, parts["valid"], models, saved.batch_size, show_progress)
     rob, mixed = robustness_table(measured)
     same = measured.predictions.get(f"clean/{saved.fusion}/0")  # the saved model on the clips encoded again
     clean_diff = (float(np.abs(same[list(EMOTIONS)].to_numpy() - preds["valid"]).max()) if same is not None
