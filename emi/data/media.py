@@ -22,12 +22,20 @@ class MediaError(RuntimeError):
     """A clip that cannot be opened or decoded; the message starts with its path."""
 
 
-def decode_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray | None:
-    """The first audio stream of ``path`` as mono float32 at ``sample_rate``; None if it has no audio stream."""
+def decode_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE,
+                 origin: float | None = None) -> np.ndarray | None:
+    """The first audio stream of ``path`` as mono float32 at ``sample_rate``; None if it has no audio stream.
+
+    ``origin``: the time (s, on the container's timeline) that sample 0 stands for, e.g. the video stream's start:
+    a track that starts later (a browser or phone recording often starts its audio a few hundred ms after the
+    video) gets that much silence before its first sample, one that starts earlier loses what precedes ``origin``,
+    so that the audio under a step is what played while that step's frame was shown. None: from the track's first
+    sample, whenever that was."""
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"{path}: file not found")
     chunks: list[np.ndarray] = []
+    first: float | None = None
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
@@ -35,6 +43,8 @@ def decode_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             for frame in container.decode(stream):
+                if first is None and frame.time is not None:
+                    first = float(frame.time)
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
             for out in resampler.resample(None):  # flush the resampler's tail
@@ -43,7 +53,11 @@ def decode_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray
         raise MediaError(f"{path}: cannot decode audio: {type(exc).__name__}: {exc}") from exc
     if not chunks:
         return np.zeros(0, dtype=np.float32)
-    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+    wave = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+    shift = int(round(((first or 0.0) - origin) * sample_rate)) if origin is not None else 0
+    if shift > 0:
+        return np.concatenate([np.zeros(shift, np.float32), wave])
+    return wave[-shift:] if shift < 0 else wave
 
 
 def rms_dbfs(wave: np.ndarray | None) -> float:
@@ -152,10 +166,16 @@ def sample_images(images: list[Path], centres: np.ndarray, duration_s: float, ma
 
 
 def _to_rgb(frame: av.VideoFrame, max_side: int) -> np.ndarray:
+    """The frame as RGB downscaled to ``max_side``, turned the way a player shows it: a phone's portrait recording
+    stores landscape pixels and a display matrix (``frame.rotation``: the counterclockwise turn, in degrees, that
+    shows the frame upright), and the face would otherwise reach the encoders lying on its side."""
     width, height = _scaled_size(frame.width, frame.height, max_side)
     if (width, height) == (frame.width, frame.height):
-        return frame.to_ndarray(format="rgb24")
-    return frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+        rgb = frame.to_ndarray(format="rgb24")
+    else:
+        rgb = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+    turns = round((frame.rotation or 0) / 90) % 4  # np.rot90 turns counterclockwise, as the matrix does
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: int, audio: np.ndarray | None,
@@ -234,6 +254,52 @@ class MediaInfo:
         return asdict(self)
 
 
+@dataclass
+class _Demuxed:
+    """What one pass over every packet of a container found."""
+
+    video_packets: int = 0  # video packets holding data
+    video_end: float = 0.0  # end time (s) of the last video packet
+    end: float | None = None  # end time (s) of the last packet of any stream
+
+    def short_of_declared_end(self, container, video) -> str:
+        """Why the packets look cut short ('' when they do not). A video stream with a frame count (MP4, AVI) must
+        hold that many packets, or reach the end the stream declares (an AVI's count also counts the empty chunks
+        a muxer writes for frames it dropped, an MPEG-4 encoder's B-frame delay). Without a count (Matroska, WebM),
+        the last packet of any stream must reach the container's declared duration (a track that outlasts the
+        video reaches it all the same; a live recording that declares none is not checked). One frame (at least
+        0.1 s) of slack either way."""
+        slack = max(1.0 / float(video.average_rate) if video.average_rate else 0.0, 0.1)
+        if video.frames and self.video_packets < video.frames:
+            if video.duration is None or video.time_base is None:
+                return f"{self.video_packets} of {video.frames} video frames present"
+            start = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
+            if self.video_end - start < float(video.duration * video.time_base) - slack:
+                return f"{self.video_packets} of {video.frames} video frames present"
+        if not video.frames and container.duration and self.end is not None:
+            start = container.start_time / av.time_base if container.start_time is not None else 0.0
+            declared = container.duration / av.time_base
+            if self.end - start < declared - slack:
+                return f"the packets end at {self.end - start:.2f} s of the {declared:.2f} s the file declares"
+        return ""
+
+
+def _demux_all(container, video) -> _Demuxed:
+    out = _Demuxed()
+    for packet in container.demux():
+        if packet.size == 0:  # the demuxer's closing empty packet of each stream
+            continue
+        end = (float((packet.pts + (packet.duration or 0)) * packet.time_base)
+               if packet.pts is not None and packet.time_base is not None else None)
+        if packet.stream.index == video.index:
+            out.video_packets += 1
+            if end is not None:
+                out.video_end = max(out.video_end, end)
+        if end is not None:
+            out.end = end if out.end is None else max(out.end, end)
+    return out
+
+
 def probe(path: Path) -> MediaInfo:
     """Open the container, decode its first video frame and demux every packet.
 
@@ -264,20 +330,16 @@ def probe(path: Path) -> MediaInfo:
             if first is None:
                 info.error = "video stream has no decodable frame"
                 return info
-            container.seek(0)
-            n_packets = 0
-            last_end = 0.0
-            for packet in container.demux(video):
-                if packet.size == 0:
-                    continue
-                n_packets += 1
-                if packet.pts is not None and packet.duration is not None:
-                    last_end = max(last_end, float((packet.pts + packet.duration) * packet.time_base))
-            info.n_frames = n_packets
-            if info.duration_s is None and last_end:
-                info.duration_s = last_end
-            if video.frames and n_packets < video.frames:
-                info.error = f"truncated: {n_packets} of {video.frames} video frames present"
+        # the demux pass opens the file again: a Matroska file without its index (cut short) cannot seek back
+        with av.open(str(path)) as container:
+            video = container.streams.video[0]
+            passed = _demux_all(container, video)
+            info.n_frames = passed.video_packets
+            if info.duration_s is None and passed.video_end:
+                info.duration_s = passed.video_end
+            short = passed.short_of_declared_end(container, video)
+            if short:
+                info.error = f"truncated: {short}"
                 return info
             info.readable = True
     except (av.error.FFmpegError, OSError, StopIteration, ValueError) as exc:

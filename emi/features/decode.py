@@ -1,5 +1,9 @@
 """Clips onto the feature grid: the frame nearest each step centre (k + 0.5) / fps, downscaled to
-``extract.frame_max_side``; 16 kHz mono audio cut or padded to the grid's length; and the face crop."""
+``extract.frame_max_side`` and turned upright; 16 kHz mono audio from the video's start, cut or padded to the grid's
+length; and the face crop.
+
+``DECODE_VERSION`` names what this makes of a clip: extract's receipts and the kept decodes carry it, so a change
+here that alters the frames or waveforms of some clip recomputes their features instead of reusing stale ones."""
 
 from __future__ import annotations
 
@@ -15,6 +19,10 @@ from emi.config import DataParams, ExtractParams
 from emi.data.dataset import Clip, face_image_dir
 from emi.data.media import (AUDIO_SAMPLE_RATE, MediaError, decode_audio, grid_steps, image_sequence, rms_dbfs,
                             sample_frames, sample_images, step_times, video_duration)
+
+DECODE_VERSION = 2
+"""Bump when ``decode_clip`` makes different frames or waveforms of the same clip and settings (2: frames turned by
+the stream's display matrix, audio aligned to the video stream's start)."""
 
 OK = "ok"
 """A modality's status when it is usable; anything else masks it for that clip."""
@@ -53,6 +61,9 @@ def decode_clip(clip: Clip, cfg: ExtractParams, data: DataParams, want_frames: b
                 out.detail = (f"{duration:.0f} s clip: featurized on {out.n_steps} of its {n_grid} steps "
                               f"(extract.max_steps), spread uniformly over it")
             centres = (steps + 0.5) / cfg.fps
+            video = container.streams.video[0]
+            # the grid starts with the video stream (sample_frames places frames from there): so does the audio
+            origin = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
             if want_frames and cfg.visual_source == "frames":
                 out.frames = sample_frames(container, centres, cfg.frame_max_side)
         if want_frames and cfg.visual_source == "face_images":
@@ -62,7 +73,7 @@ def decode_clip(clip: Clip, cfg: ExtractParams, data: DataParams, want_frames: b
             else:
                 out.visual_status = "no_face_images"
         if want_audio:
-            wave = decode_audio(clip.path, AUDIO_SAMPLE_RATE)
+            wave = decode_audio(clip.path, AUDIO_SAMPLE_RATE, origin)
             if wave is None:
                 out.audio_status = "no_audio"
             else:

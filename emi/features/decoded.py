@@ -26,13 +26,10 @@ import numpy as np
 from emi.config import DataParams, ExtractParams
 from emi.data.dataset import Clip, face_image_dir
 from emi.data.media import image_sequence
-from emi.features.decode import Decoded
+from emi.features.decode import DECODE_VERSION, Decoded
 from emi.utils import atomic_path, fingerprint, sha256_file
 
 log = logging.getLogger(__name__)
-
-DECODE_VERSION = 1
-"""Bump when ``decode_clip`` makes different frames or waveforms of the same clip and settings."""
 
 PNG_LEVEL = 1  # zlib level of the stored frames: lossless at any level; 1 writes fastest
 

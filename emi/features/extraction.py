@@ -11,6 +11,7 @@ from emi.data.dataset import Clip, face_image_dir, list_clips, transcript_texts
 from emi.data.media import image_sequence
 from emi.encoders.registry import encoder_key, load_featurizer
 from emi.features.cues import CUE_VERSION
+from emi.features.decode import DECODE_VERSION
 from emi.features.decoded import DecodedStore
 from emi.features.featurize import Featurizer
 from emi.features.store import ShardSet
@@ -48,7 +49,8 @@ class ExtractPlan:
 def shard_keys(params: Params, shard: list[Clip], hashes: dict[str, str], texts: dict[str, str | None]) -> dict:
     """Per modality, the fingerprint of exactly what the shard's features depend on."""
     cfg = params.extract
-    common = {"fps": cfg.fps, "frame_max_side": cfg.frame_max_side, "max_steps": cfg.max_steps}
+    common = {"fps": cfg.fps, "frame_max_side": cfg.frame_max_side, "max_steps": cfg.max_steps,
+              "decode": DECODE_VERSION}
     ids = [(c.id, hashes[c.id]) for c in shard]
     images = ({"face_images": [(c.id, [(p.name, p.stat().st_size) for p in image_sequence(face_image_dir(c))])
                                for c in shard]} if cfg.visual_source == "face_images" else {})

@@ -26,7 +26,7 @@ from emi.data.sequences import SequenceData
 from emi.encoders.registry import feature_revision
 from emi.features.cues import CUE_VERSION
 from emi.features.damage import Damage, damage_of
-from emi.features.decode import OK
+from emi.features.decode import DECODE_VERSION, OK
 from emi.features.featurize import Features, Featurizer
 from emi.features.store import ShardSet, read_sequences
 from emi.paths import COPY_SEPARATOR
@@ -92,7 +92,7 @@ def plan_shards(params: Params, copies: list[DamagedCopy], clips: dict[str, Clip
     shards = [copies[i:i + size] for i in range(0, len(copies), size)]
     common = {"extract": params.extract.model_dump(mode="json"), "data": params.data.model_dump(mode="json"),
               "occlusion_box": list(params.stage2.augment.occlusion_box), "seed": params.seed,
-              "alignment": sha256_file(alignment_path), "cues": CUE_VERSION,
+              "alignment": sha256_file(alignment_path), "cues": CUE_VERSION, "decode": DECODE_VERSION,
               # as extract's receipts: a code change that alters an encoder's features bumps its revision
               "revisions": {m: feature_revision(m, getattr(params.extract, m).kind) for m in ("visual", "audio")}}
     keys = [fingerprint({**common, "copies": [(c.id, c.kind, c.snr_db, c.index, sha256_file(clips[c.source].path),
