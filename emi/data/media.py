@@ -92,6 +92,12 @@ def step_times(n_grid: int, fps: float, max_steps: int) -> np.ndarray:
     return np.floor((np.arange(max_steps) + 0.5) * n_grid / max_steps).astype(int)
 
 
+def stream_start(stream) -> float:
+    """When a stream starts on its container's timeline (s): a video stream may start after 0 (shifted past an
+    audio track's priming samples when remuxed, or by an encoder's B-frame delay)."""
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+
+
 def _scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     scale = min(1.0, max_side / max(width, height))
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
@@ -103,9 +109,7 @@ def sample_frames(container, centres: np.ndarray, max_side: int) -> list[np.ndar
     nominal rate."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    # a stream may start after 0 (e.g. shifted past an audio track's priming samples when remuxed)
-    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-    centres = np.asarray(centres) + start
+    centres = np.asarray(centres) + stream_start(stream)
     n_steps = len(centres)
     picked: list[np.ndarray] = []
     previous = None
@@ -271,10 +275,8 @@ class _Demuxed:
         0.1 s) of slack either way."""
         slack = max(1.0 / float(video.average_rate) if video.average_rate else 0.0, 0.1)
         if video.frames and self.video_packets < video.frames:
-            if video.duration is None or video.time_base is None:
-                return f"{self.video_packets} of {video.frames} video frames present"
-            start = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
-            if self.video_end - start < float(video.duration * video.time_base) - slack:
+            declared = float(video.duration * video.time_base) if video.duration is not None else None
+            if declared is None or self.video_end - stream_start(video) < declared - slack:
                 return f"{self.video_packets} of {video.frames} video frames present"
         if not video.frames and container.duration and self.end is not None:
             start = container.start_time / av.time_base if container.start_time is not None else 0.0

@@ -18,7 +18,7 @@ import numpy as np
 from emi.config import DataParams, ExtractParams
 from emi.data.dataset import Clip, face_image_dir
 from emi.data.media import (AUDIO_SAMPLE_RATE, MediaError, decode_audio, grid_steps, image_sequence, rms_dbfs,
-                            sample_frames, sample_images, step_times, video_duration)
+                            sample_frames, sample_images, step_times, stream_start, video_duration)
 
 DECODE_VERSION = 2
 """Bump when ``decode_clip`` makes different frames or waveforms of the same clip and settings (2: frames turned by
@@ -61,9 +61,8 @@ def decode_clip(clip: Clip, cfg: ExtractParams, data: DataParams, want_frames: b
                 out.detail = (f"{duration:.0f} s clip: featurized on {out.n_steps} of its {n_grid} steps "
                               f"(extract.max_steps), spread uniformly over it")
             centres = (steps + 0.5) / cfg.fps
-            video = container.streams.video[0]
             # the grid starts with the video stream (sample_frames places frames from there): so does the audio
-            origin = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
+            origin = stream_start(container.streams.video[0])
             if want_frames and cfg.visual_source == "frames":
                 out.frames = sample_frames(container, centres, cfg.frame_max_side)
         if want_frames and cfg.visual_source == "face_images":
