@@ -12,8 +12,8 @@ import pandas as pd
 from emi.config import EMOTIONS, SPLIT_HEADER, DataParams
 from emi.contracts.report import (Problem, ValidationReport, expectation_row, num, problem_order, run_suite,
                                   write_report)
-from emi.data.dataset import (CLIP_DIR, REQUIRED_SPLITS, SPLITS, ClipIds, DatasetError, clip_path, has_labels,
-                              label_values, read_split, split_path)
+from emi.data.dataset import (CLIP_DIR, CLIP_SUFFIX, REQUIRED_SPLITS, SPLITS, ClipIds, DatasetError, clip_path,
+                              has_labels, label_values, misnamed_clips, read_split, split_path)
 from emi.data.media import probe
 
 INDEX_COLUMNS = ["split", "row", "Filename"]
@@ -100,6 +100,9 @@ def add_media_facts(table: pd.DataFrame, raw_dir: Path) -> pd.DataFrame:
                 "width", "height", "audio_sample_rate"):
         table[col] = [getattr(infos[f], col) if f in infos else None for f in table["Filename"]]
     table["exists"] = table["exists"].fillna(False).astype(bool)
+    misnamed = misnamed_clips(raw_dir, [i for i in ids if not infos[i].exists])
+    table["error"] = [f"file not found; raw/{misnamed[f]} is there: clip files are named <id>{CLIP_SUFFIX}, lower case"
+                      if f in misnamed else e for f, e in zip(table["Filename"], table["error"])]
     table["readable"] = table["readable"].fillna(False).astype(bool)
     table["duration_s"] = pd.to_numeric(table["duration_s"], errors="coerce")
     return table
@@ -190,9 +193,10 @@ def problems_from_results(results: list[dict], table: pd.DataFrame,
             elif column == "Filename":
                 check, detail = "missing_id", "Filename is empty"
             elif column == "exists":
-                check, detail = "missing_file", f"raw/{clip}.mp4 does not exist"
+                found = str(errors.get((split, row)) or "").partition("; ")[2]
+                check, detail = "missing_file", f"raw/{clip}.mp4 does not exist" + (f" ({found})" if found else "")
             elif column == "readable":
-                if not hit.get("exists", True) or errors.get((split, row)) == "file not found":
+                if not hit.get("exists", True) or str(errors.get((split, row))).startswith("file not found"):
                     continue  # already reported as missing_file
                 check, detail = "unreadable_file", f"raw/{clip}.mp4 unreadable: {errors.get((split, row))}"
             elif column == "duration_s":

@@ -92,6 +92,19 @@ def clip_stems(raw_dir: Path) -> list[str]:
     return sorted(stems, key=_id_key)
 
 
+def misnamed_clips(raw_dir: Path, clip_ids: list[str]) -> dict[str, str]:
+    """For ids without a ``raw/<id>.mp4``: the file in ``raw/`` that a case-insensitive file system would have
+    matched (``00012.MP4``, as some cameras and Windows tools name them), which this layout does not read."""
+    folder = Path(raw_dir) / CLIP_DIR
+    if not clip_ids or not folder.is_dir():
+        return {}
+    with os.scandir(folder) as entries:
+        by_lower = {e.name.lower(): e.name for e in entries if e.is_file()}
+    wanted = {i: f"{i}{CLIP_SUFFIX}" for i in clip_ids}
+    return {i: by_lower[name.lower()] for i, name in wanted.items()
+            if name.lower() in by_lower and by_lower[name.lower()] != name}
+
+
 def face_image_dir(clip: Clip) -> Path:
     """``<dataset>/face_images/<id>/``: the organisers' face crops of a clip in ``raw/``."""
     return clip.path.parent.parent / FACE_IMAGES_DIR / clip.id

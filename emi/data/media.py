@@ -109,6 +109,7 @@ def sample_frames(container, centres: np.ndarray, max_side: int) -> list[np.ndar
     nominal rate."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    sar = pixel_aspect(stream)
     centres = np.asarray(centres) + stream_start(stream)
     n_steps = len(centres)
     picked: list[np.ndarray] = []
@@ -124,13 +125,13 @@ def sample_frames(container, centres: np.ndarray, max_side: int) -> list[np.ndar
             if previous is not None and (round((centres[k] - previous.time) * 1e6)
                                          <= round((frame.time - centres[k]) * 1e6)):
                 use = previous
-            picked.append(_to_rgb(use, max_side))
+            picked.append(_to_rgb(use, max_side, sar))
         if len(picked) == n_steps:
             break
         previous = frame
     if previous is not None:
         while len(picked) < n_steps:  # the last frames' timestamps end before the last centre
-            picked.append(_to_rgb(previous, max_side))
+            picked.append(_to_rgb(previous, max_side, sar))
     if not picked:
         raise MediaError("video stream has no decodable frame")
     return picked
@@ -169,11 +170,21 @@ def sample_images(images: list[Path], centres: np.ndarray, duration_s: float, ma
     return out
 
 
-def _to_rgb(frame: av.VideoFrame, max_side: int) -> np.ndarray:
-    """The frame as RGB downscaled to ``max_side``, turned the way a player shows it: a phone's portrait recording
-    stores landscape pixels and a display matrix (``frame.rotation``: the counterclockwise turn, in degrees, that
-    shows the frame upright), and the face would otherwise reach the encoders lying on its side."""
-    width, height = _scaled_size(frame.width, frame.height, max_side)
+def pixel_aspect(stream) -> float:
+    """The width of one stored pixel over its height as a player shows it (the sample aspect ratio): 1 for square
+    pixels and when the file does not say; anamorphic recordings (DV, HDV's 1440x1080, some phone and screen
+    encoders) store fewer columns than they show."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    return float(sar) if sar and sar > 0 else 1.0
+
+
+def _to_rgb(frame: av.VideoFrame, max_side: int, sar: float = 1.0) -> np.ndarray:
+    """The frame as RGB downscaled to ``max_side``, shaped and turned the way a player shows it. Non-square pixels
+    (``sar``, see ``pixel_aspect``) are stretched to square ones, or faces reach the encoders squashed; a phone's
+    portrait recording stores landscape pixels and a display matrix (``frame.rotation``: the counterclockwise turn,
+    in degrees, that shows the frame upright), and the face would otherwise reach the encoders lying on its side."""
+    shown = max(2, round(frame.width * sar)) if abs(sar - 1.0) > 1e-3 else frame.width
+    width, height = _scaled_size(shown, frame.height, max_side)
     if (width, height) == (frame.width, frame.height):
         rgb = frame.to_ndarray(format="rgb24")
     else:

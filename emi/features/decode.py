@@ -1,6 +1,6 @@
 """Clips onto the feature grid: the frame nearest each step centre (k + 0.5) / fps, downscaled to
-``extract.frame_max_side`` and turned upright; 16 kHz mono audio from the video's start, cut or padded to the grid's
-length; and the face crop.
+``extract.frame_max_side``, with square pixels and turned upright; 16 kHz mono audio from the video's start, cut or
+padded to the grid's length; and the face crop.
 
 ``DECODE_VERSION`` names what this makes of a clip: extract's receipts and the kept decodes carry it, so a change
 here that alters the frames or waveforms of some clip recomputes their features instead of reusing stale ones."""
@@ -20,9 +20,9 @@ from emi.data.dataset import Clip, face_image_dir
 from emi.data.media import (AUDIO_SAMPLE_RATE, MediaError, decode_audio, grid_steps, image_sequence, rms_dbfs,
                             sample_frames, sample_images, step_times, stream_start, video_duration)
 
-DECODE_VERSION = 2
+DECODE_VERSION = 3
 """Bump when ``decode_clip`` makes different frames or waveforms of the same clip and settings (2: frames turned by
-the stream's display matrix, audio aligned to the video stream's start)."""
+the stream's display matrix, audio aligned to the video stream's start; 3: non-square pixels stretched to square)."""
 
 OK = "ok"
 """A modality's status when it is usable; anything else masks it for that clip."""

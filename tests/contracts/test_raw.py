@@ -39,11 +39,12 @@ def test_every_bad_row_is_named(dataset_copy, tmp_path):
         lines[3] = ",".join([ids[2], "high"] + lines[3].split(",")[2:])
         lines[4] = ",".join([ids[4]] + lines[4].split(",")[1:])
     edit_lines(train, edit)
-    # a corrupt clip (truncated) and a missing file, both listed in valid
+    # a corrupt clip (truncated), a missing file and one named .MP4 (this layout reads <id>.mp4), all listed in valid
     valid_ids = [r.split(",")[0] for r in (root / "valid_split.csv").read_text().splitlines()[1:]]
     corrupt = root / "raw" / f"{valid_ids[0]}.mp4"
     corrupt.write_bytes(corrupt.read_bytes()[: corrupt.stat().st_size // 3])
     (root / "raw" / f"{valid_ids[1]}.mp4").unlink()
+    (root / "raw" / f"{valid_ids[2]}.mp4").rename(root / "raw" / f"{valid_ids[2]}.MP4")
 
     report = validate_raw(root, STRICT, tmp_path / "reports")
     assert not report.passed
@@ -53,15 +54,18 @@ def test_every_bad_row_is_named(dataset_copy, tmp_path):
     assert ("train", 4, "label") in found
     assert ("train", 5, "duplicate_id") in found and ("train", 6, "duplicate_id") in found
     assert ("valid", 2, "unreadable_file") in found
-    assert ("valid", 3, "missing_file") in found
+    assert ("valid", 3, "missing_file") in found and ("valid", 4, "missing_file") in found
     details = "\n".join(p.detail for p in report.problems)
     assert "Admiration is NaN" in details
     assert "Joy = 1.7 is outside [0, 1]" in details
     assert "Admiration is 'high', not a number" in details
-    assert f"raw/{valid_ids[1]}.mp4 does not exist" in details
+    detail = {(p.split, p.row): p.detail for p in report.problems}
+    assert detail["valid", 3] == f"raw/{valid_ids[1]}.mp4 does not exist"
+    assert detail["valid", 4] == (f"raw/{valid_ids[2]}.mp4 does not exist (raw/{valid_ids[2]}.MP4 is there: clip "
+                                  "files are named <id>.mp4, lower case)")
     # the missing file is reported once, not also as unreadable
-    assert sum(p.row == 3 and p.split == "valid" for p in report.problems) == 1
-    assert report.n_bad_rows == 7 and report.error_fraction == pytest.approx(7 / 12, abs=1e-4)
+    assert sum(p.row in (3, 4) and p.split == "valid" for p in report.problems) == 2
+    assert report.n_bad_rows == 8 and report.error_fraction == pytest.approx(8 / 12, abs=1e-4)
     md = (tmp_path / "reports" / "download.md").read_text()
     assert "FAILED" in md and "| train | 4 |" in md
     # the same data passes under a tolerance above its error fraction

@@ -1,5 +1,5 @@
 """Clips made the way real recordings are, not the way the generator writes them: a phone's portrait clip (landscape
-pixels and a display matrix), an AVI (its header also counts the empty chunks of dropped frames), Matroska files cut
+pixels and a display matrix), an anamorphic clip (non-square pixels), an AVI (its header also counts the empty chunks of dropped frames), Matroska files cut
 short (no index to seek back by) or whose audio outlasts the video, audio that starts after the video. Each is made
 with the ffmpeg CLI (a system package of the set-up) from one written clip whose picture says which way is up and
 whose sound says when it starts."""
@@ -69,6 +69,18 @@ def test_a_portrait_phone_clip_is_decoded_upright(upright, tmp_path):
         assert np.abs(seen.astype(int) - reference).mean() < 4  # the same picture, up to the re-encoding
     sideways_frame = frames_of(sideways)[0]  # the control: without a matrix the block stays where the pixels put it
     assert sideways_frame[-CORNER + 4:, :CORNER - 4].mean() > 180
+
+
+def test_an_anamorphic_clip_is_decoded_with_square_pixels(upright, tmp_path):
+    # half the columns, each shown twice as wide (sample aspect ratio 2:1): a player shows the upright picture
+    narrow = tmp_path / "anamorphic.mp4"
+    ffmpeg("-i", upright, "-vf", "scale=iw/2:ih,setsar=2", "-c:v", "mpeg4", "-q:v", "2", "-c:a", "copy", narrow)
+    with av.open(str(narrow)) as container:
+        assert container.streams.video[0].sample_aspect_ratio == 2, "ffmpeg wrote no sample aspect ratio"
+    for seen, reference in zip(frames_of(narrow), frames_of(upright)):
+        assert seen.shape == reference.shape == (SIDE, SIDE, 3)  # not (SIDE, SIDE // 2): the block stays square
+        assert seen[:CORNER - 4, :CORNER - 4].mean() > 180 and seen[:CORNER - 4, CORNER + 4:].mean() < 80
+        assert np.abs(seen.astype(int) - reference).mean() < 6  # the same picture, up to the lost columns
 
 
 def test_an_avi_whose_header_counts_dropped_frames_is_readable_and_a_cut_one_is_not(upright, tmp_path):
