@@ -28,7 +28,9 @@ while [ $# -gt 0 ]; do
 done
 logs="$PREFECT_HOME/logs"; mkdir -p "$logs"
 pids=()
-cleanup() {  # worker first, then the server; anything still up after 10 s is killed (background jobs ignore SIGINT)
+# A script's background jobs start with SIGINT ignored, and Prefect stops a worker on SIGTERM by sending itself SIGINT:
+# without `env --default-signal=INT` the worker never stopped and was killed after cleanup's 10 s
+cleanup() {  # worker first, then the server; anything still up after 10 s is killed
   local i alive
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM -- "-${pids[i]}" 2>/dev/null || true; done
   for _ in $(seq 10); do
@@ -43,7 +45,7 @@ if [ "$worker_only" = 1 ] && ! curl -sf "$PREFECT_API_URL/health" >/dev/null; th
   echo "--worker joins a running Prefect server; none answers at $PREFECT_API_URL" >&2; exit 1
 fi
 if ! curl -sf "$PREFECT_API_URL/health" >/dev/null; then
-  setsid prefect server start --host 127.0.0.1 --port "$PORT" >"$logs/server.log" 2>&1 & pids+=($!)
+  setsid env --default-signal=INT prefect server start --host 127.0.0.1 --port "$PORT" >"$logs/server.log" 2>&1 & pids+=($!)
   for _ in $(seq 120); do curl -sf "$PREFECT_API_URL/health" >/dev/null && break; sleep 1; done
   curl -sf "$PREFECT_API_URL/health" >/dev/null || { echo "server did not start; see $logs/server.log" >&2; exit 1; }
 fi
@@ -57,7 +59,7 @@ if [ "$worker_only" = 1 ]; then
   exec prefect worker start --pool "$EMI_WORK_POOL" --type process >"$logs/worker.log" 2>&1
 fi
 prefect --no-prompt deploy --all >"$logs/deploy.log" 2>&1 || { cat "$logs/deploy.log" >&2; exit 1; }
-setsid prefect worker start --pool "$EMI_WORK_POOL" --type process >"$logs/worker.log" 2>&1 & pids+=($!)
+setsid env --default-signal=INT prefect worker start --pool "$EMI_WORK_POOL" --type process >"$logs/worker.log" 2>&1 & pids+=($!)
 
 args=()
 for p in "${params[@]}"; do args+=(--param "$p"); done

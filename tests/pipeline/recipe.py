@@ -112,6 +112,8 @@ def recipe(checkout: Path, api: str, *args: str) -> str:
                           cwd=checkout, capture_output=True, text=True, env=env, timeout=1200)
     worker = (home / "logs" / "worker.log").read_text()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:] + worker[-4000:]
+    # the recipe's cleanup stops the worker (SIGTERM), it does not kill it after waiting
+    assert re.search(r"Worker '[^']+' stopped!", worker), worker[-2000:]
     return worker
 
 
