@@ -110,18 +110,21 @@ def test_a_killed_ablation_resumes_from_its_finished_trainings_and_ends_with_the
     work = work_dir(killed / "cells")
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(killed), str(tiny_aligned.aligned_path),
                              str(tiny_dataset), str(torch.get_num_threads()), *overrides])
+    def finished() -> dict[str, int]:  # the trainings' records, not a record being written (.<name>.<random>.tmp.json)
+        return {p.name: p.stat().st_mtime_ns for p in work.glob("*.json") if not p.name.startswith(".")}
+
     deadline = time.monotonic() + 300
-    while not list(work.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+    while not finished() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.kill()  # SIGKILL: no cleanup runs
     proc.wait()
-    before = {p.name: p.stat().st_mtime_ns for p in work.glob("*.json")}
+    before = finished()
     assert 1 <= len(before) < 8, f"the kill came after {len(before)} of 8 trainings"
     assert not (killed / "reports" / "ablation.csv").exists()
 
     ablation(tiny(*overrides), tiny_aligned.aligned_path, tiny_dataset, killed / "reports",
              models_dir=killed / "cells", **KILL_GRID)
-    after = {p.name: p.stat().st_mtime_ns for p in work.glob("*.json")}
+    after = finished()
     assert len(after) == 8  # 4 cells (V, V+A+T, average fusion, clip means) x 2 seeds
     assert all(after[name] == mtime for name, mtime in before.items()), "a finished training was trained again"
     for name in ("ablation.csv", "ablation_seeds.csv", "ablation.json", "ablation.md"):
