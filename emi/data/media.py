@@ -22,6 +22,13 @@ class MediaError(RuntimeError):
     """A clip that cannot be opened or decoded; the message starts with its path."""
 
 
+CANCELLED_DOWNMIX_DB = 12.0
+"""A several-channel track whose mono downmix is this much quieter than its loudest channel is read from that channel:
+its channels cancel when summed (a stereo microphone wired in opposite phase made the downmix silent, and the clip's
+audio and text were masked as silence). Ordinary tracks lose 0 dB (the same sound in both channels), ~3 dB
+(unrelated sounds) or 6 dB (one channel silent), and keep FFmpeg's downmix."""
+
+
 def decode_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE,
                  origin: float | None = None) -> np.ndarray | None:
     """The first audio stream of ``path`` as mono float32 at ``sample_rate``; None if it has no audio stream.
@@ -35,6 +42,7 @@ def decode_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE,
     if not path.is_file():
         raise MediaError(f"{path}: file not found")
     chunks: list[np.ndarray] = []
+    channels: list[np.ndarray] = []  # each channel on its own, for a track of several (see CANCELLED_DOWNMIX_DB)
     first: float | None = None
     try:
         with av.open(str(path)) as container:
@@ -42,22 +50,41 @@ def decode_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE,
                 return None
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            split = (av.AudioResampler(format="fltp", layout=stream.layout.name, rate=sample_rate)
+                     if stream.channels > 1 else None)
             for frame in container.decode(stream):
                 if first is None and frame.time is not None:
                     first = float(frame.time)
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
+                for out in split.resample(frame) if split is not None else ():
+                    channels.append(out.to_ndarray())
             for out in resampler.resample(None):  # flush the resampler's tail
                 chunks.append(out.to_ndarray().reshape(-1))
+            for out in split.resample(None) if split is not None else ():
+                channels.append(out.to_ndarray())
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as exc:
         raise MediaError(f"{path}: cannot decode audio: {type(exc).__name__}: {exc}") from exc
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     wave = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+    if channels:
+        wave = _uncancelled(wave, np.concatenate(channels, axis=1))
     shift = int(round(((first or 0.0) - origin) * sample_rate)) if origin is not None else 0
     if shift > 0:
         return np.concatenate([np.zeros(shift, np.float32), wave])
     return wave[-shift:] if shift < 0 else wave
+
+
+def _uncancelled(mono: np.ndarray, channels: np.ndarray) -> np.ndarray:
+    """``mono`` (FFmpeg's downmix), or the loudest channel of ``channels`` (C, N) where the downmix lost more than
+    ``CANCELLED_DOWNMIX_DB`` against it: channels in opposite phase cancel when summed."""
+    levels = [rms_dbfs(c) for c in channels]
+    loudest = int(np.argmax(levels))
+    if rms_dbfs(mono) >= levels[loudest] - CANCELLED_DOWNMIX_DB:
+        return mono
+    return np.ascontiguousarray(channels[loudest][: mono.size] if channels.shape[1] >= mono.size else
+                                np.pad(channels[loudest], (0, mono.size - channels.shape[1])), dtype=np.float32)
 
 
 def rms_dbfs(wave: np.ndarray | None) -> float:

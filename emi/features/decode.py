@@ -20,9 +20,10 @@ from emi.data.dataset import Clip, face_image_dir
 from emi.data.media import (AUDIO_SAMPLE_RATE, MediaError, decode_audio, grid_steps, image_sequence, rms_dbfs,
                             sample_frames, sample_images, step_times, stream_start, video_duration)
 
-DECODE_VERSION = 3
+DECODE_VERSION = 4
 """Bump when ``decode_clip`` makes different frames or waveforms of the same clip and settings (2: frames turned by
-the stream's display matrix, audio aligned to the video stream's start; 3: non-square pixels stretched to square)."""
+the stream's display matrix, audio aligned to the video stream's start; 3: non-square pixels stretched to square;
+4: a track whose channels cancel in the downmix read from its loudest channel)."""
 
 OK = "ok"
 """A modality's status when it is usable; anything else masks it for that clip."""

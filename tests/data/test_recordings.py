@@ -1,8 +1,8 @@
 """Clips made the way real recordings are, not the way the generator writes them: a phone's portrait clip (landscape
-pixels and a display matrix), an anamorphic clip (non-square pixels), an AVI (its header also counts the empty chunks of dropped frames), Matroska files cut
-short (no index to seek back by) or whose audio outlasts the video, audio that starts after the video. Each is made
-with the ffmpeg CLI (a system package of the set-up) from one written clip whose picture says which way is up and
-whose sound says when it starts."""
+pixels and a display matrix), an anamorphic clip (non-square pixels), an AVI (its header also counts the empty chunks
+of dropped frames), Matroska files cut short (no index to seek back by) or whose audio outlasts the video, audio that
+starts after the video, stereo whose channels are in opposite phase. Each is made with the ffmpeg CLI (a system
+package of the set-up) from one written clip whose picture says which way is up and whose sound says when it starts."""
 
 from __future__ import annotations
 
@@ -122,3 +122,27 @@ def test_audio_that_starts_after_the_video_is_placed_on_the_videos_timeline(upri
     assert decoded.audio_status == "ok" and onset_s(decoded.wave) == pytest.approx(ONSET + 0.5, abs=0.08)
     same = decode_clip(Clip("upright", "test", upright), params.extract, params.data, True, True)
     assert onset_s(same.wave) == pytest.approx(ONSET, abs=0.03)  # nothing moves where both streams start at 0
+
+
+def test_stereo_in_opposite_phase_is_read_from_a_channel_and_ordinary_stereo_is_ffmpegs_downmix(upright, tmp_path):
+    from emi.data.media import rms_dbfs
+
+    inverted = tmp_path / "inverted.mp4"  # right = -left: the channels sum to silence
+    ffmpeg("-i", upright, "-af", "pan=stereo|c0=c0|c1=-1*c0", "-c:v", "copy", "-c:a", "pcm_s16le", "-f", "mov",
+           inverted)
+    reference = decode_audio(upright, origin=0.0)
+    wave = decode_audio(inverted, origin=0.0)
+    assert rms_dbfs(wave) == pytest.approx(rms_dbfs(reference), abs=1.0)  # was silence: audio and text masked
+    assert onset_s(wave) == pytest.approx(ONSET, abs=0.03)
+    params = load_params(None, profile="tiny")
+    decoded = decode_clip(Clip("inverted", "test", inverted), params.extract, params.data, False, True)
+    assert decoded.audio_status == "ok"
+    ordinary = tmp_path / "stereo.mp4"  # the same sound in both channels, one of them quieter
+    ffmpeg("-i", upright, "-af", "pan=stereo|c0=c0|c1=0.5*c0", "-c:v", "copy", "-c:a", "pcm_s16le", "-f", "mov",
+           ordinary)
+    with av.open(str(ordinary)) as container:  # what FFmpeg's own downmix makes of it
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_SAMPLE_RATE)
+        downmix = np.concatenate([out.to_ndarray().reshape(-1) for frame in container.decode(audio=0)
+                                  for out in resampler.resample(frame)] +
+                                 [out.to_ndarray().reshape(-1) for out in resampler.resample(None)])
+    assert np.array_equal(decode_audio(ordinary), downmix)
