@@ -50,8 +50,7 @@ def decode_audio(path: Path, sample_rate: int = AUDIO_SAMPLE_RATE,
                 return None
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            split = (av.AudioResampler(format="fltp", layout=stream.layout.name, rate=sample_rate)
-                     if stream.channels > 1 else None)
+            split = av.AudioResampler(format="fltp", rate=sample_rate) if stream.channels > 1 else None  # its layout
             for frame in container.decode(stream):
                 if first is None and frame.time is not None:
                     first = float(frame.time)
