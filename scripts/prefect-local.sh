@@ -45,7 +45,8 @@ if [ "$worker_only" = 1 ] && ! curl -sf "$PREFECT_API_URL/health" >/dev/null; th
   echo "--worker joins a running Prefect server; none answers at $PREFECT_API_URL" >&2; exit 1
 fi
 if ! curl -sf "$PREFECT_API_URL/health" >/dev/null; then
-  setsid env --default-signal=INT prefect server start --host 127.0.0.1 --port "$PORT" >"$logs/server.log" 2>&1 & pids+=($!)
+  setsid env --default-signal=INT prefect server start --host 127.0.0.1 --port "$PORT" >"$logs/server.log" 2>&1 &
+  pids+=($!)
   for _ in $(seq 120); do curl -sf "$PREFECT_API_URL/health" >/dev/null && break; sleep 1; done
   curl -sf "$PREFECT_API_URL/health" >/dev/null || { echo "server did not start; see $logs/server.log" >&2; exit 1; }
 fi
@@ -59,7 +60,8 @@ if [ "$worker_only" = 1 ]; then
   exec prefect worker start --pool "$EMI_WORK_POOL" --type process >"$logs/worker.log" 2>&1
 fi
 prefect --no-prompt deploy --all >"$logs/deploy.log" 2>&1 || { cat "$logs/deploy.log" >&2; exit 1; }
-setsid env --default-signal=INT prefect worker start --pool "$EMI_WORK_POOL" --type process >"$logs/worker.log" 2>&1 & pids+=($!)
+setsid env --default-signal=INT prefect worker start --pool "$EMI_WORK_POOL" --type process >"$logs/worker.log" 2>&1 &
+pids+=($!)
 
 args=()
 for p in "${params[@]}"; do args+=(--param "$p"); done

@@ -110,6 +110,7 @@ def test_a_killed_ablation_resumes_from_its_finished_trainings_and_ends_with_the
     work = work_dir(killed / "cells")
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(killed), str(tiny_aligned.aligned_path),
                              str(tiny_dataset), str(torch.get_num_threads()), *overrides])
+
     def finished() -> dict[str, int]:  # the trainings' records, not a record being written (.<name>.<random>.tmp.json)
         return {p.name: p.stat().st_mtime_ns for p in work.glob("*.json") if not p.name.startswith(".")}
 

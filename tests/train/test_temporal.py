@@ -51,7 +51,8 @@ def _ramp_clips(n: int, seed: int, shuffle: bool = False) -> SequenceData:
 
 def _valid_pearson(temporal: bool = True, shuffle: bool = False) -> tuple[float, float]:
     torch.set_num_threads(1)
-    base = tiny("stage2.fusion=concat", f"stage2.width={WIDTH}").stage2  # concat: each modality reaches the head (no fusion weight to lose)
+    # concat: each modality reaches the head (no fusion weight to lose)
+    base = tiny("stage2.fusion=concat", f"stage2.width={WIDTH}").stage2
     p = base.model_copy(update={
         "temporal": temporal, "reliability_cues": False, "batch_size": 16, "pearson_loss_weight": 0.0,
         "validate_every": EPOCHS, "augment": base.augment.model_copy(update={"modality_dropout": 0.0}),
