@@ -101,8 +101,7 @@ def add_media_facts(table: pd.DataFrame, raw_dir: Path) -> pd.DataFrame:
         table[col] = [getattr(infos[f], col) if f in infos else None for f in table["Filename"]]
     table["exists"] = table["exists"].fillna(False).astype(bool)
     misnamed = misnamed_clips(raw_dir, [i for i in ids if not infos[i].exists])
-    table["error"] = [f"file not found; raw/{misnamed[f]} is there: clip files are named <id>{CLIP_SUFFIX}, lower case"
-                      if f in misnamed else e for f, e in zip(table["Filename"], table["error"])]
+    table["misnamed_as"] = [misnamed.get(f) for f in table["Filename"]]  # e.g. 00012.MP4 for a missing 00012.mp4
     table["readable"] = table["readable"].fillna(False).astype(bool)
     table["duration_s"] = pd.to_numeric(table["duration_s"], errors="coerce")
     return table
@@ -174,6 +173,8 @@ def validate_raw(raw_dir: Path, params: DataParams, report_dir: Path | None) -> 
 def problems_from_results(results: list[dict], table: pd.DataFrame,
                            raw_labels: dict[tuple[str, int], dict[str, str]]) -> list[Problem]:
     errors = {(s, r): e for s, r, e in zip(table["split"], table["row"], table["error"])}
+    misnamed = {(s, r): m for s, r, m in zip(table["split"], table["row"], table["misnamed_as"])
+                if isinstance(m, str)}
     ambiguous = {(s, int(r)): (f, p) for s, r, f, p in zip(table["split"], table["row"], table["Filename"],
                                                           table["id_problem"]) if isinstance(p, str)}
     problems = [Problem(s, r, f, "ambiguous_id", p) for (s, r), (f, p) in ambiguous.items()]
@@ -193,10 +194,11 @@ def problems_from_results(results: list[dict], table: pd.DataFrame,
             elif column == "Filename":
                 check, detail = "missing_id", "Filename is empty"
             elif column == "exists":
-                found = str(errors.get((split, row)) or "").partition("; ")[2]
-                check, detail = "missing_file", f"raw/{clip}.mp4 does not exist" + (f" ({found})" if found else "")
+                found = misnamed.get((split, row))
+                check, detail = "missing_file", f"raw/{clip}.mp4 does not exist" + (
+                    f" (raw/{found} is there: clip files are named <id>{CLIP_SUFFIX}, lower case)" if found else "")
             elif column == "readable":
-                if not hit.get("exists", True) or str(errors.get((split, row))).startswith("file not found"):
+                if not hit.get("exists", True) or errors.get((split, row)) == "file not found":
                     continue  # already reported as missing_file
                 check, detail = "unreadable_file", f"raw/{clip}.mp4 unreadable: {errors.get((split, row))}"
             elif column == "duration_s":
