@@ -21,7 +21,7 @@ from emi.synth.generate import generate, plan_dataset, render_clip
 
 # the longest modules (measured), started first: `make test` runs them on pytest-xdist workers one module per worker,
 # and a long module started last would leave the other worker idle at the end
-LONGEST_FIRST = ("pipeline/test_flow.py", "pipeline/test_work_pools.py", "pipeline/test_licensed_layout.py",
+LONGEST_FIRST = ("pipeline/test_flow.py", "pipeline/test_work_pools.py",
                  "train/test_temporal.py", "pipeline/test_reliability.py", "stages/test_transcribe.py")
 
 

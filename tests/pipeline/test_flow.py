@@ -1,6 +1,14 @@
-"""The Prefect side for real: one Prefect server, the local recipe (pool, deployments, process worker,
-`prefect deployment run emi/full`) in a clone of this working tree, each flow task reproducing a DVC stage; a second
-clone restoring everything from a shared DVC remote; a plain `dvc repro` giving the same bytes.
+"""The Prefect side for real, on a folder laid out as Hume-Vidmimic2 ships: one Prefect server, the local recipe
+(pool, deployments, process worker, `prefect deployment run emi/full`) in a clone of this working tree, each flow
+task reproducing a DVC stage; a second clone restoring everything from a shared DVC remote; a plain `dvc repro`
+giving the same bytes.
+
+The folder (`hume_folder`) is built from generated clips the way the licensed release looks: zero-padded file names
+in raw/, split files with unpadded ids (`12` for `00012.mp4`), train + valid only, the unlabelled test clips present
+in raw/ without a split row, one clip remuxed into a container that declares 1000 fps, one clip longer than
+`data.max_duration_s`, and a stray Thumbs.db. Both pipeline runs read it as a user's local copy
+(`download.source: local`), so what a user with the licensed data runs is what runs here, through Prefect and
+through plain DVC.
 
 The runs are module fixtures and each test checks one thing they did, so a slow machine stretches the fixtures, not
 one test holding the whole story. What a later test changes (an experiment in the second clone) is not read by an
@@ -10,18 +18,43 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
-from emi.config import load_params
+from emi.config import EMOTIONS, SPLIT_HEADER, load_params
+from emi.data.dataset import read_split, split_path
+from emi.data.media import grid_steps, probe
 from emi.orchestration.dvc import DvcPipeline
 from emi.params_yaml import use
-from tests.conftest import REPO
+from emi.synth.generate import generate
+from tests.conftest import REPO, concat_clip, remux_with_nominal_rate, tiny
 from tests.pipeline.recipe import DVC, RESULTS, SMALL, STAGES, clone, clone_env, outcomes, recipe, sh
+
+MAX_STEPS = 25  # 5 s at 5 fps: the generated clips (3-4.5 s) stay whole, the long one (~10 s) is subsampled
+
+
+def hume_folder(generated: Path, dst: Path) -> dict:
+    """A Hume-Vidmimic2-like folder made from a generated dataset; returns what was done to which clip."""
+    (dst / "raw").mkdir(parents=True)
+    splits = {s: read_split(split_path(generated, s)) for s in ("train", "valid", "test")}
+    for clip in sorted((generated / "raw").glob("*.mp4")):
+        shutil.copy2(clip, dst / "raw" / clip.name)
+    for s in ("train", "valid"):  # labels as shipped: ids without their zero padding
+        table = splits[s].copy()
+        table["Filename"] = [str(int(i)) for i in table["Filename"]]
+        table.to_csv(dst / f"{s}_split.csv", index=False)
+    bogus, long = splits["train"]["Filename"].iloc[0], splits["train"]["Filename"].iloc[1]
+    remux_with_nominal_rate(generated / "raw" / f"{bogus}.mp4", dst / "raw" / f"{bogus}.mp4")
+    concat_clip(generated / "raw" / f"{long}.mp4", dst / "raw" / f"{long}.mp4", times=3)
+    (dst / "raw" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 not a video")
+    return {"test": sorted(splits["test"]["Filename"]), "bogus": bogus, "long": long,
+            "bogus_steps": grid_steps(probe(generated / "raw" / f"{bogus}.mp4").duration_s, 5)}
 
 
 def results(checkout: Path) -> dict[str, bytes]:
@@ -35,19 +68,28 @@ def cold(tmp_path_factory, prefect_api):
     """The recipe in a fresh clone with a DVC remote: every stage runs. Then a plain `dvc repro` of the same commit
     and params in a clone of its own starts (the reference), while the tests below use the flow's checkout."""
     root = tmp_path_factory.mktemp("flow")
+    generated = root / "generated"
+    small = tiny(*SMALL)
+    generate(small.download.synthetic, small.seed, generated, show_progress=False)
+    folder = root / "Hume-Vidmimic2"
+    facts = hume_folder(generated, folder)
+    licensed = ["download.source=local", f"download.local.path={folder}", "download.local.mode=copy",
+                "data.max_duration_s=8.0", f"extract.max_steps={MAX_STEPS}"]
     remote = root / "remote"
     first = clone(root / "first", remote)
     started = time.perf_counter()
-    log = recipe(first, prefect_api)
+    recipe_args = [a for kv in licensed for a in ("--set", kv)]
+    log = recipe(first, prefect_api, *recipe_args)
     seconds = time.perf_counter() - started
     print(f"\ncold Prefect run {seconds:.0f} s")
     reference = clone(root / "reference", None)
-    use("tiny", SMALL, reference / "params.yaml")
+    use("tiny", [*SMALL, *licensed], reference / "params.yaml")
     plain = subprocess.Popen([DVC, "repro"], cwd=reference, env=clone_env(reference), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
         yield SimpleNamespace(root=root, remote=remote, first=first, log=log, results=results(first),
-                              reference=reference, plain=plain)
+                              reference=reference, plain=plain, facts=facts,
+                              recipe_args=recipe_args)
     finally:
         if plain.poll() is None:
             plain.kill()
@@ -59,7 +101,7 @@ def restored(cold, prefect_api):
     """A fresh checkout elsewhere: same commit, same remote, the same Prefect server."""
     second = clone(cold.root / "second", cold.remote)
     started = time.perf_counter()
-    log = recipe(second, prefect_api)
+    log = recipe(second, prefect_api, *cold.recipe_args)
     print(f"\nsecond-clone restore {time.perf_counter() - started:.0f} s")
     return SimpleNamespace(second=second, log=log, results=results(second),
                            status=sh(DVC, "status", cwd=second))
@@ -133,6 +175,55 @@ def test_dvc_metrics_experiments_and_params_diff_work_on_the_restored_checkout(r
     diff = json.loads(sh(DVC, "params", "diff", "--json", cwd=second))["params.yaml"]
     assert diff["extract.visual.name"] == {"old": "mini-xception", "new": "ViT-B-16"}
     assert (diff["stage2.width"]["old"], diff["stage2.width"]["new"]) == (128, 256)  # numbers also get a "diff"
+
+
+
+# what the licensed layout made the stages do (read in the flow's checkout; the reference has the same bytes)
+
+@pytest.mark.slow
+def test_the_submission_lists_exactly_the_clips_no_split_file_lists(cold):
+    root, facts = cold.first, cold.facts
+    text = (root / "reports/submission.csv").read_text()
+    assert text.splitlines()[0] == ",".join(SPLIT_HEADER)
+    sub = pd.read_csv(root / "reports/submission.csv", dtype={"Filename": str})
+    assert sub["Filename"].tolist() == facts["test"]  # file stems, zero-padded, in id order
+    assert sub[list(EMOTIONS)].notna().all().all()
+    assert read_split(root / "data/raw/test_split.csv").columns.tolist() == ["Filename"]
+
+
+@pytest.mark.slow
+def test_unpadded_ids_match_their_files_and_train_on_their_labels(cold):
+    root, facts = cold.first, cold.facts
+    index = pd.read_csv(root / "data/features/index.csv", dtype={"id": str})
+    assert (index["status"] == "ok").all(), index[index["status"] != "ok"]
+    assert all(len(i) == 5 for i in index["id"]) and set(index["split"]) == {"train", "valid", "test"}
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert "valid_pearson_mean" in metrics and not any(k.startswith("test_") for k in metrics)
+    download = json.loads((root / "reports/validation/download.json").read_text())
+    assert download["passed"] and download["facts"]["rows_per_split"]["test"] == len(facts["test"])
+    assert download["facts"]["test_clips"].startswith(f"test (unlabelled): {len(facts['test'])} clip(s) in raw/")
+    assert 1000.0 in download["facts"]["fps"]  # the remuxed clip's nominal rate is reported, not used
+
+
+@pytest.mark.slow
+def test_a_long_clip_is_featurized_on_max_steps_and_the_bogus_rate_clip_on_its_timestamps(cold):
+    root, facts = cold.first, cold.facts
+    index = pd.read_csv(root / "data/features/index.csv", dtype={"id": str}, keep_default_na=False).set_index("id")
+    long = index.loc[facts["long"]]
+    assert long["n_steps"] == MAX_STEPS and long["n_audio_steps"] == MAX_STEPS
+    assert f"featurized on {MAX_STEPS} of its" in long["detail"]
+    assert index.loc[facts["bogus"], "n_steps"] == facts["bogus_steps"]
+    report = json.loads((root / "reports/validation/download.json").read_text())
+    assert any("longer than data.max_duration_s" in w and facts["long"] in w for w in report["warnings"])
+
+
+@pytest.mark.slow
+def test_the_report_says_there_was_no_labelled_test_split_and_where_the_test_clips_came_from(cold):
+    report = (cold.first / "reports/report.md").read_text()
+    n = len(cold.facts["test"])
+    assert "no labelled test split" in report
+    assert f"{n} clip(s) in raw/ that no split file lists" in report
+    assert f"`submission.csv`: {n} rows for {n} test clips" in report
 
 
 def test_the_recipe_and_deployments_name_the_flow_of_this_repo():
