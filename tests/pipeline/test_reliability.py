@@ -2,8 +2,9 @@
 or rejected with a message naming it, nothing else is lost, and the good clips get exactly the results of a
 clean run.
 
-The folder mimics a user's Hume-Vidmimic2 copy (source `local`). Train/valid hold only good clips, so both runs
-train the same models; the test split holds the good test clips plus every kind of bad item.
+The folder mimics a user's Hume-Vidmimic2 copy (source `local`) of the tiny dataset. Train/valid hold only its good
+clips, so this run trains the models of the session's clean run of the same data and params (`tiny_pipeline`, the
+same stages in the same order); the test split holds the good test clips plus every kind of bad item.
 """
 
 import hashlib
@@ -23,6 +24,7 @@ from emi.data.media import write_mp4
 from emi.features.store import load_features
 from emi.paths import Layout
 from emi.stages.ablate import ablation
+from emi.stages.augment import augment
 from emi.stages.download import download
 from emi.stages.evaluate import evaluate
 from emi.stages.extract import extract
@@ -59,10 +61,9 @@ BAD = {
 
 
 def build_user_folder(tiny: Path, root: Path) -> dict:
-    """A clean copy of the tiny dataset and a damaged one that differs only in its test split and clips."""
-    clean, dirty = root / "clean", root / "dirty"
-    shutil.copytree(tiny, clean, ignore=shutil.ignore_patterns("_generator"))
-    shutil.copytree(clean, dirty)
+    """A copy of the tiny dataset that differs from it only in its test split and clips."""
+    dirty = root / "dirty"
+    shutil.copytree(tiny, dirty, ignore=shutil.ignore_patterns("_generator"))
     clips = dirty / "raw"
     good = clips / "00000.mp4"
     clips.joinpath("00100.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
@@ -80,7 +81,7 @@ def build_user_folder(tiny: Path, root: Path) -> dict:
     rows += ["00107,nan,0.5,0.5,0.5,0.5,0.5", "00108,0.5,-0.2,0.5,0.5,0.5,0.5", "00109,0.5,0.5,1.7,0.5,0.5,0.5"]
     rows.append(first_test_row)  # a duplicate id
     (dirty / "test_split.csv").write_text("\n".join(test + rows) + "\n")
-    return {"clean_src": clean, "dirty_src": dirty, "duplicate": first_test_row.split(",")[0]}
+    return {"dirty_src": dirty, "duplicate": first_test_row.split(",")[0]}
 
 
 def digest(folder: Path) -> str:
@@ -92,29 +93,31 @@ def digest(folder: Path) -> str:
 
 
 def run_pipeline(source: Path, root: Path, tolerance: float):
+    """The stages of the session's `tiny_pipeline`, in its order, after `emi download` from ``source``."""
     params = load_params(None, profile="tiny", overrides=[
         "download.source=local", f"download.local.path={source}", f"data.max_error_fraction={tolerance}"])
     at = Layout(root)
     dl = download(params, at.raw, at.validation, show_progress=False)
     tr = transcribe(params, at.raw, at.transcripts, at.validation, show_progress=False)
     ex = extract(params, at.raw, tr.table, at.features, at.validation, show_progress=False)
-    s1 = stage1(params, at.features, at.stage1, at.aligned, at.raw, show_progress=False)
-    s2 = stage2(params, s1.aligned_path, at.raw, at.stage2, show_progress=False)
+    stage1(params, at.features, at.stage1, at.aligned, at.raw, show_progress=False)
+    augment(params, at.raw, at.features, at.alignment_model, at.augmented, show_progress=False)
+    s2 = stage2(params, at.aligned_file, at.raw, at.stage2, at.augmented_file, show_progress=False)
     ablation(params, at.aligned_file, at.raw, at.reports, modality_sets=("VAT",), fusions=("quality", "average"),
-             inputs=(params.stage2.inputs,), stage2_model=at.fusion_model, models_dir=at.ablation_models)
+             inputs=(params.stage2.inputs,), stage2_model=at.fusion_model, models_dir=at.ablation_models,
+             augmented=at.augmented_file)
     ev = evaluate(params, at, show_progress=False)
     return SimpleNamespace(params=params, download=dl, transcribe=tr, extract=ex, stage2=s2, evaluate=ev, root=root,
                            layout=at)
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_dataset, tmp_path_factory):
+def runs(tiny_dataset, tiny_pipeline, tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability")
     folders = build_user_folder(tiny_dataset, root / "user")
     before = digest(folders["dirty_src"])
     dirty = run_pipeline(folders["dirty_src"], root / "dirty", tolerance=0.6)
-    clean = run_pipeline(folders["clean_src"], root / "clean", tolerance=0.0)
-    return SimpleNamespace(dirty=dirty, clean=clean, before=before, **folders)
+    return SimpleNamespace(dirty=dirty, clean=tiny_pipeline.layout, before=before, **folders)
 
 
 @pytest.mark.slow
@@ -159,18 +162,20 @@ def test_each_bad_clip_gets_the_documented_treatment(runs):
 
 @pytest.mark.slow
 def test_good_clips_get_the_results_of_a_clean_run(runs):
-    a, b = load_features(runs.clean.layout.features), load_features(runs.dirty.layout.features)
+    clean = runs.clean  # the session's tiny pipeline
+    a, b = load_features(clean.features), load_features(runs.dirty.layout.features)
     for clip in a.ids:
         i, j = a.ids.index(clip), b.ids.index(clip)
         np.testing.assert_array_equal(a.visual[i], b.visual[j])
         np.testing.assert_array_equal(a.audio[i], b.audio[j])
         np.testing.assert_array_equal(a.text[i], b.text[j])
-    assert runs.clean.stage2.metrics["valid_pearson_mean"] == runs.dirty.stage2.metrics["valid_pearson_mean"]
-    pa = runs.clean.stage2.predictions.set_index("id")
-    pb = runs.dirty.stage2.predictions.set_index("id")
+    clean_stage2 = json.loads((clean.stage2 / "metrics.json").read_text())
+    assert clean_stage2["valid_pearson_mean"] == runs.dirty.stage2.metrics["valid_pearson_mean"]
+    pa = pd.read_csv(clean.stage2 / "predictions.csv", dtype={"id": str}).set_index("id")
+    pb = pd.read_csv(runs.dirty.layout.stage2 / "predictions.csv", dtype={"id": str}).set_index("id")
     pd.testing.assert_frame_equal(pa.loc[a.ids, ["Joy", "Amusement", "weight_V"]],
                                   pb.loc[a.ids, ["Joy", "Amusement", "weight_V"]])
-    clean_metrics = json.loads((runs.clean.layout.reports / "scores.json").read_text())
+    clean_metrics = json.loads((clean.reports / "scores.json").read_text())
     dirty_metrics = json.loads((runs.dirty.layout.reports / "scores.json").read_text())
     assert clean_metrics["valid"] == dirty_metrics["valid"]
 
