@@ -9,7 +9,9 @@ from emi.config import load_params
 
 
 @pytest.mark.slow
-def test_dask_fanout_leaves_every_shard_finished_for_the_dvc_stage(tiny_dataset, tmp_path):
+def test_dask_fanout_leaves_every_shard_finished_for_the_dvc_stage(tiny_dataset, tiny_features, tmp_path):
+    """The reference is the session's one-process extract of the same clips and transcripts (``tiny_features``, in
+    the tiny profile's shards): the fanned-out shards must hold the same bytes."""
     from prefect.testing.utilities import prefect_test_harness
 
     from emi.features.store import load_features
@@ -19,9 +21,7 @@ def test_dask_fanout_leaves_every_shard_finished_for_the_dvc_stage(tiny_dataset,
     from tests.conftest import transcripts_from_script
 
     params = load_params(None, profile="tiny", overrides=["extract.shard_size=4", "orchestration.dask.n_workers=2"])
-    single = tmp_path / "single"
-    extract(params, tiny_dataset, transcripts_from_script(tiny_dataset, tmp_path / "tr.csv"), single / "features",
-            None, show_progress=False)
+    assert params.extract.shard_size != load_params(None, profile="tiny").extract.shard_size
 
     fanned = Layout(tmp_path / "fanned")
     (fanned.raw.parent).mkdir(parents=True)
@@ -34,7 +34,7 @@ def test_dask_fanout_leaves_every_shard_finished_for_the_dvc_stage(tiny_dataset,
     # what DVC's extract stage then runs: every shard is found finished by its receipt
     recorded = extract(params, fanned.raw, fanned.transcripts_table, fanned.features, None, show_progress=False)
     assert recorded.shards_done_now == {"visual": 0, "audio": 0, "text": 0}
-    a, b = load_features(single / "features"), load_features(fanned.features)
+    a, b = load_features(tiny_features), load_features(fanned.features)
     assert a.ids == b.ids
     for x, y in zip([*a.visual, *a.audio], [*b.visual, *b.audio], strict=True):
         np.testing.assert_array_equal(x, y)
