@@ -65,8 +65,9 @@ def results(checkout: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def cold(tmp_path_factory, prefect_api):
-    """The recipe in a fresh clone with a DVC remote: every stage runs. Then a plain `dvc repro` of the same commit
-    and params in a clone of its own starts (the reference), while the tests below use the flow's checkout."""
+    """The recipe in a fresh clone with a DVC remote, on the Hume-Vidmimic2-like folder: every stage runs. Then a
+    plain `dvc repro` of the same commit and params in a clone of its own starts (the reference), while the tests
+    below use the flow's checkout."""
     root = tmp_path_factory.mktemp("flow")
     generated = root / "generated"
     small = tiny(*SMALL)
@@ -88,8 +89,7 @@ def cold(tmp_path_factory, prefect_api):
                              stderr=subprocess.STDOUT, text=True)
     try:
         yield SimpleNamespace(root=root, remote=remote, first=first, log=log, results=results(first),
-                              reference=reference, plain=plain, facts=facts,
-                              recipe_args=recipe_args)
+                              reference=reference, plain=plain, facts=facts, recipe_args=recipe_args)
     finally:
         if plain.poll() is None:
             plain.kill()
@@ -175,7 +175,6 @@ def test_dvc_metrics_experiments_and_params_diff_work_on_the_restored_checkout(r
     diff = json.loads(sh(DVC, "params", "diff", "--json", cwd=second))["params.yaml"]
     assert diff["extract.visual.name"] == {"old": "mini-xception", "new": "ViT-B-16"}
     assert (diff["stage2.width"]["old"], diff["stage2.width"]["new"]) == (128, 256)  # numbers also get a "diff"
-
 
 
 # what the licensed layout made the stages do (read in the flow's checkout; the reference has the same bytes)
