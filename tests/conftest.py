@@ -169,13 +169,6 @@ def tiny_pipeline(tiny_dataset, tmp_path_factory):
         from types import SimpleNamespace
 
         from emi.paths import Layout
-        from emi.stages.ablate import ablation
-        from emi.stages.augment import augment
-        from emi.stages.evaluate import evaluate
-        from emi.stages.extract import extract
-        from emi.stages.stage1 import stage1
-        from emi.stages.stage2 import stage2
-        from emi.stages.transcribe import transcribe
         from emi.tracking.registry import register_outputs
 
         layout = Layout(root / "pipeline")
@@ -183,20 +176,37 @@ def tiny_pipeline(tiny_dataset, tmp_path_factory):
                                                               "tracking.registered_model=emi-fusion-test"])
         with pipeline_store(params):
             shutil.copytree(tiny_dataset, layout.raw)
-            tr = transcribe(params, layout.raw, layout.transcripts, layout.validation, show_progress=False)
-            extract(params, layout.raw, tr.table, layout.features, layout.validation, show_progress=False)
-            stage1(params, layout.features, layout.stage1, layout.aligned, layout.raw, show_progress=False)
-            augment(params, layout.raw, layout.features, layout.alignment_model, layout.augmented, show_progress=False)
-            stage2(params, layout.aligned_file, layout.raw, layout.stage2, layout.augmented_file, show_progress=False)
-            ablation(params, layout.aligned_file, layout.raw, layout.reports, modality_sets=("VAT",),
-                     fusions=("quality", "average"), inputs=(params.stage2.inputs,), stage2_model=layout.fusion_model,
-                     models_dir=layout.ablation_models, augmented=layout.augmented_file)
-            result = evaluate(params, layout, show_progress=False)
+            result = run_tiny_stages(params, layout).evaluate
             registered = register_outputs(params, layout)
         return SimpleNamespace(params=params, layout=layout, root=layout.root, raw=layout.raw, reports=layout.reports,
                                result=result, registered=registered)
 
     return once_per_session(tmp_path_factory, "tiny_pipeline", build)
+
+
+def run_tiny_stages(params: Params, layout):
+    """The stages after download, in the pipeline's order, on ``layout.raw`` (the ablation narrowed to V+A+T quality
+    and average); their results. `tiny_pipeline` runs them, and so does a test that must train the same models."""
+    from types import SimpleNamespace
+
+    from emi.stages.ablate import ablation
+    from emi.stages.augment import augment
+    from emi.stages.evaluate import evaluate
+    from emi.stages.extract import extract
+    from emi.stages.stage1 import stage1
+    from emi.stages.stage2 import stage2
+    from emi.stages.transcribe import transcribe
+
+    tr = transcribe(params, layout.raw, layout.transcripts, layout.validation, show_progress=False)
+    ex = extract(params, layout.raw, tr.table, layout.features, layout.validation, show_progress=False)
+    stage1(params, layout.features, layout.stage1, layout.aligned, layout.raw, show_progress=False)
+    augment(params, layout.raw, layout.features, layout.alignment_model, layout.augmented, show_progress=False)
+    s2 = stage2(params, layout.aligned_file, layout.raw, layout.stage2, layout.augmented_file, show_progress=False)
+    ablation(params, layout.aligned_file, layout.raw, layout.reports, modality_sets=("VAT",),
+             fusions=("quality", "average"), inputs=(params.stage2.inputs,), stage2_model=layout.fusion_model,
+             models_dir=layout.ablation_models, augmented=layout.augmented_file)
+    ev = evaluate(params, layout, show_progress=False)
+    return SimpleNamespace(transcribe=tr, extract=ex, stage2=s2, evaluate=ev)
 
 
 @contextmanager

@@ -23,14 +23,8 @@ from emi.data.dataset import read_transcripts
 from emi.data.media import write_mp4
 from emi.features.store import load_features
 from emi.paths import Layout
-from emi.stages.ablate import ablation
-from emi.stages.augment import augment
 from emi.stages.download import download
-from emi.stages.evaluate import evaluate
-from emi.stages.extract import extract
-from emi.stages.stage1 import stage1
-from emi.stages.stage2 import stage2
-from emi.stages.transcribe import transcribe
+from tests.conftest import run_tiny_stages
 
 RNG = np.random.default_rng(3)
 GOOD_LABELS = "0.5,0.5,0.5,0.5,0.5,0.5"
@@ -93,22 +87,14 @@ def digest(folder: Path) -> str:
 
 
 def run_pipeline(source: Path, root: Path, tolerance: float):
-    """The stages of the session's `tiny_pipeline`, in its order, after `emi download` from ``source``."""
+    """`emi download` from ``source``, then the stages of the session's `tiny_pipeline` (``run_tiny_stages``)."""
     params = load_params(None, profile="tiny", overrides=[
         "download.source=local", f"download.local.path={source}", f"data.max_error_fraction={tolerance}"])
     at = Layout(root)
     dl = download(params, at.raw, at.validation, show_progress=False)
-    tr = transcribe(params, at.raw, at.transcripts, at.validation, show_progress=False)
-    ex = extract(params, at.raw, tr.table, at.features, at.validation, show_progress=False)
-    stage1(params, at.features, at.stage1, at.aligned, at.raw, show_progress=False)
-    augment(params, at.raw, at.features, at.alignment_model, at.augmented, show_progress=False)
-    s2 = stage2(params, at.aligned_file, at.raw, at.stage2, at.augmented_file, show_progress=False)
-    ablation(params, at.aligned_file, at.raw, at.reports, modality_sets=("VAT",), fusions=("quality", "average"),
-             inputs=(params.stage2.inputs,), stage2_model=at.fusion_model, models_dir=at.ablation_models,
-             augmented=at.augmented_file)
-    ev = evaluate(params, at, show_progress=False)
-    return SimpleNamespace(params=params, download=dl, transcribe=tr, extract=ex, stage2=s2, evaluate=ev, root=root,
-                           layout=at)
+    ran = run_tiny_stages(params, at)
+    return SimpleNamespace(params=params, download=dl, transcribe=ran.transcribe, extract=ran.extract,
+                           stage2=ran.stage2, evaluate=ran.evaluate, root=root, layout=at)
 
 
 @pytest.fixture(scope="module")
