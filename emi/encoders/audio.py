@@ -56,6 +56,35 @@ class WhisperEncoder:
         return np.asarray(self.whisper.model.encode(self._mel(windows), to_cpu=True), dtype=np.float32)
 
 
+WAV2VEC2_SHAPES = {
+    "wav2vec2-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                       "intermediate_size": 4096},
+    "wav2vec2-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                      "intermediate_size": 3072},
+}
+"""The published Wav2Vec2 checkpoints' transformer shapes, by the family their hub name carries
+(``facebook/wav2vec2-large-960h``, ``-large-lv60``, ``-large-xlsr-53``; ``-base-960h``): what a random
+initialisation named after one of them builds, so that a throughput measured without the hub is the checkpoint's.
+The convolutional feature encoder is transformers' default (7 layers of 512 channels in both families)."""
+STAND_IN = {"num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_per_width": 2}
+"""A random Wav2Vec2 under any other name (tests): 2 transformer layers at the spec's width."""
+
+
+def random_wav2vec2_shape(name: str, dim: int) -> dict[str, int]:
+    """The Wav2Vec2Config shape of a random initialisation named ``name``: its checkpoint family's
+    (``WAV2VEC2_SHAPES``) when the name carries one, else the small ``STAND_IN`` ``dim`` wide."""
+    family = next((f for f in WAV2VEC2_SHAPES if f in name.lower()), None)
+    if family is None:
+        return {"hidden_size": dim, "num_hidden_layers": STAND_IN["num_hidden_layers"],
+                "num_attention_heads": STAND_IN["num_attention_heads"],
+                "intermediate_size": STAND_IN["intermediate_per_width"] * dim}
+    shape = WAV2VEC2_SHAPES[family]
+    if shape["hidden_size"] != dim:
+        raise EncoderError(f"extract.audio: {name} is {shape['hidden_size']}-d ({family}), but extract.audio.dim is "
+                           f"{dim}")
+    return dict(shape)
+
+
 class Wav2Vec2Encoder:
     """transformers Wav2Vec2: last hidden states at ~50 Hz (1024-d for the large models)."""
 
@@ -66,9 +95,7 @@ class Wav2Vec2Encoder:
 
         offline_env(resolved)
         if resolved.random_init:
-            config = Wav2Vec2Config(hidden_size=spec.dim, num_hidden_layers=2, num_attention_heads=4,
-                                    intermediate_size=2 * spec.dim)
-            self.model = Wav2Vec2Model(config)
+            self.model = Wav2Vec2Model(Wav2Vec2Config(**random_wav2vec2_shape(spec.name, spec.dim)))
             self.normalize = True
         else:
             local = local_only(resolved)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from emi.config import EncoderSpec, load_params
-from emi.encoders.audio import Wav2Vec2Encoder, load_audio
+from emi.encoders.audio import Wav2Vec2Encoder, load_audio, random_wav2vec2_shape
 from emi.encoders.base import EncoderError, packaged_path
 from emi.features.encode import pool_to_grid
 from tests.conftest import tiny
@@ -32,6 +32,17 @@ def test_whisper_encoder_cannot_be_random():
                        dim=384)
     with pytest.raises(EncoderError, match="cannot be random-initialised"):
         load_audio(spec, CPU, torch.float32)
+
+
+def test_a_random_wav2vec2_named_after_a_checkpoint_has_its_shape_and_any_other_name_a_small_stand_in():
+    # the paper's facebook/wav2vec2-large-960h without the hub: 24 layers 1024 wide, what its throughput depends on
+    large = random_wav2vec2_shape("facebook/wav2vec2-large-960h", 1024)
+    assert (large["num_hidden_layers"], large["num_attention_heads"], large["intermediate_size"]) == (24, 16, 4096)
+    assert random_wav2vec2_shape("facebook/wav2vec2-base-960h", 768)["num_hidden_layers"] == 12
+    assert random_wav2vec2_shape("w2v-test", 32) == {"hidden_size": 32, "num_hidden_layers": 2,
+                                                     "num_attention_heads": 4, "intermediate_size": 64}
+    with pytest.raises(EncoderError, match="wav2vec2-large-960h is 1024-d.*extract.audio.dim is 768"):
+        random_wav2vec2_shape("facebook/wav2vec2-large-960h", 768)
 
 
 @pytest.mark.slow  # imports transformers
