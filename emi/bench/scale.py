@@ -149,9 +149,9 @@ def sized_params(params: Params, n: int, store: str, scale_people: bool = False)
         "tracking": params.tracking.model_copy(update={"uri": store})})
 
 
-def run_stages(sized: Params, root: Path, commands: dict[str, list[str]], echo=print) -> list[StageRun]:
-    """The ``commands`` (``stage_commands``) in ``root`` with its own params.yaml (``sized``) and MLflow store, each
-    its own measured process, as DVC runs them."""
+def run_stages(sized: Params, n: int, root: Path, commands: dict[str, list[str]], echo=print) -> list[StageRun]:
+    """The ``commands`` (``stage_commands``) on the ``n``-clip dataset in ``root`` with its own params.yaml
+    (``sized``) and MLflow store, each its own measured process, as DVC runs them."""
     import os
     import sys
 
@@ -162,7 +162,6 @@ def run_stages(sized: Params, root: Path, commands: dict[str, list[str]], echo=p
     write(sized, root / "params.yaml")
     env = {**os.environ, "MLFLOW_TRACKING_URI": sized.tracking.uri}
     env.pop("EMI_MLFLOW_PARENT_RUN_ID", None)
-    n = sized.download.synthetic.n_clips
     runs = []
     for stage, argv in commands.items():
         with GpuWatch() as gpu:
@@ -185,8 +184,8 @@ def bench_scale(params: Params, sizes: list[int], work: Path, dvc_yaml: Path,
     runs: list[StageRun] = []
     for n in sizes:
         root = Path(work) / f"n{n}"
-        runs += run_stages(sized_params(params, n, f"sqlite:///{(root / 'mlflow.db').resolve()}"), root, commands,
-                           echo)
+        runs += run_stages(sized_params(params, n, f"sqlite:///{(root / 'mlflow.db').resolve()}"), n, root,
+                           commands, echo)
     return runs
 
 

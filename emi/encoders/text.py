@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -54,3 +57,34 @@ TEXT_FACTORIES = {"bert": BertEncoder}
 
 def load_text(spec: EncoderSpec, device: torch.device, dtype: torch.dtype) -> BertEncoder:
     return build(TEXT_FACTORIES, spec, "text", device, dtype)
+
+
+BERT_TOKENIZER = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+"""The files of a BERT WordPiece tokenizer as transformers saves it."""
+BERT_FAMILIES = ("bert-base",)
+"""Checkpoint families ``save_random_bert`` knows the shape of: bert-base-* is transformers' ``BertConfig`` default
+(12 layers, 768 wide, 12 heads, 3,072 feed-forward)."""
+
+
+def save_random_bert(name: str, tokenizer: Path, out: Path, seed: int) -> Path:
+    """A text encoder without the hub: a model of ``name``'s shape (a ``BERT_FAMILIES`` checkpoint) with seeded random
+    weights and ``tokenizer``'s files (its vocabulary size), saved to ``out`` as a local folder for
+    ``extract.text.path``. A text encoder needs a tokenizer, so it cannot be random-initialised by name alone; what
+    it costs to run does not depend on the weights."""
+    from transformers import BertConfig, BertModel
+
+    family = next((f for f in BERT_FAMILIES if f in name.lower()), None)
+    if family is None:
+        raise EncoderError(f"extract.text: no shape known for {name!r} without the hub (known: "
+                           f"{', '.join(f + '-*' for f in BERT_FAMILIES)}); give extract.text.path")
+    missing = [f for f in BERT_TOKENIZER if not (Path(tokenizer) / f).is_file()]
+    if missing:
+        raise EncoderError(f"{tokenizer}: not a BERT tokenizer folder (no {', '.join(missing)})")
+    vocab = len((Path(tokenizer) / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    with torch.random.fork_rng(devices=[]):  # the weights are drawn on the CPU
+        torch.manual_seed(seed)
+        model = BertModel(BertConfig(vocab_size=vocab))
+    model.save_pretrained(out)
+    for f in BERT_TOKENIZER:
+        shutil.copy(Path(tokenizer) / f, Path(out) / f)
+    return Path(out)

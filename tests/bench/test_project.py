@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from emi.bench.project import HUME_SPLITS, fit, projection, projection_markdown, trainings, units
+from emi.bench.project import (HUME_SPLITS, bench_project, fit, packaged_tokenizer, projection, projection_markdown,
+                                trainings, units, without_hub)
 from emi.bench.scale import StageRun, gpu_samples
 from emi.config import load_params
 from tests.conftest import EMI
@@ -52,26 +53,80 @@ def test_projection_reads_the_fits_at_the_real_split_sizes():
     assert lines[-1].startswith("| **total** |")
 
 
+def test_without_the_hub_the_hubs_encoders_keep_their_shapes_and_the_asr_is_the_packaged_one(tmp_path):
+    embedded = load_params(None, profile="embedded")
+    assert without_hub(embedded, tmp_path) == (embedded, {})  # nothing of the embedded default needs the hub
+    # the paper profile with its text encoder given as a local folder: that one is kept
+    paper = load_params(None, profile="paper", overrides=[f"extract.text.path={packaged_tokenizer()}"])
+    params, replaced = without_hub(paper, tmp_path)
+    assert set(replaced) == {"extract.visual", "extract.audio", "transcribe.asr"} and "lower bound" in \
+        replaced["transcribe.asr"]
+    for role in ("visual", "audio"):  # the same name, width and kind: open_clip and Wav2Vec2 build it by name
+        spec, was = getattr(params.extract, role), getattr(paper.extract, role)
+        assert (spec.pretrained, spec.allow_random_init) == ("random", True)
+        assert (spec.kind, spec.name, spec.dim) == (was.kind, was.name, was.dim)
+    assert params.extract.text == paper.extract.text and params.transcribe.asr == embedded.transcribe.asr
+    assert params.stage1 == paper.stage1 and params.stage2 == paper.stage2 and not list(tmp_path.iterdir())
+    whisper_audio = load_params(None, profile="paper", overrides=["extract.audio.kind=whisper-encoder",
+                                                                  "extract.audio.name=large-v3"])
+    with pytest.raises(ValueError, match="extract.audio: whisper-encoder 'large-v3' comes from the hub and has no "
+                                         "stand-in without it; set extract.audio.path"):
+        without_hub(whisper_audio, tmp_path)
+
+
+def test_a_projection_on_datasets_that_are_not_there_says_how_to_make_them(tmp_path):
+    params = load_params(None, profile="tiny")
+    with pytest.raises(ValueError, match=r"no dataset at .*n4, .*n8: make them with `emi bench project --prepare "
+                                         r".*--clips 4,8` \(same profile\)"):
+        bench_project(params, [8, 4], tmp_path / "w", REPO / "dvc.yaml", data=tmp_path / "elsewhere")
+
+
+@pytest.mark.slow  # a BERT-base: 110 M parameters written and read back
+def test_a_random_bert_has_the_named_shape_and_the_given_tokenizer(tmp_path):
+    import torch
+
+    from emi.encoders.base import EncoderError
+    from emi.encoders.text import load_text, save_random_bert
+
+    folder = save_random_bert("bert-base-uncased", packaged_tokenizer(), tmp_path / "bert", seed=0)
+    spec = load_params(None, profile="paper").extract.text.model_copy(update={"path": folder})
+    enc = load_text(spec, torch.device("cpu"), torch.float32)
+    assert enc.dim == 768 and enc.model.config.num_hidden_layers == 12
+    assert enc.encode(["his face was comical", "oh no"]).shape == (2, 768)
+    with pytest.raises(EncoderError, match="no shape known for 'roberta-large' without the hub"):
+        save_random_bert("roberta-large", packaged_tokenizer(), tmp_path / "other", seed=0)
+    with pytest.raises(EncoderError, match="not a BERT tokenizer folder"):
+        save_random_bert("bert-base-uncased", tmp_path, tmp_path / "other", seed=0)
+
+
 @pytest.mark.slow  # also `emi bench scale`'s run of the stages, as their own processes
-def test_bench_project_runs_the_stages_at_two_sizes_and_writes_the_projection(tmp_path):
+def test_bench_project_runs_the_stages_at_two_sizes_on_prepared_datasets_and_writes_the_projection(tmp_path):
     import subprocess
 
-    out = tmp_path / "project.json"
-    proc = subprocess.run([EMI, "bench", "project", "--profile", "tiny", "--clips", "8,4", "--work",
-                           str(tmp_path / "w"), "--dvc-yaml", str(REPO / "dvc.yaml"), "--out", str(out),
+    out, prepared = tmp_path / "project.json", tmp_path / "prepared"
+    common = ["--profile", "tiny", "--clips", "8,4"]
+    # made where ffmpeg and espeak-ng are, measured where they may not be
+    proc = subprocess.run([EMI, "bench", "project", *common, "--prepare", str(prepared)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in prepared.iterdir()) == ["bert-tokenizer", "n4", "n8"]
+    proc = subprocess.run([EMI, "bench", "project", *common, "--data", str(prepared), "--work", str(tmp_path / "w"),
+                           "--dvc-yaml", str(REPO / "dvc.yaml"), "--out", str(out),
                            "--stages", "download,transcribe,extract"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["commit"] != "nogit" and result["profile"] == "tiny"
+    assert result["replaced_without_hub"] == {} and result["data"] == str(prepared)
     assert list(result["stages"]) == ["download", "transcribe", "extract"]
     assert result["projected_total_s"] == pytest.approx(sum(s["projected_s"] for s in result["stages"].values()))
     assert all(s["projected_s"] > 0 and s["disk_mb"] > 0 and s["gpu_busy"] is None for s in result["stages"].values())
-    for n in (4, 8):  # each size generated with its own clips, split by person
+    for n in (4, 8):  # each size generated with its own clips, split by person, read as a user's local copy
         assert sum(result["sizes"][str(n)].values()) == n
-        split_rows = sum(len((tmp_path / "w" / f"n{n}" / "data/raw" / f"{s}_split.csv").read_text().splitlines()) - 1
-                         for s in ("train", "valid", "test"))
-        assert split_rows == n
+        raw = tmp_path / "w" / f"n{n}" / "data/raw"
+        assert sum(len((raw / f"{s}_split.csv").read_text().splitlines()) - 1 for s in ("train", "valid", "test")) == n
+        source = json.loads((raw / "_source.json").read_text())
+        assert source["source"] == "local" and source["path"] == str(prepared / f"n{n}")
     assert [(r["clips"], r["stage"]) for r in result["runs"]][:3] == [(4, "download"), (4, "transcribe"),
                                                                        (4, "extract")]
     assert all(r["peak_rss_mb"] > 50 for r in result["runs"])  # each stage its own measured process
