@@ -14,11 +14,14 @@ from scipy.stats import ConstantInputWarning, pearsonr
 
 from emi.config import EMOTIONS
 
+MIN_CLIPS = 2
+"""Pearson's r over clips needs two clips or more (evaluate refuses a validation split with fewer)."""
+
 
 def pearson_per_dim(pred, target) -> np.ndarray:
     """Pearson's r per output column of two (N, D) arrays (or tensors); a constant column gives 0 rather than NaN."""
     p, t = (np.array(x, dtype=np.float64) for x in (pred, target))
-    if p.shape[0] < 2:
+    if p.shape[0] < MIN_CLIPS:
         return np.zeros(p.shape[1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConstantInputWarning)  # the constant column is the 0 below

@@ -21,6 +21,7 @@ import numpy as np
 from emi.bench.scale import StageRun, run_stages, sized_params, stage_commands
 from emi.config import Params
 from emi.evaluation.ablation import ablation_grid
+from emi.metrics import MIN_CLIPS
 
 HUME_SPLITS = {"train": 8072, "valid": 4588, "test": 4586}
 """Hume-Vidmimic2's split sizes (17,246 clips)."""
@@ -219,6 +220,11 @@ def bench_project(params: Params, sizes: list[int], work: Path, dvc_yaml: Path,
     if missing:
         raise ValueError(f"no dataset at {', '.join(missing)}: make them with `emi bench project --prepare {data} "
                          f"--clips {','.join(map(str, sizes))}` (same profile)")
+    splits = {n: split_sizes(dataset_dir(data, n)) for n in sizes}
+    few = [f"{n} clips: {s.get('valid', 0)}" for n, s in splits.items() if s.get("valid", 0) < MIN_CLIPS]
+    if "evaluate" in commands and few:  # found before the stages run, not when evaluate stops
+        raise ValueError(f"validation clips per size ({'; '.join(few)}): evaluate needs {MIN_CLIPS} or more; "
+                         "choose larger --clips")
     replaced: dict[str, str] = {}
     if no_hub:
         tokenizer = Path(data) / TOKENIZER_DIR
@@ -228,7 +234,6 @@ def bench_project(params: Params, sizes: list[int], work: Path, dvc_yaml: Path,
         root = work / f"n{n}"
         store = f"sqlite:///{(root / 'mlflow.db').resolve()}"
         runs += run_stages(local_copy(params, dataset_dir(data, n), store), n, root, commands, echo)
-    splits = {n: split_sizes(dataset_dir(data, n)) for n in sizes}
     return {"commit": commit(), "machine": machine(), "device": device_name(), "profile": params.profile,
             "sizes": {str(n): s for n, s in splits.items()}, "data": str(Path(data).resolve()),
             "replaced_without_hub": replaced, **projection(runs, params, splits), "runs": [r.__dict__ for r in runs]}

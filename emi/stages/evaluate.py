@@ -30,6 +30,7 @@ from emi.evaluation.robustness import measure, robustness_table, seed_models
 from emi.evaluation.submission import write_submission
 from emi.features.damage import DAMAGED_MODALITY
 from emi.features.store import data_fingerprint
+from emi.metrics import MIN_CLIPS
 from emi.paths import Layout
 from emi.report import plots
 from emi.report.evaluation import report_markdown
@@ -79,9 +80,9 @@ def evaluate(params: Params, layout: Layout, show_progress: bool = True) -> Eval
     _require(layout)
     model, saved = load_fusion(layout.fusion_model)
     parts = split_data(layout.aligned_file, layout.raw, saved.inputs)
-    if len(parts["valid"]) < 2:
+    if len(parts["valid"]) < MIN_CLIPS:
         raise EvaluateError(f"{layout.aligned_file}: {len(parts['valid'])} labelled validation clip(s); evaluation "
-                            "needs 2 or more")
+                            f"needs {MIN_CLIPS} or more")
     preds = {s: predict(model, part, saved.batch_size)[0] for s, part in parts.items()}
     splits = scored_splits(params.evaluate.splits, parts)
     metrics, ceiling_source = split_scores(preds, parts, splits, layout.raw, params.evaluate.ceiling_alpha)

@@ -81,6 +81,20 @@ def test_a_projection_on_datasets_that_are_not_there_says_how_to_make_them(tmp_p
         bench_project(params, [8, 4], tmp_path / "w", REPO / "dvc.yaml", data=tmp_path / "elsewhere")
 
 
+def test_sizes_too_small_to_evaluate_are_refused_before_any_stage_runs(tmp_path):
+    from emi.config import SPLIT_HEADER
+
+    for n, valid in ((4, 1), (6, 2)):  # split files only: the check reads them before any stage
+        (tmp_path / f"n{n}").mkdir()
+        for split, rows in (("train", n - valid - 1), ("valid", valid), ("test", 1)):
+            (tmp_path / f"n{n}" / f"{split}_split.csv").write_text(
+                "\n".join([",".join(SPLIT_HEADER), *[f"{i:05d}" + ",0.5" * 6 for i in range(rows)]]) + "\n")
+    params = load_params(None, profile="tiny")
+    with pytest.raises(ValueError, match=r"validation clips per size \(4 clips: 1\): evaluate needs 2 or more"):
+        bench_project(params, [4, 6], tmp_path / "w", REPO / "dvc.yaml", data=tmp_path)
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.slow  # a BERT-base: 110 M parameters written and read back
 def test_a_random_bert_has_the_named_shape_and_the_given_tokenizer(tmp_path):
     import torch
