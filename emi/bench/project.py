@@ -147,9 +147,10 @@ def copy_tokenizer(dst: Path) -> Path:
 
     from emi.encoders.text import BERT_TOKENIZER
 
+    src = packaged_tokenizer()
     Path(dst).mkdir(parents=True, exist_ok=True)
     for name in BERT_TOKENIZER:
-        shutil.copy(packaged_tokenizer() / name, Path(dst) / name)
+        shutil.copy(src / name, Path(dst) / name)
     return Path(dst)
 
 
